@@ -18,6 +18,7 @@ from ..validate import AysError
 # command name -> (module, click command attribute, one-line help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "schedule": ("ays.cli.schedule", "schedule", "Print or export a heuristic, published or saved schedule."),
+    "train": ("ays.cli.train", "train", "Train a small EDM denoiser on a named problem and save it."),
 }
 
 

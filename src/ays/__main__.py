@@ -1,0 +1,5 @@
+"""``python -m ays`` runs the ``ays`` command."""
+
+from ays.cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""``ays schedule``: print or export any heuristic, published or saved schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+import torch
+
+from ..validate import AysError
+
+FORMATS = ("text", "json", "ays", "sampling", "diffusers", "comfyui", "a1111", "kdiffusion")
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``-O rho=5 -O c=0.5`` -> {"rho": 5.0, "c": 0.5}; values are numbers."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AysError(f"option {pair!r} must look like KEY=VALUE")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise AysError(f"option {key!r} needs a number, got {value!r}") from None
+    return out
+
+
+def resolve(name: str, steps: int | None, sigma_min: float | None, sigma_max: float | None,
+            options: dict[str, Any]) -> torch.Tensor:
+    """A schedule from a heuristic or published name, or from an ``ays-schedule/1`` file.
+
+    A saved schedule is log-linearly interpolated when ``steps`` differs from its own.
+    """
+    from .. import schedules
+
+    if os.path.exists(name) or name.endswith(".json"):
+        from ..optimize import load_schedule
+
+        sigmas = load_schedule(name).sigmas
+        return sigmas if steps is None or steps == len(sigmas) - 1 else schedules.interpolate(sigmas, steps)
+    return schedules.build(name, 10 if steps is None else steps, sigma_min, sigma_max, **options)
+
+
+def render(sigmas: torch.Tensor, fmt: str, name: str) -> str:
+    """The text of a schedule in one of :data:`FORMATS`."""
+    from .. import schedules
+
+    values = sigmas.tolist()
+    if fmt == "text":
+        return " ".join(f"{v:.6g}" for v in values)
+    if fmt == "json":
+        return json.dumps(values)
+    if fmt == "sampling":
+        return json.dumps(schedules.to_sampling(sigmas).tolist())
+    if fmt == "ays":
+        from ..optimize.result import schedule_document
+
+        return json.dumps(schedule_document(sigmas, method=name), indent=2)
+    from ..integrations import exports
+
+    return exports.render(sigmas, fmt)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--steps", "-n", type=int, default=None, help="Number of steps (n+1 noise levels). Default 10.")
+@click.option("--sigma-min", type=float, default=None, help="Smallest noise level (heuristics).")
+@click.option("--sigma-max", type=float, default=None, help="Largest noise level (heuristics).")
+@click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE",
+              help="Heuristic option, e.g. -O rho=7 for karras, -O c=0.5 for kl_optimal.")
+@click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="text/json: the n+1 levels; sampling: last level 0; ays: a schedule file; "
+                   "diffusers/comfyui/a1111/kdiffusion: what each consumer takes.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file (atomically) instead of stdout.")
+def schedule(name: str, steps: int | None, sigma_min: float | None, sigma_max: float | None,
+             opts: tuple[str, ...], fmt: str, output: str | None) -> None:
+    """Print or export the schedule NAME: a heuristic (karras, loglinear, time_uniform,
+    vp, polyexponential, kl_optimal, beta), a published AYS table (sd15, sdxl, svd,
+    deepfloyd_if) or a saved ays-schedule/1 JSON file.
+
+    \b
+    ays schedule karras --steps 10 --sigma-min 0.002 --sigma-max 80
+    ays schedule sdxl --steps 20 --format comfyui
+    ays schedule kl_optimal -n 8 --sigma-min 0.002 --sigma-max 80 -O c=0.5
+    """
+    sigmas = resolve(name, steps, sigma_min, sigma_max, parse_options(opts))
+    text = render(sigmas, fmt, name)
+    if output is None:
+        click.echo(text)
+    else:
+        from ..io import atomic_write_text
+
+        atomic_write_text(output, text + "\n")
+        click.echo(f"wrote {output}", err=True)

@@ -1,0 +1,104 @@
+"""``ays train``: fit a small EDM denoiser to a named problem and save it (see :mod:`ays.train`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import click
+
+from ..validate import AysError
+
+
+def parse_net_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``-N hidden=64 -N depth=2`` -> {"hidden": 64, "depth": 2}; values are integers."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AysError(f"network option {pair!r} must look like KEY=VALUE")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            raise AysError(f"network option {key!r} needs an integer, got {value!r}") from None
+    return out
+
+
+def default_net(shape: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
+    """The network for data of event shape ``shape``: an MLP for vectors, the conv net for [C, H, W]."""
+    if len(shape) == 1:
+        return "mlp", {"dim": shape[0]}
+    if len(shape) == 3 and shape[1] % 2 == 0 and shape[2] % 2 == 0:
+        return "conv", {"channels": shape[0]}
+    raise AysError(f"no default network for data of shape {shape}; pass --net")
+
+
+@click.command()
+@click.argument("problem")
+@click.option("--steps", type=int, default=20000, show_default=True, help="Optimiser steps.")
+@click.option("--batch-size", type=int, default=None, help="Samples per step [default: 256 (mlp), 128 (conv)].")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak Adam learning rate (cosine decay).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the weights and every random draw.")
+@click.option("--ema", type=float, default=500.0, show_default=True, help="EMA half-life in steps (0: no EMA).")
+@click.option("--net", "net_name", type=click.Choice(["mlp", "conv"]), default=None,
+              help="Network [default: mlp for vectors, conv for images].")
+@click.option("-N", "--net-option", "net_opts", multiple=True, metavar="KEY=VALUE",
+              help="Network size, e.g. -N hidden=64 -N depth=2 (mlp), -N width=24 (conv).")
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for PyTorch.")
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False), required=True,
+              help="Where to save the model (an ays-model/1 .pt file, written atomically).")
+@click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None, help="Also save the loss curve here.")
+def train(problem: str, steps: int, batch_size: int | None, lr: float, seed: int, ema: float,
+          net_name: str | None, net_opts: tuple[str, ...], threads: int, out: str, plot: str | None) -> None:
+    """Train an EDM denoiser on PROBLEM (e.g. gmm-8x8, digits) and save it to --out.
+
+    The command recorded in the saved file and in notes/train.md reproduces the
+    weights exactly on the same machine and thread count.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from .. import nets, problems
+    from .. import train as training
+
+    if threads < 1:
+        raise AysError(f"--threads must be at least 1, got {threads}")
+    prob = problems.get(problem)
+    default_name, kwargs = default_net(tuple(prob.shape))
+    name = net_name or default_name
+    if name != default_name:
+        kwargs = {"dim": math.prod(prob.shape)} if name == "mlp" else {"channels": prob.shape[0]}
+    kwargs.update(parse_net_options(net_opts))
+    if batch_size is None:
+        batch_size = 256 if name == "mlp" else 128
+    torch.set_num_threads(threads)
+    net = nets.build(name, seed=seed, **kwargs)
+
+    command = f"ays train {problem} --steps {steps} --batch-size {batch_size} --lr {lr:g} --seed {seed} --ema {ema:g}"
+    if net_name is not None:
+        command += f" --net {net_name}"
+    command += "".join(f" -N {o}" for o in net_opts) + f" --threads {threads} --out {out}"
+
+    bar = tqdm(total=steps, unit="step", desc=f"train {problem}", dynamic_ncols=True, leave=False)
+    last = [0]
+
+    def progress(info: dict[str, Any]) -> None:
+        bar.update(info["step"] - last[0])
+        last[0] = info["step"]
+        bar.set_postfix(loss=f"{info['loss']:.4f}")
+
+    start = time.perf_counter()
+    try:
+        result = training.train(prob, net, steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema=ema,
+                                log_every=50, callback=progress)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    path = result.save(out, problem=problem, shape=list(prob.shape), command=command, seconds=round(seconds, 1),
+                       parameters=nets.num_parameters(net))
+    click.echo(f"saved {path}: {name} network, {nets.num_parameters(net)} parameters, "
+               f"final loss {result.final_loss():.4f} (mean of the last {min(1000, steps)} steps), {seconds:.0f} s")
+    if plot:
+        result.plot(plot, title=f"{problem}: {command.split(' --out')[0]}")
+        click.echo(f"saved {plot}")

@@ -1,0 +1,52 @@
+"""ComfyUI: install the "AYS Schedule Loader" custom node, and export SIGMAS.
+
+ComfyUI samples with a ``SIGMAS`` tensor (float32, decreasing, ending in 0); its
+``SamplerCustom`` node takes one from any scheduler node. The node shipped here
+(:mod:`ays.integrations.comfyui_node`, self-contained: json + torch) reads an
+``ays-schedule/1`` file and outputs SIGMAS with ``steps``/``denoise`` inputs
+following ComfyUI's ``BasicScheduler``. :func:`write_node` copies it into a
+ComfyUI installation; :func:`ays.integrations.exports.to_comfyui` gives the same
+SIGMAS in Python.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..io import atomic_write_text
+from ..validate import AysError
+from .exports import to_comfyui
+
+__all__ = ["NODE_PACKAGE", "node_source", "to_comfyui", "write_node"]
+
+#: Folder name of the node package inside ComfyUI's ``custom_nodes``.
+NODE_PACKAGE = "ays_schedule_loader"
+
+
+def node_source() -> str:
+    """The text of the custom node module."""
+    return (Path(__file__).with_name("comfyui_node.py")).read_text(encoding="utf-8")
+
+
+def write_node(directory: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+    """Install the node: write ``<custom_nodes>/ays_schedule_loader/__init__.py`` and return its path.
+
+    ``directory`` is ComfyUI's ``custom_nodes`` folder, or the ComfyUI folder that
+    contains it. The file is written atomically; ComfyUI picks the node up on its
+    next start (category ``sampling/custom_sampling/schedulers``).
+    """
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise AysError(f"{str(root)!r} is not a directory (give ComfyUI's custom_nodes folder)")
+    if (root / "custom_nodes").is_dir():
+        root = root / "custom_nodes"
+    package = root / NODE_PACKAGE
+    target = package / "__init__.py"
+    if target.exists() and not overwrite:
+        raise AysError(f"{str(target)!r} exists; pass overwrite=True to replace it")
+    try:
+        package.mkdir(exist_ok=True)
+    except OSError as e:
+        raise AysError(f"cannot create {str(package)!r}: {e.strerror or e}") from None
+    return atomic_write_text(target, node_source())

@@ -1,0 +1,102 @@
+"""Atomic file writing: a file ays writes is either the old one or the complete new one.
+
+Every file the library writes (schedules, optimiser checkpoints, benchmark
+tables) goes through here. The recipe is the POSIX one: write a temporary file
+in the destination's own directory (so that the rename stays on one file
+system), flush and ``fsync`` it, ``os.replace`` it over the destination (atomic
+on POSIX and Windows), then ``fsync`` the directory so the rename itself
+survives a power cut. A crash or a ``SIGKILL`` at any moment leaves either the
+previous file or the new one, never a truncated mix, and no stray temporary
+file once the writer gets to clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .validate import AysError
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json"]
+
+PathLike = str | os.PathLike[str]
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Directories cannot be opened for fsync on every platform (Windows); the
+    # rename is still atomic there, only its durability is weaker.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and durably; return the path.
+
+    Raises :class:`~ays.validate.AysError` when the directory does not exist or
+    cannot be written, naming the path.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise AysError(f"cannot write {str(target)!r}: directory {str(directory)!r} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise AysError(f"cannot write {str(target)!r}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise AysError(f"cannot write {str(target)!r}: {e.strerror or e}") from None
+        raise
+    _fsync_dir(directory)
+    return target
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON atomically. Floats keep their exact value (``repr``).
+
+    NaN and infinity are refused (they are not JSON), with the path named.
+    """
+    try:
+        text = json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError as e:
+        raise AysError(f"cannot write {str(path)!r}: {e}") from None
+    return atomic_write_text(path, text + "\n")
+
+
+def read_json(path: PathLike, *, what: str = "file") -> Any:
+    """Read a JSON file; a missing, unreadable or malformed file is an AysError naming it."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AysError(f"{what} {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AysError(f"cannot read {what} {str(p)!r}: {e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AysError(f"{what} {str(p)!r} is not valid JSON ({e.msg} at line {e.lineno})") from None

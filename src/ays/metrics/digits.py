@@ -1,0 +1,242 @@
+"""Fréchet distance for the 8×8 digits in the feature space of a small classifier ("digits FD").
+
+FID (Heusel et al. 2017) compares Gaussians fitted to Inception features of real and
+generated images. For scikit-learn's bundled 8×8 digits, a small conv net trained on the
+digits TRAIN split plays Inception's role: :func:`digits_features` returns its penultimate
+layer (64 ReLU units, the input of the final linear layer) and :func:`digits_fd` the
+Fréchet distance between the features of two image sets.
+
+The shipped weights ``ays/weights/digits_classifier.pt`` (about 90 KB) were made by
+
+    python benchmarks/train_digits_classifier.py
+
+which calls :func:`train_digits_classifier` (seed 0, 20 epochs of Adam, ±1 pixel shifts,
+a few seconds on one CPU) and :func:`save_digits_classifier`. The file stores the test
+accuracy it reached on ``ays.problems.digits_data("test")``; tests check that the shipped
+weights reproduce it. Images are ``[N, 1, 8, 8]`` (or ``[N, 64]``) in ``[-1, 1]``, the
+scaling of :func:`ays.problems.digits_data`. The network runs in float32; features are
+returned in float64. The weights are loaded on first use and cached.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ays.metrics._common import as_samples
+from ays.metrics.distances import frechet_distance
+from ays.validate import AysError, check_steps
+
+__all__ = [
+    "DIGITS_CLASSIFIER_PATH",
+    "DigitsClassifier",
+    "digits_accuracy",
+    "digits_fd",
+    "digits_features",
+    "digits_labelled",
+    "load_digits_classifier",
+    "save_digits_classifier",
+    "train_digits_classifier",
+]
+
+DIGITS_CLASSIFIER_PATH = Path(__file__).resolve().parent.parent / "weights" / "digits_classifier.pt"
+_FORMAT = "ays-digits-classifier/1"
+_COMMAND = "python benchmarks/train_digits_classifier.py"
+_BATCH = 4096  # images per forward pass when embedding
+
+
+class DigitsClassifier(nn.Module):
+    """A small conv net for 8×8 digits: 3 conv layers, a 64-unit feature layer, 10 logits.
+
+    ``features(x)`` (the penultimate layer) is the embedding used by :func:`digits_fd`.
+    """
+
+    feature_dim = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 8x8 -> 4x4
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 4x4 -> 2x2
+            nn.Flatten(),
+            nn.Linear(128, self.feature_dim),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(self.feature_dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def digits_labelled(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``[N, 1, 8, 8]`` (float32, in [-1, 1]) of a split of ``ays.problems.digits_data``, with labels.
+
+    The labels come from scikit-learn's ``load_digits``, matched by image (all 1,797 images
+    are distinct), so they follow whatever split rule ``digits_data`` uses.
+    """
+    from ays.problems import digits_data
+
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:  # pragma: no cover - scikit-learn is installed with ays[digits]
+        raise AysError("digits metrics need scikit-learn (its bundled digits): pip install 'ays[digits]'") from None
+    images = digits_data(split, dtype=torch.float64)
+    raw = load_digits()
+    # digits_data scales the raw 0..16 values affinely to [-1, 1]; invert it to look the images up exactly.
+    lookup = {row.tobytes(): int(t) for row, t in zip(raw.data.astype("float64"), raw.target)}
+    keys = ((images.reshape(-1, 64) + 1.0) * 8.0).round().numpy().astype("float64")
+    try:
+        labels = torch.tensor([lookup[row.tobytes()] for row in keys], dtype=torch.long)
+    except KeyError:
+        raise AysError("ays.problems.digits_data no longer matches scikit-learn's digits; cannot label it") from None
+    return images.to(torch.float32), labels
+
+
+def _init(model: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default init (Kaiming-uniform, a = sqrt(5)), drawn from ``generator``."""
+    for mod in model.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_uniform_(mod.weight, a=math.sqrt(5), generator=generator)
+            fan_in = mod.weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(mod.bias, -bound, bound, generator=generator)
+
+
+def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by -1, 0 or +1 pixels in each direction (zero = background -1 padding)."""
+    n = x.shape[0]
+    pad = torch.nn.functional.pad(x, (1, 1, 1, 1), value=-1.0)
+    dy = torch.randint(0, 3, (n,), generator=generator)
+    dx = torch.randint(0, 3, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(8))[:, :, None]  # [n, 8, 1]
+    cols = (dx[:, None] + torch.arange(8))[:, None, :]  # [n, 1, 8]
+    return pad[torch.arange(n)[:, None, None], 0, rows, cols].unsqueeze(1)
+
+
+def train_digits_classifier(
+    *, seed: int = 0, epochs: int = 20, batch_size: int = 64, lr: float = 3e-3
+) -> DigitsClassifier:
+    """Train :class:`DigitsClassifier` on the digits TRAIN split, deterministically from ``seed``.
+
+    Initialisation, shuffling and augmentation (random ±1 pixel shifts) draw only from a
+    generator seeded ``seed``. Adam with a cosine-decayed learning rate. Returns the model
+    in eval mode. A few seconds on one CPU core.
+    """
+    epochs = check_steps(epochs, name="epochs")
+    batch_size = check_steps(batch_size, name="batch_size")
+    g = torch.Generator().manual_seed(int(seed))
+    x, y = digits_labelled("train")
+    model = DigitsClassifier()
+    _init(model, g)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(x.shape[0] / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(x.shape[0], generator=g)
+        for s in range(0, x.shape[0], batch_size):
+            idx = perm[s : s + batch_size]
+            loss = nn.functional.cross_entropy(model(_shift(x[idx], g)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def digits_accuracy(model: nn.Module, split: str = "test") -> float:
+    """Classification accuracy of ``model`` on a digits split."""
+    x, y = digits_labelled(split)
+    with torch.no_grad():  # an evaluation helper, not library maths: no graph is wanted here
+        pred = model(x).argmax(dim=1)
+    return float((pred == y).double().mean())
+
+
+def save_digits_classifier(model: DigitsClassifier, path: str | os.PathLike[str], **meta: Any) -> None:
+    """Save the weights with ``meta`` (e.g. ``test_accuracy``, ``seed``) atomically (temp file, fsync, replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": _FORMAT,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "command": _COMMAND,
+        **meta,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a shipped data file must be readable by all
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str) -> tuple[DigitsClassifier, dict[str, Any]]:
+    if not Path(path).is_file():
+        raise AysError(f"digits classifier weights not found at {path}; make them with: {_COMMAND}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise AysError(f"{path} is not an {_FORMAT} file")
+    model = DigitsClassifier()
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    for p in model.parameters():  # a fixed feature extractor: never build a graph through its weights
+        p.requires_grad_(False)
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model, meta
+
+
+def load_digits_classifier(path: str | os.PathLike[str] | None = None) -> tuple[DigitsClassifier, dict[str, Any]]:
+    """The classifier (eval mode, frozen) and its metadata, loaded once and cached.
+
+    Default path: the shipped ``ays/weights/digits_classifier.pt``.
+    """
+    return _load(str(Path(path) if path is not None else DIGITS_CLASSIFIER_PATH))
+
+
+def digits_features(images: torch.Tensor, *, path: str | os.PathLike[str] | None = None) -> torch.Tensor:
+    """Penultimate-layer features ``[N, 64]`` (float64) of 8×8 digit images ``[N, 1, 8, 8]`` or ``[N, 64]``."""
+    x = as_samples(images, name="images")
+    if x.shape[1] != 64:
+        raise AysError(f"digit images must have 64 pixels ([N, 1, 8, 8]), got shape {tuple(images.shape)}")
+    model, _ = load_digits_classifier(path)
+    x = x.to("cpu", torch.float32).reshape(-1, 1, 8, 8)
+    feats = [model.features(x[s : s + _BATCH]) for s in range(0, x.shape[0], _BATCH)]
+    return torch.cat(feats).to(torch.float64)
+
+
+def digits_fd(
+    samples: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    *,
+    path: str | os.PathLike[str] | None = None,
+) -> float:
+    """Fréchet distance between digit ``samples`` and ``reference`` in the classifier's feature space.
+
+    ``reference`` defaults to the digits TRAIN split (the data of the ``digits`` problems).
+    Like FID, the value is biased upwards by ``O(d / N)`` with ``d = 64``: compare values
+    computed at equal sample sizes.
+    """
+    if reference is None:
+        from ays.problems import digits_data
+
+        reference = digits_data("train")
+    return frechet_distance(digits_features(samples, path=path), digits_features(reference, path=path))

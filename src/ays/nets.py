@@ -1,0 +1,233 @@
+"""Small denoising networks for the toy problems: an MLP for points, a conv net for 8×8 images.
+
+These are the raw networks ``F`` of the EDM parametrisation (Karras et al. 2022,
+"Elucidating the Design Space of Diffusion-Based Generative Models", eq. 7):
+
+    D(x, sigma) = c_skip(sigma) · x + c_out(sigma) · F(c_in(sigma) · x, c_noise(sigma))
+
+so every network here has the signature ``net(x_in, c_noise) -> F`` with
+``x_in`` of shape ``[batch, *shape]`` and ``c_noise`` of shape ``[batch]``
+(EDM uses ``c_noise = ln(sigma) / 4``). The preconditioning itself lives in
+:class:`ays.denoisers.EDMPrecond`; :mod:`ays.train` fits these networks.
+
+Both networks are deliberately tiny (tens of thousands of parameters), so that
+they train in minutes on a laptop CPU and evaluate in microseconds per sample:
+they are the "trained models" on which the schedule optimiser is evaluated, as
+in the toy experiments of Align Your Steps (Sabour et al. 2024, Table 4).
+
+- :class:`MLP` for flat data (the 2-D Gaussian mixtures): residual SiLU blocks of
+  width ~128, each conditioned on the noise level by an added embedding.
+- :class:`ConvNet` for ``1×8×8`` images (``digits``): a two-resolution U-Net
+  (8×8 and 4×4) of residual conv blocks with GroupNorm and a noise embedding.
+
+The noise level enters through :class:`SinusoidalEmbedding`, fixed (parameter
+free) sinusoidal features of ``c_noise`` at log-spaced frequencies, the
+"Fourier features" of Tancik et al. 2020 without the random draw, so that a
+network is fully determined by its config and its state dict.
+
+:func:`build` constructs a network from a name and keyword arguments with a
+seeded, local random stream (the global RNG is left as it was); :func:`config_of`
+returns what :func:`build` needs to rebuild it, which is what a saved model stores.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .validate import AysError, check_choice, check_steps
+
+__all__ = ["MLP", "ConvNet", "SinusoidalEmbedding", "build", "config_of", "names", "num_parameters"]
+
+Tensor = torch.Tensor
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Fixed features ``[c, cos(2π f_k c), sin(2π f_k c)]`` of a scalar ``c`` per sample.
+
+    The ``(dim - 1) // 2`` frequencies ``f_k`` are log-spaced in ``[f_min, f_max]``.
+    With EDM's ``c_noise = ln(sigma)/4`` the useful range of ``c`` is about
+    ``[-1.6, 1.1]`` (sigma in [0.002, 80]); the default band resolves it from the
+    whole range (f_min = 0.05 cycles per unit) down to changes of a few percent in
+    sigma (f_max = 8 cycles per unit). The raw ``c`` is kept as a feature so that
+    the embedding is injective and smooth trends are easy to represent.
+    """
+
+    def __init__(self, dim: int = 32, f_min: float = 0.05, f_max: float = 8.0) -> None:
+        super().__init__()
+        dim = check_steps(dim, name="embedding dim", minimum=3)
+        if not 0 < f_min < f_max:
+            raise AysError(f"need 0 < f_min < f_max, got f_min={f_min}, f_max={f_max}")
+        n = (dim - 1) // 2
+        freqs = torch.logspace(math.log10(f_min), math.log10(f_max), n, dtype=torch.float64) * (2 * math.pi)
+        # A buffer, not a parameter: it is part of the architecture, never trained.
+        self.register_buffer("freqs", freqs.float(), persistent=False)
+        self.dim = 1 + 2 * n
+
+    def forward(self, c: Tensor) -> Tensor:
+        c = c.reshape(-1, 1).to(self.freqs.dtype)
+        arg = c * self.freqs
+        return torch.cat([c, torch.cos(arg), torch.sin(arg)], dim=1)
+
+
+def _zero_(layer: nn.Module) -> nn.Module:
+    # EDM initialises the last layer of every block to zero: at initialisation each
+    # residual block is the identity and the network outputs F = 0, i.e. D = c_skip·x,
+    # which is already the optimal denoiser for Gaussian data of variance sigma_data².
+    for p in layer.parameters():
+        nn.init.zeros_(p)
+    return layer
+
+
+class MLP(nn.Module):
+    """Noise-conditioned residual MLP for flat data (``dim`` features, e.g. 2-D points).
+
+    ``h = W_in x + E(c_noise)``; then ``depth`` blocks
+    ``h <- h + W_2 SiLU(W_1 SiLU(h) + E_k(c_noise))``; output ``W_out SiLU(h)``.
+    Inputs of any trailing shape are flattened, so ``shape`` may be e.g. ``(2,)``.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 33) -> None:
+        super().__init__()
+        self._config = {"dim": int(dim), "hidden": int(hidden), "depth": int(depth), "emb_dim": int(emb_dim)}
+        dim = check_steps(dim, name="dim")
+        hidden = check_steps(hidden, name="hidden")
+        depth = check_steps(depth, name="depth", minimum=0)
+        self.dim = dim
+        self.embed = SinusoidalEmbedding(emb_dim)
+        self.emb = nn.Sequential(nn.Linear(self.embed.dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.inp = nn.Linear(dim, hidden)
+        self.lin1 = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
+        self.cond = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
+        self.lin2 = nn.ModuleList(_zero_(nn.Linear(hidden, hidden)) for _ in range(depth))
+        self.out = _zero_(nn.Linear(hidden, dim))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": "mlp", **self._config}
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        shape = x.shape
+        h = x.reshape(shape[0], -1)
+        if h.shape[1] != self.dim:
+            raise AysError(f"MLP expects {self.dim} features per sample, got shape {tuple(shape)}")
+        e = F.silu(self.emb(self.embed(c_noise)))
+        h = self.inp(h) + e
+        for lin1, cond, lin2 in zip(self.lin1, self.cond, self.lin2):
+            h = h + lin2(F.silu(lin1(F.silu(h)) + cond(e)))
+        return self.out(F.silu(h)).reshape(shape)
+
+
+class _ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, plus a per-channel bias from the noise embedding, twice; residual."""
+
+    def __init__(self, cin: int, cout: int, emb: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(math.gcd(groups, cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.cond = nn.Linear(emb, cout)
+        self.norm2 = nn.GroupNorm(math.gcd(groups, cout), cout)
+        self.conv2 = _zero_(nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.cond(e)[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class ConvNet(nn.Module):
+    """A two-level U-Net for small single-channel images (``digits``: 1×8×8).
+
+    8×8: conv in, one residual block (kept as the skip); 4×4 (stride-2 conv):
+    ``mid`` residual blocks at twice the width; back to 8×8 (nearest upsampling and
+    a conv), concatenated with the skip, one residual block, GroupNorm-SiLU-conv out.
+    Every block receives the noise embedding. Height and width must be even.
+    """
+
+    def __init__(self, channels: int = 1, width: int = 32, mid: int = 1, emb_dim: int = 33, groups: int = 8) -> None:
+        super().__init__()
+        self._config = {
+            "channels": int(channels),
+            "width": int(width),
+            "mid": int(mid),
+            "emb_dim": int(emb_dim),
+            "groups": int(groups),
+        }
+        channels = check_steps(channels, name="channels")
+        width = check_steps(width, name="width")
+        mid = check_steps(mid, name="mid", minimum=0)
+        e = 4 * width
+        self.channels = channels
+        self.embed = SinusoidalEmbedding(emb_dim)
+        self.emb = nn.Sequential(nn.Linear(self.embed.dim, e), nn.SiLU(), nn.Linear(e, e), nn.SiLU())
+        self.inp = nn.Conv2d(channels, width, 3, padding=1)
+        self.enc = _ResBlock(width, width, e, groups)
+        self.down = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.mid = nn.ModuleList(_ResBlock(2 * width, 2 * width, e, groups) for _ in range(mid))
+        self.up = nn.Conv2d(2 * width, width, 3, padding=1)
+        self.dec = _ResBlock(2 * width, width, e, groups)
+        self.norm = nn.GroupNorm(math.gcd(groups, width), width)
+        self.out = _zero_(nn.Conv2d(width, channels, 3, padding=1))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": "conv", **self._config}
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.channels or x.shape[2] % 2 or x.shape[3] % 2:
+            raise AysError(
+                f"ConvNet expects [batch, {self.channels}, H, W] with even H and W, got shape {tuple(x.shape)}"
+            )
+        e = self.emb(self.embed(c_noise))
+        h = self.enc(self.inp(x), e)
+        skip = h
+        h = self.down(h)
+        for block in self.mid:
+            h = block(h, e)
+        h = self.up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        h = self.dec(torch.cat([h, skip], dim=1), e)
+        return self.out(F.silu(self.norm(h)))
+
+
+_NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "conv": ConvNet}
+
+
+def names() -> list[str]:
+    """The network names :func:`build` accepts."""
+    return sorted(_NETS)
+
+
+def build(name: str, *, seed: int = 0, **kwargs: Any) -> nn.Module:
+    """Construct network ``name`` (``"mlp"`` or ``"conv"``) with weights drawn from ``seed``.
+
+    PyTorch's layer initialisers draw from the global generator; the draw happens
+    inside :func:`torch.random.fork_rng`, seeded with ``seed``, so the result is
+    reproducible and the caller's global random state is left untouched.
+    """
+    check_choice(name, _NETS, what="network")
+    seed = check_steps(seed, name="seed", minimum=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return _NETS[name](**kwargs)
+        except TypeError as e:
+            raise AysError(f"bad arguments for network {name!r}: {e}") from None
+
+
+def config_of(net: nn.Module) -> dict[str, Any]:
+    """What :func:`build` needs to rebuild ``net``: ``{"name": ..., **constructor kwargs}``."""
+    config = getattr(net, "config", None)
+    if not isinstance(config, dict) or config.get("name") not in _NETS:
+        raise AysError(f"{type(net).__name__} is not one of the ays networks ({', '.join(names())}); cannot save it")
+    return dict(config)
+
+
+def num_parameters(net: nn.Module) -> int:
+    """The number of trainable scalars in ``net``."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)

@@ -1,0 +1,77 @@
+"""``ays.sample``: validate, look the solver up, scale the noise, run, check the result.
+
+The solvers in :mod:`ays.solvers` are k-diffusion-style building blocks that
+take already scaled noise. :func:`sample` is the checked entry point for users:
+it refuses a bad schedule, a bad noise tensor, an unknown solver or an option the
+solver does not take - each with a message naming the fault - before any
+denoiser call, and refuses to hand back NaN or inf.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import solvers
+from .validate import AysError, check_batch, check_finite, check_sigmas
+
+__all__ = ["sample"]
+
+Tensor = torch.Tensor
+
+
+def sample(
+    denoiser: Callable[[Tensor, Tensor], Tensor],
+    noise: Tensor,
+    sigmas: Any,
+    solver: str = "dpmpp_2m",
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    noise_sampler: Callable[[float, float], Tensor] | None = None,
+    **options: Any,
+) -> Tensor:
+    """Draw samples: ``solver(denoiser, noise * sigmas[0], sigmas, ...)``.
+
+    Args:
+        denoiser: ``denoiser(x, sigma) -> x0_hat`` with ``sigma`` of shape ``[batch]``.
+        noise: standard normal noise ``[batch, ...]`` (its dtype and device are the sampler's).
+        sigmas: a strictly decreasing schedule; ending in 0 returns clean samples (the
+            sampling convention, see :func:`ays.schedules.to_sampling`), ending at
+            ``sigma_min > 0`` returns the state at ``sigma_min``.
+        solver: a name from :func:`ays.solvers.names`.
+        generator: the only source of randomness for stochastic solvers.
+        callback: called once per step with ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}``.
+        noise_sampler: ``noise_sampler(sigma, sigma_next) -> Tensor`` replacing the
+            generator for every noise draw (k-diffusion's convention).
+        **options: the solver's own options (see ``ays.solvers.info(solver).options``).
+
+    Raises:
+        AysError: bad schedule, noise, solver name or option, or a non-finite result.
+    """
+    s = check_sigmas(sigmas)
+    if not isinstance(solver, str):
+        raise AysError(f"solver must be a name (one of {', '.join(solvers.names())}), got {type(solver).__name__}")
+    fn = solvers.get(solver)
+    solvers.check_options(solver, options)
+    check_batch(noise, name="noise")
+    if not torch.isfinite(noise).all():
+        raise AysError("noise holds NaN or inf")
+    x = noise * float(s[0])
+    out = fn(denoiser, x, s, generator=generator, callback=callback, noise_sampler=noise_sampler, **options)
+    return check_finite(out, what=f"solver {solver!r}")
+
+
+class _CallableModule(types.ModuleType):
+    """Importing ``ays.sample`` binds the MODULE to ``ays.sample``, shadowing the
+    function that ``ays/__init__`` exports lazily under the same name; making the
+    module callable keeps ``ays.sample(...)`` working either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        return sample(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,513 @@
+"""Train small EDM denoisers, save and load them, and ship a few pretrained ones.
+
+The training objective is EDM's (Karras et al. 2022, "Elucidating the Design Space
+of Diffusion-Based Generative Models", §5 and Table 1):
+
+    L = E_{sigma, x0, n} [ lambda(sigma) · ||D(x0 + sigma·n, sigma) - x0||² ],
+    ln sigma ~ N(P_mean, P_std²),  P_mean = -1.2, P_std = 1.2,
+    lambda(sigma) = (sigma² + sigma_data²) / (sigma · sigma_data)²,
+
+with the denoiser in EDM's preconditioned form
+``D = c_skip x + c_out F(c_in x, c_noise)`` (:class:`ays.denoisers.EDMPrecond`),
+whose weighting makes the effective target of ``F`` have unit variance at every
+sigma. The losses reported here are per dimension (mean over the elements of a
+sample, then over the batch), so that a 2-D toy and 64-pixel digits read alike.
+For the ideal denoiser ``D*`` the loss does not reach 0: ``E||D* - x0||²`` is the
+posterior variance, a known floor for Gaussian data (``d·c²sigma²/(c²+sigma²)``
+per sample; the tests check that training reaches it).
+
+Optimisation is Adam with a linear learning-rate warm-up and a cosine decay, and
+the denoiser returned is an exponential moving average (EMA) of the weights with
+EDM's half-life parametrisation: after each step the average moves towards the
+weights by ``1 - beta``, ``beta = 0.5 ** (1 / h)``, so that a weight's influence
+halves every ``h`` steps; ``h`` ramps up as ``min(ema, ema_rampup · step)`` so
+that the average forgets the random initialisation quickly.
+
+Everything random (minibatches, noise levels, noise) is drawn from one
+``torch.Generator`` seeded by ``seed``; the network's initial weights come from
+:func:`ays.nets.build`'s own seed. The same command on the same machine (and
+thread count) gives the same weights.
+
+Saved models (``ays-model/1``) are one file written atomically by
+:func:`save_model`: the state dict of the network ``F`` plus the config needed
+to rebuild it (:func:`ays.nets.config_of`), ``sigma_data`` and the training
+record. :func:`load_model` reads it back with ``torch.load(weights_only=True)``
+(no code is executed) and raises :class:`ays.validate.AysError` on a corrupt or
+foreign file.
+
+Pretrained models shipped in ``ays/weights`` (load with :func:`pretrained`):
+
+- ``gmm-8x8``: ``ays train gmm-8x8 --steps 20000 --seed 0 --out src/ays/weights/gmm-8x8.pt``
+- ``gmm-8x4``: ``ays train gmm-8x4 --steps 20000 --seed 0 --out src/ays/weights/gmm-8x4.pt``
+- ``gmm-6x6``: ``ays train gmm-6x6 --steps 20000 --seed 0 --out src/ays/weights/gmm-6x6.pt``
+- ``digits``: ``ays train digits --steps 8000 --batch-size 128 --seed 0 --out src/ays/weights/digits.pt``
+
+(the exact settings and the quality they reach are in ``notes/train.md``).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import importlib.resources
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import nets
+from .denoisers import EDMPrecond
+from .validate import AysError, check_positive, check_steps
+
+__all__ = [
+    "FORMAT",
+    "P_MEAN",
+    "P_STD",
+    "TrainResult",
+    "edm_loss",
+    "load_model",
+    "loss_weight",
+    "model_info",
+    "plot_loss",
+    "pretrained",
+    "pretrained_names",
+    "sample_sigma",
+    "save_model",
+    "sigma_data_of",
+    "train",
+]
+
+Tensor = torch.Tensor
+FORMAT = "ays-model/1"
+P_MEAN = -1.2
+P_STD = 1.2
+
+# Shipped models: name -> file in ays/weights. (digits_classifier.pt there is the
+# classifier of ays.metrics, not a denoiser, and is deliberately not listed.)
+_PRETRAINED: dict[str, str] = {
+    "gmm-8x8": "gmm-8x8.pt",
+    "gmm-8x4": "gmm-8x4.pt",
+    "gmm-6x6": "gmm-6x6.pt",
+    "digits": "digits.pt",
+}
+
+
+# ------------------------------------------------------------------ the objective
+def sample_sigma(n: int, generator: torch.Generator | None, *, p_mean: float = P_MEAN, p_std: float = P_STD) -> Tensor:
+    """Training noise levels: ``ln sigma ~ N(p_mean, p_std²)`` (EDM Table 1), ``[n]`` float32."""
+    return torch.exp(p_mean + p_std * torch.randn(n, generator=generator))
+
+
+def loss_weight(sigma: Tensor, sigma_data: float) -> Tensor:
+    """EDM's loss weight ``lambda(sigma) = (sigma² + sigma_data²) / (sigma·sigma_data)²`` (= 1/c_out²)."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def edm_loss(
+    denoiser: Callable[[Tensor, Tensor], Tensor],
+    x0: Tensor,
+    sigma: Tensor,
+    noise: Tensor,
+    sigma_data: float,
+) -> Tensor:
+    """Per-sample EDM loss ``lambda(sigma) · mean_dims (D(x0 + sigma·noise, sigma) - x0)²``, ``[batch]``.
+
+    ``sigma`` is ``[batch]``; ``noise`` has the shape of ``x0``. The caller draws both
+    (with :func:`sample_sigma` and ``torch.randn``), so two denoisers can be compared
+    on the same draws.
+    """
+    s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+    d = denoiser(x0 + s * noise, sigma)
+    err = (d - x0).square().reshape(x0.shape[0], -1).mean(dim=1)
+    return loss_weight(sigma, sigma_data) * err
+
+
+# ----------------------------------------------------------------------- data
+def _data_sampler(problem_or_data: Any) -> tuple[Callable[[int, torch.Generator], Tensor], Tensor | None]:
+    """A function ``draw(n, generator) -> [n, *shape]`` and, for a tensor, the tensor itself."""
+    if isinstance(problem_or_data, torch.Tensor):
+        data = problem_or_data.detach().to(device="cpu", dtype=torch.float32)
+        if data.ndim < 2 or data.shape[0] < 1:
+            raise AysError(f"training data must have shape [N, *shape] with N >= 1, got {tuple(data.shape)}")
+        if not bool(torch.isfinite(data).all()):
+            raise AysError("training data hold NaN or inf")
+        n_data = data.shape[0]
+
+        def draw(n: int, g: torch.Generator) -> Tensor:
+            # Minibatches with replacement: each step is an independent draw, so the
+            # stream depends only on the generator, not on epoch bookkeeping.
+            return data[torch.randint(n_data, (n,), generator=g)]
+
+        return draw, data
+    sample = getattr(problem_or_data, "sample", None)
+    fn = sample if callable(sample) else problem_or_data
+    if not callable(fn):
+        raise AysError(
+            "train needs a problem (with .sample(n, generator)), a data tensor [N, *shape] "
+            f"or a callable data(n, generator); got {type(problem_or_data).__name__}"
+        )
+
+    def draw_fn(n: int, g: torch.Generator) -> Tensor:
+        x = fn(n, g)
+        if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] != n:
+            raise AysError(f"the data source returned {type(x).__name__} {tuple(getattr(x, 'shape', ()))}, "
+                           f"expected a tensor [{n}, *shape]")
+        return x.detach().to(device="cpu", dtype=torch.float32)
+
+    return draw_fn, None
+
+
+def sigma_data_of(problem_or_data: Any, *, samples: int = 16384, seed: int = 0) -> float:
+    """The data scale EDM's preconditioning needs: the root mean square of the data per dimension.
+
+    EDM derives ``c_in``, ``c_skip`` and ``c_out`` from the second moment of the data
+    (its ``sigma_data`` is that root mean square for zero-mean data). Exact for a
+    tensor and for a mixture problem (from ``covariance()`` and ``mean()``); otherwise
+    estimated from ``samples`` draws of a generator seeded with ``seed``.
+    """
+    if isinstance(problem_or_data, torch.Tensor):
+        x = problem_or_data.detach().to(torch.float64)
+        return float(x.square().mean().sqrt())
+    cov = getattr(problem_or_data, "covariance", None)
+    mean = getattr(problem_or_data, "mean", None)
+    if callable(cov) and callable(mean):
+        c = cov().to(torch.float64)
+        m = mean().to(torch.float64).reshape(-1)
+        return math.sqrt((float(torch.diagonal(c).sum()) + float(m.square().sum())) / m.numel())
+    draw, _ = _data_sampler(problem_or_data)
+    x = draw(samples, torch.Generator().manual_seed(seed)).to(torch.float64)
+    return float(x.square().mean().sqrt())
+
+
+# -------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        denoiser: the EMA denoiser ``D(x, sigma)`` (an :class:`EDMPrecond`, eval mode,
+            gradients off): the model to sample from.
+        net: the raw network at the last step (not averaged), still trainable.
+        losses: ``[steps]`` float64, the minibatch loss of every step (per dimension).
+        config: the training settings, ``sigma_data`` and the network config; what
+            :func:`save_model` stores beside the weights.
+    """
+
+    denoiser: EDMPrecond
+    net: nn.Module
+    losses: Tensor
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def final_loss(self, window: int = 1000) -> float:
+        """Mean minibatch loss over the last ``window`` steps."""
+        return float(self.losses[-window:].mean())
+
+    def save(self, path: str | os.PathLike[str], **extra: Any) -> str:
+        """Save the EMA denoiser with this run's config (and ``extra`` keys) to ``path``."""
+        config = {**self.config, "final_loss": self.final_loss(), **extra}
+        return save_model(path, self.denoiser, config)
+
+    def plot(self, path: str | os.PathLike[str], *, title: str | None = None) -> str:
+        """Save the loss curve as an image (see :func:`plot_loss`)."""
+        return plot_loss(self.losses, path, title=title)
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    # Linear warm-up (Adam's early second-moment estimates are poor), then a cosine
+    # decay to 0: a small final learning rate removes most of the minibatch noise
+    # from the last weights, which matters for the sharp small-sigma denoiser.
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def train(
+    problem_or_data: Any,
+    net: nn.Module,
+    *,
+    steps: int,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    ema: float | None = 500.0,
+    ema_rampup: float | None = 0.05,
+    warmup: int | None = None,
+    sigma_data: float | None = None,
+    p_mean: float = P_MEAN,
+    p_std: float = P_STD,
+    log_every: int = 100,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Fit the raw network ``net`` (``F`` of EDM) as a denoiser of the data; Karras et al. 2022, §5.
+
+    Args:
+        problem_or_data: a problem (``.sample(n, generator)``, e.g. ``ays.problems.get``),
+            a tensor of clean samples ``[N, *shape]`` (minibatches drawn with
+            replacement) or a callable ``data(n, generator)``.
+        net: a network ``net(x_in, c_noise)`` (:mod:`ays.nets`); trained in place.
+        steps: optimiser steps. batch_size: samples per step. lr: Adam's peak rate.
+        seed: seeds the generator of minibatches, noise levels and noise.
+        ema: EMA half-life in steps (``None`` or 0: return the final weights).
+        ema_rampup: the half-life is ``min(ema, ema_rampup·step)`` (``None``: constant).
+        warmup: learning-rate warm-up steps (default ``min(1000, steps // 20)``).
+        sigma_data: the data scale of the preconditioning (default :func:`sigma_data_of`).
+        p_mean, p_std: the log-normal law of training noise levels.
+        log_every: call ``callback`` every this many steps (and after the last).
+        callback: receives ``{"step", "steps", "loss" (mean since the last call), "lr"}``.
+
+    Returns:
+        A :class:`TrainResult` with the EMA denoiser and the loss of every step.
+    """
+    steps = check_steps(steps, name="steps")
+    batch_size = check_steps(batch_size, name="batch_size")
+    lr = check_positive(lr, name="lr")
+    seed = check_steps(seed, name="seed", minimum=0)
+    log_every = check_steps(log_every, name="log_every")
+    p_std = check_positive(p_std, name="p_std")
+    if not math.isfinite(float(p_mean)):
+        raise AysError(f"p_mean must be finite, got {p_mean!r}")
+    ema_h = 0.0 if ema is None else check_positive(ema, name="ema", allow_zero=True)
+    rampup = None if ema_rampup is None else check_positive(ema_rampup, name="ema_rampup")
+    warmup = min(1000, steps // 20) if warmup is None else check_steps(warmup, name="warmup", minimum=0)
+    if not isinstance(net, nn.Module):
+        raise AysError(f"net must be a torch.nn.Module (see ays.nets), got {type(net).__name__}")
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise AysError("net has no trainable parameters")
+
+    draw, _ = _data_sampler(problem_or_data)
+    sd = sigma_data_of(problem_or_data) if sigma_data is None else check_positive(sigma_data, name="sigma_data")
+
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    model = EDMPrecond(net, sd)
+    ema_net = copy.deepcopy(net).eval().requires_grad_(False) if ema_h > 0 else None
+    # foreach: one fused update for all tensors (several times faster for small nets on CPU)
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    ema_params = list(ema_net.parameters()) if ema_net is not None else []
+    net_params = list(net.parameters())
+    losses = torch.empty(steps, dtype=torch.float64)
+    since = 0.0
+
+    for step in range(steps):
+        factor = _lr_factor(step, steps, warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr * factor
+        x0 = draw(batch_size, g)
+        sigma = sample_sigma(batch_size, g, p_mean=p_mean, p_std=p_std)
+        noise = torch.randn(x0.shape, generator=g)
+        loss = edm_loss(model, x0, sigma, noise, sd).mean()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise AysError(f"training diverged at step {step + 1} (loss {value}); try a smaller --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses[step] = value
+        since += value
+
+        if ema_net is not None:
+            h = ema_h if rampup is None else min(ema_h, rampup * (step + 1))
+            beta = 0.5 ** (1.0 / max(h, 1e-8))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, net_params, 1.0 - beta)
+                for be, b in zip(ema_net.buffers(), net.buffers()):
+                    be.copy_(b)
+
+        done = step + 1
+        if callback is not None and (done % log_every == 0 or done == steps):
+            n_since = done % log_every or min(log_every, done)
+            callback({"step": done, "steps": steps, "loss": since / n_since, "lr": lr * factor})
+            since = 0.0
+        elif done % log_every == 0:
+            since = 0.0
+
+    final = ema_net if ema_net is not None else copy.deepcopy(net).eval().requires_grad_(False)
+    config = {
+        "net": nets.config_of(net) if hasattr(net, "config") else {"name": type(net).__name__},
+        "sigma_data": sd,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "ema": ema_h,
+        "ema_rampup": rampup,
+        "warmup": warmup,
+        "p_mean": float(p_mean),
+        "p_std": p_std,
+        "problem": getattr(problem_or_data, "name", None),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    return TrainResult(denoiser=_frozen(EDMPrecond(final, sd)), net=net, losses=losses, config=config)
+
+
+def _frozen(denoiser: EDMPrecond) -> EDMPrecond:
+    if isinstance(denoiser, nn.Module):
+        denoiser.eval().requires_grad_(False)
+    return denoiser
+
+
+# ------------------------------------------------------------------ save / load
+def _unwrap(model: Any, config: Mapping[str, Any]) -> tuple[nn.Module, float]:
+    """(raw network, sigma_data) from an EDMPrecond or a raw network plus ``config["sigma_data"]``."""
+    inner = getattr(model, "net", None)
+    if isinstance(model, EDMPrecond) and isinstance(inner, nn.Module):
+        return inner, float(model.sigma_data)
+    if isinstance(model, nn.Module):
+        if "sigma_data" not in config:
+            raise AysError("saving a raw network needs config['sigma_data'] (or pass the EDMPrecond denoiser)")
+        return model, check_positive(config["sigma_data"], name="sigma_data")
+    raise AysError(f"cannot save {type(model).__name__}: pass an ays network or its EDMPrecond denoiser")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like copy (str, int, float, bool, None, lists, str-keyed dicts): what weights_only loading accepts."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return str(value)
+
+
+def save_model(path: str | os.PathLike[str], model: Any, config: Mapping[str, Any] | None = None) -> str:
+    """Write ``model`` (an :class:`EDMPrecond` of an :mod:`ays.nets` network, or the raw network
+    with ``config["sigma_data"]``) and ``config`` to ``path`` atomically; returns the path.
+
+    The file is a ``torch.save`` dict ``{"format": "ays-model/1", "net": {...},
+    "sigma_data": float, "config": {...}, "state_dict": {...}, "created": ISO-8601}``,
+    weights stored as float32.
+    """
+    config = dict(config or {})
+    net, sd = _unwrap(model, config)
+    payload = {
+        "format": FORMAT,
+        "net": nets.config_of(net),
+        "sigma_data": sd,
+        "config": _plain({k: v for k, v in config.items() if k != "sigma_data"}),
+        "state_dict": {k: v.detach().to("cpu", torch.float32).clone() for k, v in net.state_dict().items()},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(2, "no such model file", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file (pickle, zip, EOF, runtime)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AysError(f"{path}: not a readable ays model file ({reason[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise AysError(f"{path}: not an ays model file (format {got!r}, expected {FORMAT!r})")
+    for key, kind in (("net", dict), ("state_dict", dict), ("sigma_data", float)):
+        if not isinstance(payload.get(key), kind):
+            raise AysError(f"{path}: damaged ays model file ({key!r} missing or of the wrong type)")
+    return payload
+
+
+def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a saved model: ``net`` config, ``sigma_data``, training ``config``, ``created``."""
+    payload = _read(path)
+    return {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def load_model(path: str | os.PathLike[str]) -> EDMPrecond:
+    """Rebuild the denoiser saved by :func:`save_model` (eval mode, gradients off, float32, CPU).
+
+    Raises :class:`AysError` when the file is not an ``ays-model/1`` file or its
+    weights do not fit the network it describes.
+    """
+    payload = _read(path)
+    cfg = dict(payload["net"])
+    name = cfg.pop("name", None)
+    try:
+        net = nets.build(str(name), **cfg)
+    except AysError as e:
+        raise AysError(f"{os.fspath(path)}: cannot rebuild its network: {e}") from None
+    try:
+        net.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise AysError(f"{os.fspath(path)}: weights do not fit the network it describes ({first[:200]})") from None
+    sd = check_positive(payload["sigma_data"], name="sigma_data")
+    return _frozen(EDMPrecond(net.eval(), sd))
+
+
+def pretrained_names() -> list[str]:
+    """Names of the pretrained denoisers shipped with this installation."""
+    folder = importlib.resources.files("ays") / "weights"
+    return sorted(n for n, f in _PRETRAINED.items() if (folder / f).is_file())
+
+
+def pretrained(name: str) -> EDMPrecond:
+    """A shipped denoiser by problem name (``"gmm-8x8"``, ``"gmm-8x4"``, ``"gmm-6x6"``, ``"digits"``)."""
+    available = pretrained_names()
+    if name not in available:
+        raise AysError(
+            f"no pretrained model {name!r}; available: {', '.join(available) if available else 'none installed'}"
+        )
+    resource = importlib.resources.files("ays") / "weights" / _PRETRAINED[name]
+    with importlib.resources.as_file(resource) as path:
+        return load_model(path)
+
+
+# ------------------------------------------------------------------------ plot
+def plot_loss(
+    losses: Tensor | list[float], path: str | os.PathLike[str], *, window: int | None = None, title: str | None = None
+) -> str:
+    """Save the training loss curve (log scale; raw and a moving average) to ``path`` atomically."""
+    from .plot import save_figure  # matplotlib loads only here
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = torch.as_tensor(losses, dtype=torch.float64).reshape(-1)
+    if y.numel() == 0:
+        raise AysError("no losses to plot")
+    w = window or max(1, y.numel() // 100)
+    kernel = torch.ones(1, 1, w, dtype=torch.float64) / w
+    smooth = torch.nn.functional.conv1d(y.reshape(1, 1, -1), kernel).reshape(-1)
+    steps = torch.arange(1, y.numel() + 1)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    try:
+        ax.plot(steps.numpy(), y.numpy(), lw=0.5, alpha=0.3, color="C0", label="minibatch")
+        ax.plot(steps[w - 1 :].numpy(), smooth.numpy(), lw=1.5, color="C0", label=f"mean of {w} steps")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("EDM loss (per dimension)")
+        ax.set_title(title or "training loss")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
