@@ -79,7 +79,7 @@ def test_unknown_solver_lists_the_names():
 def test_unknown_option_is_named():
     with pytest.raises(AysError, match="'eta'"):
         solvers.check_options("euler", {"eta": 0.5})
-    with pytest.raises(AysError, match="'rho'.*eta, s_noise"):
+    with pytest.raises(AysError, match=r"'rho'.*eta, s_noise"):
         solvers.check_options("euler_ancestral", {"rho": 1, "eta": 0.5})
     assert solvers.check_options("er_sde", {"order": 2}) == {"order": 2}
 
@@ -166,9 +166,9 @@ def test_stochastic_ddim_loses_variance_by_the_closed_form():
 @pytest.mark.parametrize("H", [1e-7, 1e-4, 0.0099, 0.0101, 0.3, 4.0])
 def test_phi_functions_are_the_exponential_integrals(H):
     c1, phi2, phi3 = phi_functions(H)
-    w1 = integrate.quad(lambda u: math.exp(-(H - u)), 0, H, epsabs=0, epsrel=1e-14)[0]
-    w2 = integrate.quad(lambda u: math.exp(-(H - u)) * u, 0, H, epsabs=0, epsrel=1e-14)[0]
-    w3 = integrate.quad(lambda u: math.exp(-(H - u)) * u * u / 2, 0, H, epsabs=0, epsrel=1e-14)[0]
+    w1 = integrate.quad(lambda u: math.exp(-(H - u)), 0, H, epsabs=0, epsrel=1e-13)[0]
+    w2 = integrate.quad(lambda u: math.exp(-(H - u)) * u, 0, H, epsabs=0, epsrel=1e-13)[0]
+    w3 = integrate.quad(lambda u: math.exp(-(H - u)) * u * u / 2, 0, H, epsabs=0, epsrel=1e-13)[0]
     assert c1 == pytest.approx(w1, rel=1e-12)
     assert phi2 == pytest.approx(w2 / H, rel=1e-11)
     # k-diffusion's phi3 = phi2/H - 1/2 is -(1/H²) int e^{-(H-u)} u²/2 du
@@ -284,7 +284,8 @@ def test_all_noise_goes_through_the_noise_sampler(name):
     c = fn(smooth_denoiser, x, s, noise_sampler=replay)
     d = fn(smooth_denoiser, x, s, generator=torch.Generator().manual_seed(5))
     assert torch.equal(c, d)
-    # 3) the sampler is asked for the noise of steps inside the schedule
+    # 3) the sampler is asked for the noise of a step (sigma_i, sigma_{i+1}) of the schedule; only
+    #    EDM's churn, which happens before the step, may draw on a step into 0
     asked = []
 
     def recording(sigma, sigma_next):
@@ -292,7 +293,10 @@ def test_all_noise_goes_through_the_noise_sampler(name):
         return torch.zeros_like(x)
 
     fn(smooth_denoiser, x, s, noise_sampler=recording)
-    assert asked and all(sigma > sigma_next > 0 for sigma, sigma_next in asked)
+    steps = list(zip(s.tolist(), s.tolist()[1:]))
+    assert asked and all(pair in steps for pair in asked)
+    if name != "edm_stochastic":
+        assert all(sigma_next > 0 for _, sigma_next in asked)
 
 
 def test_noise_sampler_of_the_wrong_shape_is_refused():

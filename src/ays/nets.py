@@ -65,10 +65,11 @@ class SinusoidalEmbedding(nn.Module):
         n = (dim - 1) // 2
         freqs = torch.logspace(math.log10(f_min), math.log10(f_max), n, dtype=torch.float64) * (2 * math.pi)
         # A buffer, not a parameter: it is part of the architecture, never trained.
-        self.register_buffer("freqs", freqs.float(), persistent=False)
+        self.register_buffer("freqs", freqs, persistent=False)
         self.dim = 1 + 2 * n
 
     def forward(self, c: Tensor) -> Tensor:
+        # float64 phases (cheap: [batch, dim]); the caller casts to the network's dtype.
         c = c.reshape(-1, 1).to(self.freqs.dtype)
         arg = c * self.freqs
         return torch.cat([c, torch.cos(arg), torch.sin(arg)], dim=1)
@@ -86,8 +87,9 @@ def _zero_(layer: nn.Module) -> nn.Module:
 class MLP(nn.Module):
     """Noise-conditioned residual MLP for flat data (``dim`` features, e.g. 2-D points).
 
-    ``h = W_in x + E(c_noise)``; then ``depth`` blocks
-    ``h <- h + W_2 SiLU(W_1 SiLU(h) + E_k(c_noise))``; output ``W_out SiLU(h)``.
+    With ``e`` the sinusoidal embedding of ``c_noise``: ``h = W_in x + E_0 e``; then
+    ``depth`` residual blocks ``h <- h + W_2 SiLU(W_1 SiLU(h) + E_k e)``; output
+    ``W_out SiLU(h)``. About 117k parameters at the defaults (hidden 128, depth 3).
     Inputs of any trailing shape are flattened, so ``shape`` may be e.g. ``(2,)``.
     """
 
@@ -99,10 +101,12 @@ class MLP(nn.Module):
         depth = check_steps(depth, name="depth", minimum=0)
         self.dim = dim
         self.embed = SinusoidalEmbedding(emb_dim)
-        self.emb = nn.Sequential(nn.Linear(self.embed.dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        # The sinusoidal features are already a rich basis in c_noise (a Fourier series),
+        # so each layer reads them through its own linear map: cheap and expressive.
+        self.emb = nn.Linear(self.embed.dim, hidden)
         self.inp = nn.Linear(dim, hidden)
         self.lin1 = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
-        self.cond = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
+        self.cond = nn.ModuleList(nn.Linear(self.embed.dim, hidden) for _ in range(depth))
         self.lin2 = nn.ModuleList(_zero_(nn.Linear(hidden, hidden)) for _ in range(depth))
         self.out = _zero_(nn.Linear(hidden, dim))
 
@@ -112,14 +116,16 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
         shape = x.shape
-        h = x.reshape(shape[0], -1)
-        if h.shape[1] != self.dim:
+        if x.ndim < 1 or math.prod(shape[1:]) != self.dim:
             raise AysError(f"MLP expects {self.dim} features per sample, got shape {tuple(shape)}")
-        e = F.silu(self.emb(self.embed(c_noise)))
-        h = self.inp(h) + e
+        # The network runs in its own dtype whatever the caller's (e.g. a float64 solver state).
+        dtype = self.inp.weight.dtype
+        h = x.reshape(shape[0], -1).to(dtype)
+        e = self.embed(c_noise).to(dtype)
+        h = self.inp(h) + self.emb(e)
         for lin1, cond, lin2 in zip(self.lin1, self.cond, self.lin2):
             h = h + lin2(F.silu(lin1(F.silu(h)) + cond(e)))
-        return self.out(F.silu(h)).reshape(shape)
+        return self.out(F.silu(h)).reshape(shape).to(x.dtype)
 
 
 class _ResBlock(nn.Module):
@@ -184,15 +190,16 @@ class ConvNet(nn.Module):
             raise AysError(
                 f"ConvNet expects [batch, {self.channels}, H, W] with even H and W, got shape {tuple(x.shape)}"
             )
-        e = self.emb(self.embed(c_noise))
-        h = self.enc(self.inp(x), e)
+        dtype = self.inp.weight.dtype
+        e = self.emb(self.embed(c_noise).to(dtype))
+        h = self.enc(self.inp(x.to(dtype)), e)
         skip = h
         h = self.down(h)
         for block in self.mid:
             h = block(h, e)
         h = self.up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.dec(torch.cat([h, skip], dim=1), e)
-        return self.out(F.silu(self.norm(h)))
+        return self.out(F.silu(self.norm(h))).to(x.dtype)
 
 
 _NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "conv": ConvNet}

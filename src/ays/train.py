@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from . import nets
-from .denoisers import EDMPrecond
+from .denoisers import EDMPrecond, edm_loss_weight
 from .validate import AysError, check_positive, check_steps
 
 __all__ = [
@@ -71,7 +71,6 @@ __all__ = [
     "TrainResult",
     "edm_loss",
     "load_model",
-    "loss_weight",
     "model_info",
     "plot_loss",
     "pretrained",
@@ -103,11 +102,6 @@ def sample_sigma(n: int, generator: torch.Generator | None, *, p_mean: float = P
     return torch.exp(p_mean + p_std * torch.randn(n, generator=generator))
 
 
-def loss_weight(sigma: Tensor, sigma_data: float) -> Tensor:
-    """EDM's loss weight ``lambda(sigma) = (sigma² + sigma_data²) / (sigma·sigma_data)²`` (= 1/c_out²)."""
-    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-
-
 def edm_loss(
     denoiser: Callable[[Tensor, Tensor], Tensor],
     x0: Tensor,
@@ -117,6 +111,7 @@ def edm_loss(
 ) -> Tensor:
     """Per-sample EDM loss ``lambda(sigma) · mean_dims (D(x0 + sigma·noise, sigma) - x0)²``, ``[batch]``.
 
+    ``lambda = 1/c_out²`` is :func:`ays.denoisers.edm_loss_weight`.
     ``sigma`` is ``[batch]``; ``noise`` has the shape of ``x0``. The caller draws both
     (with :func:`sample_sigma` and ``torch.randn``), so two denoisers can be compared
     on the same draws.
@@ -124,7 +119,7 @@ def edm_loss(
     s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
     d = denoiser(x0 + s * noise, sigma)
     err = (d - x0).square().reshape(x0.shape[0], -1).mean(dim=1)
-    return loss_weight(sigma, sigma_data) * err
+    return edm_loss_weight(sigma, sigma_data).to(err.dtype) * err
 
 
 # ----------------------------------------------------------------------- data
@@ -484,9 +479,9 @@ def plot_loss(
     losses: Tensor | list[float], path: str | os.PathLike[str], *, window: int | None = None, title: str | None = None
 ) -> str:
     """Save the training loss curve (log scale; raw and a moving average) to ``path`` atomically."""
-    from .plot import save_figure  # matplotlib loads only here
+    import matplotlib  # loads only here, when a plot is drawn
 
-    import matplotlib
+    from .plot import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

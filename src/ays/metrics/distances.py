@@ -114,9 +114,7 @@ def sliced_w2(
     sq = float(per.mean())
     sq_se = float(per.std(correction=1)) / math.sqrt(p) if p > 1 else math.inf
     value = math.sqrt(max(sq, 0.0))
-    return SlicedW2(
-        value=value, stderr=sqrt_stderr(sq, sq_se), squared=sq, squared_stderr=sq_se, projections=p
-    )
+    return SlicedW2(value=value, stderr=sqrt_stderr(sq, sq_se), squared=sq, squared_stderr=sq_se, projections=p)
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:

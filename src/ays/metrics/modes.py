@@ -63,7 +63,10 @@ def mixture_parameters(problem: Any) -> tuple[torch.Tensor, torch.Tensor, torch.
     if stds.numel() != k or weights.numel() != k:
         raise AysError(f"mixture has {k} means but {stds.numel()} stds and {weights.numel()} weights")
     if not (stds > 0).all():
-        raise AysError("mixture stds must be > 0")
+        raise AysError(
+            "mode coverage needs every component std > 0 (a point mass has no radius); "
+            "for an empirical problem use precision_recall or a distance"
+        )
     if (weights < 0).any() or not math.isclose(float(weights.sum()), 1.0, rel_tol=1e-6):
         raise AysError(f"mixture weights must be non-negative and sum to 1, got sum {float(weights.sum())}")
     return means, stds, weights

@@ -43,7 +43,7 @@ def knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
     """Distance from each point of ``x [N, d]`` to its k-th nearest neighbour in ``x`` (itself excluded)."""
     n = x.shape[0]
     if k >= n:
-        raise AysError(f"k={k} needs more than k points per set, got {n}")
+        raise AysError(f"k={k} needs more than {k} points in each set, got {n}")
     out = torch.empty(n, dtype=torch.float64, device=x.device)
     for s, blk in pairwise_blocks(x, x):
         # The smallest distance of each row is the point itself (exactly 0); the (k+1)-th is the k-th neighbour.
@@ -73,7 +73,7 @@ def precision_recall(samples: torch.Tensor, reference: torch.Tensor, *, k: int =
         k: neighbour rank that sets each ball's radius (the paper uses 3).
     """
     k = check_steps(k, name="k")
-    gen, ref = pair(samples, reference, names=("samples", "reference"), min_n=k + 1)
+    gen, ref = pair(samples, reference, names=("samples", "reference"))
     precision = _inside(gen, ref, knn_radii(ref, k))
     recall = _inside(ref, gen, knn_radii(gen, k))
     return PrecisionRecall(precision=_proportion(precision), recall=_proportion(recall), k=k)
