@@ -313,6 +313,12 @@ def test_comfyui_node_is_self_contained_and_loads_a_schedule_file(tmp_path: Path
         torch.testing.assert_close(got, E.to_comfyui(path, steps, denoise=denoise), rtol=0, atol=0)
     (flow,) = node.get_sigmas(str(path), 0, 1.0, "flow")
     torch.testing.assert_close(flow, E.to_comfyui(path, model_sampling="flow"), rtol=0, atol=0)
+    # a schedule optimised for a flow model says so in its settings; "auto" follows it
+    flow_path = _write_schedule(tmp_path / "f.json", s, settings={"noise": {"kind": "Flow", "shift": 3.0}})
+    (auto_flow,) = node.get_sigmas(str(flow_path), 0, 1.0, "auto")
+    torch.testing.assert_close(auto_flow, flow, rtol=0, atol=0)
+    torch.testing.assert_close(E.to_comfyui(flow_path), flow, rtol=0, atol=0)
+    assert E.to_diffusers(flow_path)["sigmas"] == pytest.approx(_flow_t(s)[:-1].tolist())
     (empty,) = node.get_sigmas(str(path), 10, 0.0, "sigma")
     assert empty.numel() == 0  # ComfyUI's own answer to denoise 0
     with pytest.raises(ValueError, match="does not exist"):

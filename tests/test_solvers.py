@@ -136,10 +136,10 @@ def test_dpmpp_3m_beats_2m_although_both_are_second_order():
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_stochastic_solvers_keep_the_marginal_variance(name):
     """Started on the true marginal, the exact output variance tends to c² + s_min²."""
-    n = 4096 if solvers.info(name).order == 1 else 512
-    s = schedules.loglinear(n, LO, HI)
+    first_order = solvers.info(name).order == 1
+    s = schedules.loglinear(4096 if first_order else 512, LO, HI)
     v = analysis.output_variance(name, s, C, init_std=math.hypot(C, HI))
-    assert v == pytest.approx(C * C + LO * LO, rel=1.5e-3)
+    assert v == pytest.approx(C * C + LO * LO, rel=1.5e-3 if first_order else 5e-4)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -57,11 +57,11 @@ from .validate import AysError, check_positive, check_sigmas, check_steps
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
-    "estimate_schedule",
     "Denoiser",
     "IntervalEstimate",
     "KlubDraws",
     "KlubEstimate",
+    "estimate_schedule",
     "gaussian_klub",
     "gaussian_klub_optimal",
     "interval_klub",

@@ -81,13 +81,11 @@ def interpolate(sigmas: list[float], steps: int) -> torch.Tensor:
 
 
 def _is_flow(doc: dict[str, Any]) -> bool:
-    for key in ("model_sampling", "noise", "parametrization", "parameterization"):
-        value = doc.get(key)
-        if isinstance(value, dict):
-            value = value.get("kind") or value.get("type") or value.get("name")
-        if isinstance(value, str) and "flow" in value.lower():
-            return True
-    return False
+    """Whether the schedule was optimised for a flow-matching model (``settings.noise.kind == "Flow"``)."""
+    settings = doc.get("settings")
+    noise = settings.get("noise") if isinstance(settings, dict) else None
+    kind = noise.get("kind") if isinstance(noise, dict) else None
+    return isinstance(kind, str) and kind.lower() == "flow"
 
 
 def schedule_sigmas(sigmas: list[float], steps: int, denoise: float = 1.0, model_sampling: str = "sigma",

@@ -109,18 +109,16 @@ def prediction_from_scheduler(scheduler: Any) -> str:
 # ----------------------------------------------------------------------------- the network with its conditioning
 
 
-def _rows(value: Any, batch: int, key: str) -> Any:
-    """Conditioning for ``batch`` rows: row ``i`` takes entry ``i mod P`` of a ``[P, ...]`` tensor."""
+def _rows(value: Any, batch: int, device: torch.device) -> Any:
+    """Conditioning for ``batch`` rows on ``device``: row ``i`` takes entry ``i mod P`` of a ``[P, ...]`` tensor."""
     if isinstance(value, Tensor):
-        if value.ndim == 0:
+        value = value.to(device)
+        if value.ndim == 0 or value.shape[0] == batch:
             return value
-        p = value.shape[0]
-        if p == batch:
-            return value
-        idx = torch.arange(batch, device=value.device) % p
+        idx = torch.arange(batch, device=device) % value.shape[0]
         return value.index_select(0, idx)
     if isinstance(value, Mapping):
-        return {k: _rows(v, batch, f"{key}.{k}") for k, v in value.items()}
+        return {k: _rows(v, batch, device) for k, v in value.items()}
     return value
 
 
@@ -148,7 +146,7 @@ class ConditionedModel(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, **extra: Any) -> Tensor:
         batch = x.shape[0]
-        kw = {k: _rows(v, batch, k) for k, v in {**self.cond, **extra}.items()}
+        kw = {k: _rows(v, batch, x.device) for k, v in {**self.cond, **extra}.items()}
         dtype = self._dtype if isinstance(self._dtype, torch.dtype) else x.dtype
         xin = x.to(dtype)
         tin = t.to(dtype) if t.is_floating_point() else t

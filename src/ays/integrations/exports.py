@@ -37,7 +37,6 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,11 +88,18 @@ class ResolvedSchedule:
     when the user handed a sampling-form schedule, ending in 0.
     ``timesteps``: int64 timesteps aligned with ``sigmas`` (``n + 1`` values) when the
     source had them (a published SD table, a file with ``"timesteps"``), else None.
+    ``noise``: the model's noise parametrisation when the source says (``"Flow"``,
+    ``"DiscreteVP"``, ...: the class name in :mod:`ays.noise`), else None.
     """
 
     sigmas: Tensor
     timesteps: Tensor | None = None
-    name: str | None = None
+    name: str | None = None  #: the published table's name, for those
+    noise: str | None = None
+
+    @property
+    def is_flow(self) -> bool:
+        return self.noise == "Flow"
 
     @property
     def steps(self) -> int:
@@ -114,7 +120,14 @@ def read_schedule_file(path: str | os.PathLike[str]) -> ResolvedSchedule:
     from ..optimize.result import load_schedule
 
     result = load_schedule(path)
-    return ResolvedSchedule(result.sigmas, result.timesteps, name=result.model or Path(path).stem)
+    return ResolvedSchedule(result.sigmas, result.timesteps, noise=_noise_kind(result.settings))
+
+
+def _noise_kind(settings: Any) -> str | None:
+    """The noise parametrisation an optimisation recorded (``settings["noise"]["kind"]``)."""
+    noise = settings.get("noise") if isinstance(settings, Mapping) else None
+    kind = noise.get("kind") if isinstance(noise, Mapping) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _looks_like_path(obj: str) -> bool:
@@ -137,7 +150,12 @@ def resolve(schedule: ScheduleLike, steps: int | None = None) -> ResolvedSchedul
         text = os.fspath(schedule)
         if isinstance(schedule, str) and text in schedules.PUBLISHED:
             n = 10 if steps is None else steps
-            ts = schedules.published_timesteps(text, n) if text in schedules.PUBLISHED_TIMESTEPS else None
+            ts = None
+            if text in schedules.PUBLISHED_TIMESTEPS:
+                try:
+                    ts = schedules.published_timesteps(text, n)
+                except AysError:  # too many steps for distinct timesteps: sigmas still work
+                    ts = None
             return ResolvedSchedule(schedules.published(text, n), ts, name=text)
         if isinstance(schedule, str) and not _looks_like_path(text):
             raise AysError(
@@ -154,7 +172,7 @@ def resolve(schedule: ScheduleLike, steps: int | None = None) -> ResolvedSchedul
             ts = torch.cat([ts, ts.new_zeros(1)])
         if ts is not None and ts.numel() != sig.numel():
             ts = None
-        res = ResolvedSchedule(sig, ts)
+        res = ResolvedSchedule(sig, ts, noise=_noise_kind(getattr(schedule, "settings", None)))
     else:
         res = ResolvedSchedule(check_sigmas(schedule))
     if steps is None or steps == res.steps:
@@ -164,7 +182,7 @@ def resolve(schedule: ScheduleLike, steps: int | None = None) -> ResolvedSchedul
             "cannot interpolate a schedule that already ends in 0 (its last noise level is lost); "
             "pass the schedule as produced (ending at sigma_min > 0)"
         )
-    return ResolvedSchedule(schedules.interpolate(res.sigmas, steps), None, res.name)
+    return ResolvedSchedule(schedules.interpolate(res.sigmas, steps), None, res.name, res.noise)
 
 
 def resolve_schedule(schedule: ScheduleLike, steps: int | None = None) -> Tensor:
@@ -176,10 +194,11 @@ def _sampling(res: ResolvedSchedule) -> Tensor:
     return schedules.to_sampling(res.sigmas)
 
 
-def _as_sigma_or_flow(sampling: Tensor, model_sampling: str) -> Tensor:
-    """EDM sigmas, or flow times ``t = sigma / (1 + sigma)`` (0 stays 0)."""
-    check_choice(model_sampling, ("sigma", "flow"), what="model sampling")
-    return sampling if model_sampling == "sigma" else sampling / (1 + sampling)
+def _as_sigma_or_flow(sampling: Tensor, model_sampling: str, res: ResolvedSchedule) -> Tensor:
+    """EDM sigmas, or flow times ``t = sigma / (1 + sigma)`` (0 stays 0); ``auto`` asks the source."""
+    check_choice(model_sampling, ("auto", "sigma", "flow"), what="model sampling")
+    flow = model_sampling == "flow" or (model_sampling == "auto" and res.is_flow)
+    return sampling / (1 + sampling) if flow else sampling
 
 
 # --------------------------------------------------------------------------- k-diffusion
@@ -239,18 +258,19 @@ def k_diffusion_sampler(solver: str, *, generator: torch.Generator | None = None
 
 
 def to_comfyui(schedule: ScheduleLike, steps: int | None = None, *, denoise: float = 1.0,
-               model_sampling: str = "sigma") -> Tensor:
+               model_sampling: str = "auto") -> Tensor:
     """A ComfyUI ``SIGMAS`` value (float32, ending in 0), for ``SamplerCustom`` and friends.
 
     ``denoise < 1`` truncates as ComfyUI's ``BasicScheduler``/``KSampler`` do (see
     :func:`truncate`). ``model_sampling="flow"`` gives the flow times ``t`` that ComfyUI
     uses as SIGMAS for flow-matching models (SD3, Flux, Wan: ``CONST`` sampling,
     ``timestep = 1000·t``); ComfyUI's shift only shapes its own schedules, so no
-    shift is involved here.
+    shift is involved here. ``"auto"`` (default) takes "flow" for schedules optimised
+    with :class:`ays.noise.Flow` (recorded in the schedule file) and "sigma" otherwise.
     """
     res = resolve(schedule)  # interpolated once, inside truncate: the longer denoise schedule comes from the source
     sampling = truncate(res, denoise, steps, convention="comfyui")
-    return _as_sigma_or_flow(sampling, model_sampling).to(torch.float32)
+    return _as_sigma_or_flow(sampling, model_sampling, res).to(torch.float32)
 
 
 # --------------------------------------------------------------------------- A1111 / Forge
@@ -518,15 +538,18 @@ def to_diffusers(schedule: ScheduleLike, scheduler_or_config: Any = None, kind: 
     """
     check_choice(kind, DIFFUSERS_KINDS, what="diffusers kind")
     scheduler = _scheduler_from(scheduler_or_config)
+    res = resolve(schedule, steps)
     if kind == "auto":
-        kind = "sigmas" if scheduler is None else diffusers_kind(scheduler)
+        if scheduler is None:
+            kind = "flow" if res.is_flow else "sigmas"
+        else:
+            kind = diffusers_kind(scheduler)
     elif scheduler is not None:
         wanted = "sigmas" if kind in ("flow", "edm") else kind
         if wanted not in _accepts(scheduler):
             raise AysError(f"{type(scheduler).__name__}.set_timesteps does not accept custom {wanted}")
         if kind in ("timesteps", "sigmas") and not hasattr(scheduler, "alphas_cumprod"):
             raise AysError(f"{type(scheduler).__name__} has no alphas_cumprod table for kind={kind!r}")
-    res = resolve(schedule, steps)
     sampling = _sampling(res)
     evals = sampling[:-1]  # the n levels at which the model is called
     out: dict[str, Any]
@@ -536,7 +559,11 @@ def to_diffusers(schedule: ScheduleLike, scheduler_or_config: Any = None, kind: 
         if scheduler is not None and _config(scheduler).get("use_flow_sigmas"):
             raise AysError(f"{type(scheduler).__name__} with use_flow_sigmas=True ignores custom timesteps")
         if res.timesteps is not None and (res.name not in schedules.PUBLISHED or _same_table(scheduler)):
+            # the timesteps the schedule was optimised on (a file or result of a discrete-time model)
             ts = res.timesteps[:-1]
+            size = 1000 if scheduler is None else len(scheduler.alphas_cumprod)
+            if int(ts.max()) >= size:
+                raise AysError(f"the schedule's timesteps reach {int(ts.max())} but the scheduler has {size}")
         else:
             ts = _nearest_timesteps(evals, scheduler)
         out = {"timesteps": [int(t) for t in ts]}
@@ -563,7 +590,7 @@ def _verify(scheduler: Any, kwargs: dict[str, Any], kind: str, sampling: Tensor,
     try:
         # a copy of the arguments too: some schedulers edit the array they are given in place
         trial.set_timesteps(**copy.deepcopy(kwargs), **extra)
-    except (ValueError, TypeError, AssertionError) as e:
+    except (ValueError, TypeError, IndexError, AssertionError) as e:
         raise AysError(f"{type(scheduler).__name__}.set_timesteps refused the exported {kind}: {e}; "
                        "ays.integrations.exports.plain_scheduler(scheduler) turns off the options that conflict "
                        "with a custom schedule") from None
@@ -626,5 +653,7 @@ def render(schedule: ScheduleLike, fmt: str) -> str:
         values = to_comfyui(res)
     else:
         values = to_k_diffusion(res)
-    # float32 values printed as the shortest decimal that round-trips in float32
-    return json.dumps([float(f"{v:.9g}") for v in values.tolist()])
+    # float32 values as the shortest decimal that reads back to the same float32 (numpy's repr)
+    import numpy as np
+
+    return json.dumps([float(str(v)) for v in values.numpy().astype(np.float32)])

@@ -151,7 +151,8 @@ def optimize(
         hi = noise.sigma_max if hi is None else hi
         if lo < noise.sigma_min * (1 - 1e-9) or hi > noise.sigma_max * (1 + 1e-9):
             raise AysError(
-                f"the range [{lo:.6g}, {hi:.6g}] leaves the model's range [{noise.sigma_min:.6g}, {noise.sigma_max:.6g}]"
+                f"the range [{lo:.6g}, {hi:.6g}] leaves the model's range "
+                f"[{noise.sigma_min:.6g}, {noise.sigma_max:.6g}]"
             )
     lo = 0.002 if lo is None else lo
     hi = 80.0 if hi is None else hi

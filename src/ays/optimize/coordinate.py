@@ -25,7 +25,8 @@ Choices the paper leaves open, made here:
 - **Early stopping** (``early_stopping=True``, the default): a budget of
   ``max_sweeps`` sweeps in the first stage (``refine_sweeps`` in later ones),
   cut short when the KLUB on held-out draws ``(seed, "heldout", stage)`` has not
-  improved for ``patience`` sweeps; a stage returns its best held-out schedule.
+  improved for ``patience`` sweeps that moved a point; a stage returns its best
+  held-out schedule.
   The converged KLUB minimiser over-aligns (one giant first step, dropped
   modes; REFERENCES.md), which is why the paper stops early. With
   ``early_stopping=False`` each stage runs until a sweep moves no point and every
@@ -99,7 +100,9 @@ class CoordinateOptions:
         return cls(**{**asdict(opt), "c": float(opt.c), "tol": float(opt.tol)})
 
 
-def _candidates(space: LevelSpace, lo: float, cur: float, hi: float, radius: float, half: int) -> tuple[Tensor, list[int]]:
+def _candidates(
+    space: LevelSpace, lo: float, cur: float, hi: float, radius: float, half: int
+) -> tuple[Tensor, list[int]]:
     """Candidate values for a point between ``lo`` and ``hi`` and their signed grid index.
 
     Index 0 is the current value, ``-j``/``+j`` the j-th candidate below/above.
@@ -194,7 +197,9 @@ class _Run:
         if self.task.early_stopping:
             if state["best_heldout"] is None or held.total < state["best_heldout"]:
                 state["best_sigmas"], state["best_heldout"], state["wait"] = sigmas.tolist(), held.total, 0
-            else:
+            elif moved:
+                # Only a sweep that changed the schedule and got no better counts: a
+                # sweep that moved nothing just narrowed the search grid.
                 state["wait"] += 1
             if converged:
                 state["stop"] = "converged"
@@ -290,7 +295,8 @@ class _Run:
             if stage + 1 >= len(self.plan):
                 break
             nxt = self.space.snap(schedules.subdivide(chosen), f"{self.plan[stage + 1]}-step schedule")
-            base = {"history": state["history"], "calls": state["calls"], "results": [*state["results"], chosen.tolist()]}
+            results = [*state["results"], chosen.tolist()]
+            base = {"history": state["history"], "calls": state["calls"], "results": results}
             state = self.start_stage(stage + 1, nxt, base)
         final = chosen
         if final.numel() - 1 != task.steps:

@@ -4,10 +4,11 @@ Data prediction in ``lambda = -log sigma``. Over a step of length
 ``h = log(s / s_next)`` the (eta-scaled) reverse SDE with the denoiser written
 as a polynomial in ``lambda`` solves exactly to
 
-    x_next = e^-H x + (1 - e^-H) D + H phi2(H) D' + ...  +  s_next sqrt(1 - e^(-2 eta h)) z,
+    x_next = e^-H x + (1 - e^-H) D + h phi2(H) D' + ...  +  s_next sqrt(1 - e^(-2 eta h)) z,
 
-with ``H = (1 + eta) h``; ``eta = 0`` is the probability-flow ODE, ``eta = 1``
-the reverse SDE (Gonzalez et al.; k-diffusion's ``sample_dpmpp_2m_sde``). The
+with ``H = (1 + eta) h`` and ``D'`` the derivative in ``lambda``; ``eta = 0`` is the
+probability-flow ODE, ``eta = 1`` the reverse SDE (SDE-DPM-Solver++, Lu et al. 2022;
+k-diffusion's ``sample_dpmpp_2m_sde``). The
 derivatives of ``D`` come from the denoiser outputs of previous steps (multistep:
 one denoiser call per step). The 2M correction comes in two variants, as in
 k-diffusion and diffusers: ``midpoint`` weighs the first difference by

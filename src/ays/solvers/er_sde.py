@@ -27,6 +27,7 @@ the reverse SDE (stochastic DDIM). The default is the paper's and ComfyUI's
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -45,26 +46,31 @@ _GL_NODES, _GL_WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.le
 
 
 def default_noise_scaler(lam: Tensor) -> Tensor:
-    """ER-SDE's default noise scale function ``phi(l) = l (e^{l^0.3} + 10)`` (paper Eq. 20; ComfyUI)."""
+    """ER-SDE's default noise scale function ``phi(l) = l (e^{l^0.3} + 10)`` (Cui et al. 2023; ComfyUI's default)."""
     return lam * (torch.exp(lam**0.3) + 10.0)
 
 
-def _step_weights(scaler: NoiseScaler, lam_s: float, lam_t: float) -> tuple[float, float, float, float]:
-    """``(phi(l_t), phi(l_s), S1, S2)`` for the step ``l_s -> l_t > 0``.
+def _step_weights(scaler: NoiseScaler, sigmas: list[float]) -> list[tuple[float, float, float, float]]:
+    """``(phi(l_t), phi(l_s), S1, S2)`` for every step ``l_s -> l_t > 0`` of the schedule, at once.
 
     With ``l = e^u``: ``S1 = int l/phi(l) du`` and ``S2 = int (l - l_s) l/phi(l) du``
-    over ``u`` in ``[log l_t, log l_s]``.
+    over ``u`` in ``[log l_t, log l_s]``. One vectorised call of the scaler for the
+    whole schedule keeps the per-step cost at a few float operations.
     """
-    u0, u1 = math.log(lam_t), math.log(lam_s)
-    half, mid = 0.5 * (u1 - u0), 0.5 * (u1 + u0)
-    lam = torch.exp(mid + half * _GL_NODES)
-    phi = scaler(torch.cat([torch.tensor([lam_t, lam_s], dtype=torch.float64), lam]))
-    if not isinstance(phi, torch.Tensor) or phi.shape != (lam.numel() + 2,) or not bool((phi > 0).all()):
+    pairs = [(a, b) for a, b in itertools.pairwise(sigmas) if b > 0]
+    if not pairs:
+        return []
+    lam_s, lam_t = (torch.tensor(v, dtype=torch.float64)[:, None] for v in zip(*pairs))
+    u0, u1 = lam_t.log(), lam_s.log()
+    half = 0.5 * (u1 - u0)
+    lam = torch.exp(0.5 * (u1 + u0) + half * _GL_NODES)
+    phi = scaler(torch.cat([lam_t, lam_s, lam], dim=1))
+    if not isinstance(phi, torch.Tensor) or phi.shape != (lam.shape[0], lam.shape[1] + 2) or not bool((phi > 0).all()):
         raise AysError("er_sde noise_scaler must map a float64 tensor elementwise to positive values")
-    w = _GL_WEIGHTS * half * lam / phi[2:]
-    s1 = float(w.sum())
-    s2 = float((w * (lam - lam_s)).sum())
-    return float(phi[0]), float(phi[1]), s1, s2
+    w = _GL_WEIGHTS * half * lam / phi[:, 2:]
+    s1 = w.sum(dim=1)
+    s2 = (w * (lam - lam_s)).sum(dim=1)
+    return list(zip(phi[:, 0].tolist(), phi[:, 1].tolist(), s1.tolist(), s2.tolist()))
 
 
 def er_sde(
@@ -93,6 +99,7 @@ def er_sde(
     if not callable(scaler):
         raise AysError(f"er_sde noise_scaler must be callable, got {type(scaler).__name__}")
     run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    weights = _step_weights(scaler, run.sigmas)
     prev: Tensor | None = None  # D at the previous step
     prev_d1: Tensor | None = None  # D' estimated at the previous step
     for i, lam_s, lam_t in run.intervals():
@@ -101,7 +108,7 @@ def er_sde(
         if lam_t == 0:
             x = denoised
             continue
-        phi_t, phi_s, s1, s2 = _step_weights(scaler, lam_s, lam_t)
+        phi_t, phi_s, s1, s2 = weights[i]
         r = phi_t / phi_s
         x = exp_step(x, denoised, r)
         stage = min(order, i + 1)

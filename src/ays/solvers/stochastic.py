@@ -104,7 +104,9 @@ def edm_stochastic(
     On steps with ``S_min <= s_i <= S_max`` the state is churned to
     ``s_hat = s_i (1 + gamma)``, ``gamma = min(S_churn / n, sqrt(2) - 1)``, with
     noise ``sqrt(s_hat² - s_i²) S_noise z``; then a Heun step runs from ``s_hat``
-    to ``s_{i+1}`` (Euler into 0). Defaults are EDM's ImageNet-64 settings except
+    to ``s_{i+1}`` (Euler into 0). The churn noise is drawn as the noise of step
+    ``(s_i, s_{i+1})`` - also on a step into 0 when ``s_i >= S_min``, as in EDM.
+    Defaults are EDM's ImageNet-64 settings except
     ``S_noise = 1`` (EDM used 1.003 to offset its network's bias; with an exact
     denoiser 1 keeps the marginals right). ``S_churn = 0`` is :func:`heun`.
     """

@@ -1,0 +1,605 @@
+"""The global optimiser: one table of KLUB costs on a fine grid, then an exact dynamic programme.
+
+**The table.** Take a fine grid of noise levels ``g_0 = sigma_min < g_1 < ... < g_{G−1} = sigma_max``
+(log-spaced; a discrete-time model's own levels). Every chain is one nested forward
+path through the whole grid,
+
+    x_{g_0} = x0 + g_0 z_0,    x_{g_{j+1}} = x_{g_j} + sqrt(g_{j+1}² − g_j²) z_{j+1},
+
+so for every pair ``t = g_k < b = g_j`` the chain holds ``x_t`` and ``x_b = x_t + sqrt(b² − t²) z``
+with exactly the joint law of the KLUB (AYS Eq. 8). The denoiser runs once per grid
+point per chain (``G·S`` rows) and the table keeps the ``G × G`` matrix of mean squared
+differences ``M[k, j] = E||D(x_{g_k}, g_k) − D(x_{g_j}, g_j)||²`` — accumulated chunk by
+chunk, so at most ``[chunk, G, d]`` outputs are ever held. Everything below (every
+step count, the DDIM and the solver-aware bounds) is read from that one matrix.
+
+**The cost of an interval** ``[g_a, g_b]`` is ``∫ t⁻³ M(t, g_b) dt``, known only at the grid
+points. Product integration: write ``M(t, b) = ψ(t, b)·r(t)`` with the paper's proposal
+shape ``ψ(t, b) = 1/(t² + c²) − 1/(b² + c²)`` (for data ``N(0, c²I)``, ``r ≡ c⁴d`` exactly), take
+``r`` piecewise linear between grid points (trapezoid; on the last cell below ``b``,
+where ``r(b) = 0/0``, the value at its lower end) and integrate ``t⁻³ψ(t, b)`` over each cell
+exactly with the closed-form mass of :func:`ays.klub.proposal_normalizer`:
+
+    K[a, b] = Σ_{k=a}^{b−1} (Z(g_k, b) − Z(g_{k+1}, b)) · r̄_k(b),    r_k(b) = M[k, b]/ψ(g_k, b).
+
+It is consistent (the trapezoid error vanishes as the grid is refined, the Monte Carlo
+error as the chains grow), exact for Gaussian data whose scale is the proposal's ``c``,
+and its value on an interval estimates the same quantity as :func:`ays.klub.interval_klub`.
+
+**The programme.** With ``K`` the cost of every grid interval, the schedule of exactly
+``n`` steps from ``sigma_max`` to ``sigma_min`` minimising the total is found by dynamic
+programming in ``O(n·G²)`` (:func:`dp_paths`; all step counts up to ``n`` at once). For
+the solver-aware bound of DPM-Solver++(2M) (:mod:`ays.klub_solver`) a step's cost
+depends on the previous level too,
+
+    cost(a, b; p) = K[a, b] + β(a, b, p)² · ½(g_a⁻² − g_b⁻²) · M[b, p],
+
+so the state is the last interval and the programme is ``O(n·G³)``
+(:func:`dp_paths_extrapolated`; the grid is thinned to ``solver_grid`` levels for it). The
+cross term ``−2β∫t⁻³E<u, v>`` vanishes for the ideal denoiser (martingale property, see
+:mod:`ays.klub_solver`); ``cross=True`` estimates it from the same table, by polarisation,
+``2∫t⁻³E<u, v> = (K[a, p] − K[b, p]) − K[a, b] − ½(g_a⁻² − g_b⁻²)M[b, p]``.
+
+Randomness: chunk ``k`` of chains draws from :func:`ays.klub.seed_for` ``(seed, "dp", k)``, so
+a run resumed from its checkpoint (written after every chunk) ends with the same table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from .. import klub as _klub
+from .. import klub_solver
+from ..klub import Data, Denoiser, _data_sample, proposal_normalizer, seed_for
+from ..validate import AysError, check_positive, check_range, check_sigmas, check_steps
+from .checkpoint import load_state, save_state
+from .result import OptimizeResult
+from .task import Task, register
+
+__all__ = [
+    "DPOptions",
+    "KlubTable",
+    "build_table",
+    "dp",
+    "dp_paths",
+    "dp_paths_extrapolated",
+    "extrapolation_penalty",
+    "grid_for",
+    "log_grid",
+    "quadrature",
+    "schedules_from_table",
+]
+
+Tensor = torch.Tensor
+
+#: float64 numbers of the ``[chunk, G, d]`` block of denoiser outputs held at once.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+# --------------------------------------------------------------------------
+# Grids
+# --------------------------------------------------------------------------
+
+
+def log_grid(sigma_min: float, sigma_max: float, size: int) -> Tensor:
+    """``size`` levels uniform in log-sigma from ``sigma_min`` to ``sigma_max`` (increasing, float64)."""
+    lo, hi = check_range(sigma_min, sigma_max)
+    size = check_steps(size, name="grid", minimum=2)
+    g = torch.exp(torch.linspace(math.log(lo), math.log(hi), size, dtype=torch.float64))
+    g[0], g[-1] = lo, hi
+    return g
+
+
+def grid_for(task: Task, size: int) -> Tensor:
+    """The grid of a task: log-spaced, or a discrete-time model's own levels in range.
+
+    A discrete model with more than ``size`` levels in range keeps the levels nearest
+    (in log-sigma) to a log-spaced grid of ``size`` points, ends included.
+    """
+    if not task.space.is_discrete:
+        return log_grid(task.sigma_min, task.sigma_max, size)
+    space = task.space
+    ends = space.index(torch.tensor([task.sigma_min, task.sigma_max], dtype=torch.float64))
+    t_lo, t_hi = int(ends[0]), int(ends[1])
+    ts = torch.arange(t_lo, t_hi + 1)
+    if ts.numel() > size:
+        ts = torch.unique(space.index(log_grid(task.sigma_min, task.sigma_max, size)))
+    return space.level(ts).to(torch.float64)
+
+
+# --------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class KlubTable:
+    """Sums of squared denoiser differences over nested chains on a grid.
+
+    ``grid`` [G] increasing float64; ``sums[k, j] = Σ_chains ||D(x_{g_k}, g_k) − D(x_{g_j}, g_j)||²``
+    (float64, symmetric, zero diagonal); ``chains`` counted; ``calls`` denoiser rows spent.
+    """
+
+    grid: Tensor
+    sums: Tensor
+    chains: int = 0
+    calls: int = 0
+    chunks: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.grid.numel())
+
+    @property
+    def mean_sq(self) -> Tensor:
+        """``M[k, j] = E||D_k − D_j||²`` (float64 [G, G])."""
+        if self.chains == 0:
+            raise AysError("the table holds no chains yet")
+        return self.sums / self.chains
+
+    def klub(self, c: float = 0.5) -> Tensor:
+        """``K[a, b]``: the estimated KLUB of every grid interval ``[g_a, g_b]`` (a < b; 0 elsewhere)."""
+        return quadrature(self.mean_sq, self.grid, c)
+
+    def subset(self, index: Tensor) -> KlubTable:
+        """The table restricted to the grid points ``index`` (increasing)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return KlubTable(self.grid[idx], self.sums[idx][:, idx], self.chains, self.calls, self.chunks)
+
+
+def _chunk_rows(chains: int, size: int, numel: int, chunk: int | None) -> int:
+    if chunk is not None:
+        return min(chains, check_steps(chunk, name="chunk"))
+    return max(1, min(chains, _BLOCK_ELEMENTS // max(1, size * numel)))
+
+
+def _accumulate_chunk(
+    denoiser: Denoiser, data: Data, grid: Tensor, n: int, generator: torch.Generator, batch_size: int
+) -> tuple[Tensor, int]:
+    """One chunk of ``n`` nested chains: their contribution to ``sums`` and the rows spent."""
+    x0 = _data_sample(data, n, generator)
+    dev, dt = x0.device, x0.dtype
+    size = grid.numel()
+    steps = torch.sqrt(torch.cat([grid[:1] ** 2, (grid[1:] - grid[:-1]) * (grid[1:] + grid[:-1])]))
+    outs = torch.empty((n, size, x0[0].numel()), dtype=torch.float64, device=dev)
+    x = x0
+    # Walk up the grid; a batch packs whole levels of the chunk while it fits in batch_size rows.
+    levels_per_call = max(1, batch_size // n)
+    pending: list[tuple[int, Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        xs = torch.cat([p[1] for p in pending])
+        sig = torch.cat([torch.full((n,), float(grid[j]), dtype=dt, device=dev) for j, _ in pending])
+        out = _klub._call(denoiser, xs, sig).reshape(len(pending), n, -1)
+        for i, (j, _) in enumerate(pending):
+            outs[:, j] = out[i].to(torch.float64)
+        pending.clear()
+
+    for j in range(size):
+        z = torch.randn(x0.shape, generator=generator, dtype=dt, device=generator.device).to(dev)
+        x = x + float(steps[j]) * z
+        if n > batch_size:  # a chunk wider than a batch: split rows
+            for r0 in range(0, n, batch_size):
+                r1 = min(n, r0 + batch_size)
+                sig = torch.full((r1 - r0,), float(grid[j]), dtype=dt, device=dev)
+                outs[r0:r1, j] = _klub._call(denoiser, x[r0:r1], sig).reshape(r1 - r0, -1).to(torch.float64)
+        else:
+            pending.append((j, x))
+            if len(pending) >= levels_per_call:
+                flush()
+    flush()
+    # Centre on the top level: squared norms stay of the size of the differences near the top,
+    # where the differences are smallest, so the Gram form loses no digits there.
+    y = outs - outs[:, -1:, :]
+    sq = (y * y).sum(dim=2)  # [n, G]
+    gram = torch.einsum("ckd,cjd->kj", y, y)
+    s = sq.sum(dim=0)
+    part = s[:, None] + s[None, :] - 2.0 * gram
+    part.fill_diagonal_(0.0)
+    return part.clamp_min(0.0).cpu(), n * size
+
+
+def build_table(
+    denoiser: Denoiser,
+    data: Data,
+    grid: Tensor | Sequence[float],
+    chains: int = 4096,
+    seed: int = 0,
+    batch_size: int | None = None,
+    chunk: int | None = None,
+    table: KlubTable | None = None,
+    on_chunk: Callable[[KlubTable], None] | None = None,
+) -> KlubTable:
+    """Run ``chains`` nested forward chains over ``grid`` and accumulate the table (module docstring).
+
+    Chunk ``k`` draws from ``seed_for(seed, "dp", k)``; pass a partial ``table`` to continue
+    it (resume). ``on_chunk(table)`` is called after every chunk (checkpoints, progress).
+    """
+    g = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
+    if g.numel() < 2 or not torch.all(g[1:] > g[:-1]) or g[0] <= 0 or not torch.isfinite(g).all():
+        raise AysError("the grid must hold at least 2 strictly increasing positive noise levels")
+    chains = check_steps(chains, name="samples", minimum=2)
+    batch = _klub.DEFAULT_BATCH_SIZE if batch_size is None else check_steps(batch_size, name="batch_size")
+    probe = _data_sample(data, 1, torch.Generator().manual_seed(seed_for(seed, "dp", "probe")))
+    rows = _chunk_rows(chains, g.numel(), probe[0].numel(), chunk)
+    if table is None:
+        table = KlubTable(g.clone(), torch.zeros(g.numel(), g.numel(), dtype=torch.float64))
+    elif not torch.equal(table.grid, g):
+        raise AysError("the partial table was made on another grid")
+    n_chunks = -(-chains // rows)
+    for k in range(table.chunks, n_chunks):
+        n = min(rows, chains - k * rows)
+        gen = torch.Generator().manual_seed(seed_for(seed, "dp", k))
+        part, calls = _accumulate_chunk(denoiser, data, g, n, gen, batch)
+        table.sums += part
+        table.chains += n
+        table.calls += calls
+        table.chunks = k + 1
+        if on_chunk is not None:
+            on_chunk(table)
+    return table
+
+
+# --------------------------------------------------------------------------
+# Quadrature
+# --------------------------------------------------------------------------
+
+
+def _psi(t: Tensor, b: Tensor, c: float) -> Tensor:
+    c2 = c * c
+    return (b - t) * (b + t) / ((t * t + c2) * (b * b + c2))
+
+
+def quadrature(mean_sq: Tensor, grid: Tensor, c: float = 0.5) -> Tensor:
+    """``K[a, b] ≈ ∫_{g_a}^{g_b} t⁻³ M(t, g_b) dt`` for every grid pair a < b (module docstring).
+
+    ``mean_sq`` [G, G] holds ``M`` at the grid points (only ``k < j`` entries are read).
+    Returns float64 [G, G], zero on and below the diagonal.
+    """
+    g = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
+    m = torch.as_tensor(mean_sq, dtype=torch.float64)
+    size = g.numel()
+    if m.shape != (size, size):
+        raise AysError(f"mean_sq must be [{size}, {size}], got {tuple(m.shape)}")
+    c = check_positive(c, name="c")
+    k_idx, b_idx = torch.triu_indices(size, size, offset=1)
+    upper = torch.zeros(size, size, dtype=torch.bool)
+    upper[k_idx, b_idx] = True
+    zmat = torch.zeros(size, size, dtype=torch.float64)
+    zmat[k_idx, b_idx] = proposal_normalizer(g[k_idx], g[b_idx], c)
+    psi = torch.ones(size, size, dtype=torch.float64)
+    psi[k_idx, b_idx] = _psi(g[k_idx], g[b_idx], c)
+    r = torch.where(upper, m / psi, torch.zeros_like(m))
+    # Cell [g_k, g_{k+1}] below b: its exact proposal mass, times r averaged over its ends
+    # (the last cell, whose upper end is b itself, takes r at its lower end).
+    z_next = torch.zeros_like(zmat)
+    z_next[:-1] = zmat[1:]
+    mass = torch.where(upper, zmat - z_next, torch.zeros_like(zmat))
+    r_next = torch.zeros_like(r)
+    r_next[:-1] = r[1:]
+    last = torch.zeros(size, size, dtype=torch.bool)
+    last[torch.arange(size - 1), torch.arange(1, size)] = True
+    rbar = torch.where(last, r, 0.5 * (r + r_next))
+    cells = mass * rbar
+    return torch.flip(torch.cumsum(torch.flip(cells, [0]), 0), [0]) * upper
+
+
+# --------------------------------------------------------------------------
+# Dynamic programmes
+# --------------------------------------------------------------------------
+
+
+def dp_paths(cost: Tensor, steps: int | Sequence[int]) -> dict[int, tuple[Tensor, float]]:
+    """Exact minimum-cost paths of ``n`` steps from the top grid index to 0, for each ``n`` in ``steps``.
+
+    ``cost[a, b]`` (a < b) is the cost of the step from level ``b`` down to ``a``; entries on
+    or below the diagonal are ignored. Returns ``{n: (indices [n + 1] decreasing, total)}``.
+    One pass serves every step count: ``V_m[j]``, the least cost of reaching ``j`` in ``m``
+    steps, is ``min_{b > j} V_{m−1}[b] + cost[j, b]``.
+    """
+    want = [steps] if isinstance(steps, int) else list(steps)
+    want = [check_steps(n) for n in want]
+    c = torch.as_tensor(cost, dtype=torch.float64)
+    size = c.shape[0]
+    if c.ndim != 2 or c.shape[1] != size:
+        raise AysError("cost must be a square matrix")
+    top = max(want)
+    if top > size - 1:
+        raise AysError(f"{top} steps need at least {top + 1} grid levels, the grid has {size}")
+    valid = torch.ones(size, size, dtype=torch.bool).triu(1)
+    cm = torch.where(valid, c, torch.full_like(c, math.inf))
+    if torch.isnan(cm).any():
+        raise AysError("cost holds NaN")
+    v = torch.full((size,), math.inf, dtype=torch.float64)
+    v[-1] = 0.0
+    values: list[Tensor] = []  # values[m - 1][j] = V_m[j]
+    args: list[Tensor] = []  # args[m - 1][j]: the level before j on the best m-step path
+    for _ in range(top):
+        v, arg = (cm + v[None, :]).min(dim=1)
+        values.append(v)
+        args.append(arg)
+    out: dict[int, tuple[Tensor, float]] = {}
+    for n in want:
+        total = float(values[n - 1][0])
+        if not math.isfinite(total):
+            raise AysError(f"no finite path of {n} steps on this grid")
+        path = [0]
+        j = 0
+        for m in range(n, 0, -1):
+            j = int(args[m - 1][j])
+            path.append(j)
+        out[n] = (torch.tensor(path[::-1], dtype=torch.long), total)
+    return out
+
+
+def dp_paths_extrapolated(
+    cost: Tensor, penalty: Tensor, steps: int | Sequence[int], final_first_order: bool = True
+) -> dict[int, tuple[Tensor, float]]:
+    """Exact minimum of ``Σ_i cost[s_{i+1}, s_i] + penalty[s_{i+1}, s_i, s_{i−1}]`` over n-step paths.
+
+    The first step (no previous level) and, with ``final_first_order``, the last one pay
+    ``cost`` only. State: the last interval ``(a, b)``; ``O(n·G³)`` time, ``G³`` memory for
+    ``penalty[a, b, p]`` (read for ``a < b < p``). Returns ``{n: (indices, total)}``.
+    """
+    want = [steps] if isinstance(steps, int) else list(steps)
+    want = [check_steps(n) for n in want]
+    c = torch.as_tensor(cost, dtype=torch.float64)
+    size = c.shape[0]
+    pen = torch.as_tensor(penalty, dtype=torch.float64)
+    if pen.shape != (size, size, size):
+        raise AysError(f"penalty must be [{size}, {size}, {size}], got {tuple(pen.shape)}")
+    top = max(want)
+    if top > size - 1:
+        raise AysError(f"{top} steps need at least {top + 1} grid levels, the grid has {size}")
+    inf = math.inf
+    valid2 = torch.ones(size, size, dtype=torch.bool).triu(1)
+    cm = torch.where(valid2, c, torch.full_like(c, inf))
+    ar = torch.arange(size)
+    valid3 = (ar[:, None, None] < ar[None, :, None]) & (ar[None, :, None] < ar[None, None, :])
+    pen = torch.where(valid3, pen, torch.full_like(pen, inf))
+    if torch.isnan(pen).any() or torch.isnan(cm).any():
+        raise AysError("cost or penalty holds NaN")
+    # V[a, b]: least cost of m steps from the top ending at a, with previous level b.
+    v = torch.full((size, size), inf, dtype=torch.float64)
+    v[:, -1] = cm[:, -1]
+    stages: list[Tensor] = [v]
+    args: list[Tensor] = [torch.full((size, size), size - 1, dtype=torch.long)]
+    finals: dict[int, tuple[Tensor, Tensor]] = {}
+    for m in range(2, top + 1):
+        prev = stages[-1]  # [b, p]
+        if m in want and final_first_order:
+            best, arg = prev.min(dim=1)  # over p, no penalty on the final step
+            finals[m] = (cm + best[None, :], arg[None, :].expand(size, size))
+        total = prev[None, :, :] + pen  # [a, b, p]
+        best3, arg3 = total.min(dim=2)
+        v = cm + best3
+        stages.append(v)
+        args.append(arg3)
+    out: dict[int, tuple[Tensor, float]] = {}
+    for n in want:
+        if n == 1:
+            out[n] = (torch.tensor([0, size - 1], dtype=torch.long), float(cm[0, -1]))
+            continue
+        if final_first_order:
+            v_last, arg_last = finals[n]
+        else:
+            v_last, arg_last = stages[n - 1], args[n - 1]
+        b = int(torch.argmin(v_last[0]))
+        total = float(v_last[0, b])
+        if not math.isfinite(total):
+            raise AysError(f"no finite path of {n} steps on this grid")
+        path = [0, b]
+        a = 0
+        p = int(arg_last[a, b])
+        for m in range(n - 1, 0, -1):
+            path.append(p)
+            a, b = b, p
+            if m == 1:
+                break
+            p = int(args[m - 1][a, b])
+        idx = torch.tensor(path[::-1], dtype=torch.long)
+        out[n] = (idx, total)
+    return out
+
+
+def extrapolation_penalty(
+    table: KlubTable,
+    solver: str,
+    c: float = 0.5,
+    cross: bool = False,
+    eta: float = 1.0,
+    solver_type: str = "midpoint",
+    klub_matrix: Tensor | None = None,
+) -> Tensor:
+    """``penalty[a, b, p] = β²·½(g_a⁻² − g_b⁻²)·M[b, p]`` (− 2β·cross with ``cross``), +inf unless a < b < p."""
+    g = table.grid
+    size = g.numel()
+    m = table.mean_sq
+    ar = torch.arange(size)
+    valid = (ar[:, None, None] < ar[None, :, None]) & (ar[None, :, None] < ar[None, None, :])
+    ia, ib, ip = valid.nonzero(as_tuple=True)
+    bet = klub_solver.beta(solver, g[ia], g[ib], g[ip], eta=eta, solver_type=solver_type)
+    delta = 0.5 * (1.0 / g[ia] ** 2 - 1.0 / g[ib] ** 2)
+    vals = bet * bet * delta * m[ib, ip]
+    if cross:
+        k = table.klub(c) if klub_matrix is None else klub_matrix
+        two_cross = (k[ia, ip] - k[ib, ip]) - k[ia, ib] - delta * m[ib, ip]
+        vals = vals - bet * two_cross
+    pen = torch.full((size, size, size), math.inf, dtype=torch.float64)
+    pen[ia, ib, ip] = vals
+    return pen
+
+
+def schedules_from_table(
+    table: KlubTable,
+    steps: int | Sequence[int],
+    objective: str = "ddim",
+    solver: str = "stochastic_ddim",
+    c: float = 0.5,
+    solver_grid: int = 128,
+    cross: bool = False,
+    final_first_order: bool = True,
+    **solver_options: Any,
+) -> dict[int, tuple[Tensor, float]]:
+    """Optimal schedules (float64, decreasing, ``sigma_max`` → ``sigma_min``) for each step count.
+
+    ``objective="ddim"``: the paper's bound, ``O(n·G²)``; ``"solver"``: the bound of
+    ``solver`` (:mod:`ays.klub_solver`), ``O(n·G³)`` on at most ``solver_grid`` levels
+    (every other level dropped until it fits, ends kept). Returns ``{n: (sigmas, cost)}``.
+    """
+    if objective not in ("ddim", "solver"):
+        raise AysError(f"objective must be 'ddim' or 'solver', got {objective!r}")
+    if objective == "solver" and klub_solver.bound_of(solver) == "2m":
+        tab = table
+        if table.size > solver_grid:
+            # Thin evenly (in index = in log-sigma for a log grid), both ends kept.
+            idx = torch.unique(torch.linspace(0, table.size - 1, solver_grid).round().long())
+            tab = table.subset(idx)
+        kmat = tab.klub(c)
+        pen = extrapolation_penalty(tab, solver, c=c, cross=cross, klub_matrix=kmat, **solver_options)
+        res = dp_paths_extrapolated(kmat, pen, steps, final_first_order=final_first_order)
+        grid = tab.grid
+    else:
+        res = dp_paths(table.klub(c), steps)
+        grid = table.grid
+    return {n: (grid[idx].contiguous(), cost) for n, (idx, cost) in res.items()}
+
+
+# --------------------------------------------------------------------------
+# The method
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DPOptions:
+    """Options of ``method="dp"`` (and of ``"ays"``, which adds the selection options)."""
+
+    grid: int = 128  #: noise levels of the table (log-spaced; a discrete model's own levels)
+    objective: str = "auto"  #: "ddim", "solver" (the target solver's bound) or "auto" (= "solver")
+    c: float = 0.5  #: proposal scale of the quadrature (and of the reported KLUB)
+    solver_grid: int = 128  #: at most this many levels for the O(n·G³) solver-aware programme
+    cross: bool = False  #: estimate the cross term of the solver-aware bound (zero for ideal denoisers)
+    chunk: int | None = None  #: chains per chunk (default: fit [chunk, G, d] in 32 MiB of float64)
+    final_samples: int = 1024  #: fresh chains for the reported KLUB of the result (0: skip)
+    also_steps: tuple[int, ...] = ()  #: other step counts read off the same table (in ``history``)
+
+    @classmethod
+    def fields(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    @classmethod
+    def parse(cls, options: dict[str, Any], method: str = "dp") -> DPOptions:
+        known = cls.fields()
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise AysError(
+                f"unknown option(s) for method {method!r}: {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
+        opt = cls(**options)
+        check_steps(opt.grid, name="grid", minimum=3)
+        check_steps(opt.solver_grid, name="solver_grid", minimum=3)
+        if opt.objective not in ("auto", "ddim", "solver"):
+            raise AysError(f"objective must be 'auto', 'ddim' or 'solver', got {opt.objective!r}")
+        check_positive(opt.c, name="c")
+        if not isinstance(opt.cross, bool):
+            raise AysError(f"cross must be True or False, got {opt.cross!r}")
+        if opt.chunk is not None:
+            check_steps(opt.chunk, name="chunk")
+        if isinstance(opt.final_samples, bool) or not isinstance(opt.final_samples, int) or opt.final_samples < 0:
+            raise AysError(f"final_samples must be an integer >= 0, got {opt.final_samples!r}")
+        also = tuple(check_steps(n, name="also_steps") for n in opt.also_steps)
+        return cls(**{**asdict(opt), "c": float(opt.c), "also_steps": also})
+
+    def resolved_objective(self, solver: str) -> str:
+        if self.objective != "auto":
+            return self.objective
+        return "solver" if klub_solver.bound_of(solver) == "2m" else "ddim"
+
+
+def table_for_task(task: Task, opt: DPOptions, settings: dict[str, Any]) -> KlubTable:
+    """Build (or resume) the task's table, checkpointing after every chunk."""
+    grid = grid_for(task, opt.grid)
+    path = task.checkpoint_path()
+    table = None
+    if task.resume and path is not None:
+        state = load_state(path, settings)
+        if state is not None:
+            table = KlubTable(
+                grid=torch.tensor(state["grid"], dtype=torch.float64),
+                sums=torch.tensor(state["sums"], dtype=torch.float64),
+                chains=int(state["chains"]),
+                calls=int(state["calls"]),
+                chunks=int(state["chunks"]),
+            )
+
+    def on_chunk(tab: KlubTable) -> None:
+        if path is not None:
+            save_state(path, settings, {
+                "stage": "table", "grid": tab.grid.tolist(), "sums": tab.sums.tolist(),
+                "chains": tab.chains, "calls": tab.calls, "chunks": tab.chunks,
+            })
+        if task.progress is not None:
+            task.progress({"event": "chunk", "chains": tab.chains, "samples": task.samples, "calls": tab.calls})
+
+    return build_table(
+        task.denoiser, task.data, grid, chains=task.samples, seed=task.seed, batch_size=task.batch_size,
+        chunk=opt.chunk, table=table, on_chunk=on_chunk,
+    )
+
+
+def final_estimate(task: Task, sigmas: Tensor, opt: DPOptions) -> tuple[float | None, float | None, int]:
+    """The paper's KLUB of ``sigmas`` on fresh draws ``(seed, "final")``: (total, stderr, calls)."""
+    if opt.final_samples == 0:
+        return None, None, 0
+    draws = _klub.KlubDraws.from_seed(task.data, max(2, opt.final_samples), task.seed, "final")
+    est = _klub.estimate_schedule(task.denoiser, draws, sigmas, c=opt.c, batch_size=task.batch_size)
+    return est.total, est.total_stderr, est.calls
+
+
+def run_dp(task: Task, opt: DPOptions, settings: dict[str, Any]) -> tuple[KlubTable, Tensor, list[dict[str, Any]]]:
+    """Table, then the optimal ``task.steps`` schedule (snapped for discrete models) and history entries."""
+    table = table_for_task(task, opt, settings)
+    objective = opt.resolved_objective(task.solver)
+    want = sorted({task.steps, *opt.also_steps})
+    res = schedules_from_table(table, want, objective=objective, solver=task.solver, c=opt.c,
+                               solver_grid=opt.solver_grid, cross=opt.cross)
+    history: list[dict[str, Any]] = [
+        {"stage": "table", "grid": table.size, "chains": table.chains, "calls": table.calls}
+    ]
+    for n in want:
+        s, cost = res[n]
+        history.append({"stage": "dp", "steps": n, "objective": objective, "cost": cost, "sigmas": s.tolist()})
+    sigmas = check_sigmas(task.space.snap(res[task.steps][0], f"{task.steps}-step schedule"), allow_final_zero=False)
+    return table, sigmas, history
+
+
+@register("dp")
+def dp(task: Task, **options: Any) -> OptimizeResult:
+    """Global optimiser: the exact grid minimiser of the KLUB (module docstring).
+
+    ``objective="auto"`` optimises the bound of ``solver`` (the 2M solvers' extrapolated
+    drift, else the paper's). Denoiser calls: ``grid × samples`` for the table plus
+    ``2 × steps × final_samples`` for the reported KLUB. ``early_stopping`` does not apply:
+    this is the minimiser; ``method="ays"`` adds the evidence-based choice along the way to it.
+    """
+    opt = DPOptions.parse(options, "dp")
+    settings = task.settings(asdict(opt))
+    table, sigmas, history = run_dp(task, opt, settings)
+    klub_total, klub_se, final_calls = final_estimate(task, sigmas, opt)
+    calls = table.calls + final_calls
+    if task.progress is not None:
+        task.progress({"event": "done", "klub": klub_total, "klub_stderr": klub_se, "calls": calls,
+                       "sigmas": sigmas.tolist()})
+    return OptimizeResult(
+        sigmas=sigmas, steps=task.steps, solver=task.solver, method=task.method, klub=klub_total,
+        klub_stderr=klub_se, timesteps=task.space.timesteps(sigmas), history=history, calls=calls,
+        settings=settings, model=task.model,
+    )
