@@ -60,7 +60,9 @@ __all__ = [
     "confidence_interval",
     "default_metrics",
     "evaluate",
+    "format_pivot",
     "format_table",
+    "machine_description",
     "metric_columns",
     "read_results",
     "resolve_schedule",
@@ -262,7 +264,7 @@ def _is_small_mixture(problem: Any) -> bool:
     stds = getattr(problem, "stds", None)
     if not isinstance(stds, torch.Tensor) or not hasattr(problem, "means"):
         return False
-    return bool((stds > 0).all()) and stds.numel() <= _MAX_MODES
+    return bool((stds > 0).all()) and 2 <= stds.numel() <= _MAX_MODES
 
 
 def _is_video(problem: Any) -> bool:
@@ -277,7 +279,7 @@ def default_metrics(problem: Any) -> list[str]:
     """The metrics that make sense for ``problem``.
 
     Always ``sliced_w2`` and ``energy``; ``nll`` where a density exists (no point
-    masses); ``modes`` for mixtures of at most 256 Gaussian modes; ``digits_fd`` and
+    masses); ``modes`` for mixtures of 2 to 256 Gaussian modes; ``digits_fd`` and
     ``precision_recall`` for 8×8 digits; ``motion`` for the moving-digits video.
     """
     out = []
@@ -663,3 +665,61 @@ def format_table(
         return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
 
     return "\n".join([line(head), line(["-" * w for w in widths]), *(line(b) for b in body)])
+
+
+def format_pivot(
+    rows: Sequence[Mapping[str, Any]],
+    metric: str,
+    *,
+    row_keys: Sequence[str] = ("solver", "schedule"),
+    col_key: str = "steps",
+    markdown: bool = True,
+    digits: int = 4,
+) -> str:
+    """One metric as a table in the shape of the paper's tables: a line per ``row_keys``
+    value, a column per ``col_key`` value (e.g. steps 6 / 8 / 10), cells ``mean ± half width``."""
+    cols = sorted({r[col_key] for r in rows if metric in r})
+    keys: list[tuple[Any, ...]] = []
+    cells: dict[tuple[Any, ...], dict[Any, str]] = {}
+    for r in rows:
+        if metric not in r:
+            continue
+        k = tuple(r.get(c, "") for c in row_keys)
+        if k not in cells:
+            keys.append(k)
+            cells[k] = {}
+        v, e = r[metric], r.get(metric + "_err")
+        text = "-" if v is None else f"{v:.{digits}g}"
+        cells[k][r[col_key]] = text if e is None or v is None else f"{text} ± {e:.2g}"
+    head = [*row_keys, *(f"{col_key}={c}" for c in cols)]
+    body = [[str(x) for x in k] + [cells[k].get(c, "") for c in cols] for k in keys]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body])
+
+
+def machine_description() -> dict[str, Any]:
+    """Where a benchmark ran: CPU model and count, torch threads, versions (for the notes)."""
+    import platform
+
+    from . import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "ays": __version__,
+    }

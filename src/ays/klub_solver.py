@@ -124,7 +124,7 @@ def _f64(x: Tensor | float | Sequence[float]) -> Tensor:
 def _phi2_ratio(H: Tensor) -> Tensor:
     """``φ₂(H)/(1 − e^{−H})`` with ``φ₂(H) = 1 + expm1(−H)/H``; → 1/2 as H → 0, series below 1e-2."""
     small = H < 1e-2
-    hs = torch.where(small, H, torch.ones_like(H))
+    hs = torch.where(small, torch.ones_like(H), H)  # a dummy where the series takes over
     exact = (1.0 + torch.expm1(-hs) / hs) / (-torch.expm1(-hs))
     # φ₂/(1 − e^{−H}) = 1/2 + H/12 − H³/720 + ...
     series = 0.5 + H / 12.0 - H**3 / 720.0

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["plot_metric_vs_steps", "plot_schedules", "save_figure"]
+__all__ = ["plot_metric_vs_steps", "plot_samples", "plot_schedules", "save_figure"]
 
 
 def _pyplot() -> Any:
@@ -108,4 +108,36 @@ def plot_metric_vs_steps(
             ax.set_title(str(fv))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_samples(samples: torch.Tensor, path: str | os.PathLike[str], title: str | None = None,
+                 reference: torch.Tensor | None = None, max_images: int = 64) -> str:
+    """Samples as a picture: a scatter plot for 2-D data (over ``reference`` in grey),
+    otherwise a grid of images (the last two axes are height and width; several
+    frames or channels of a sample are laid side by side)."""
+    plt = _pyplot()
+    x = samples.detach().to("cpu", torch.float64)
+    if x[0].numel() == 2:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        if reference is not None:
+            r = reference.detach().to("cpu", torch.float64).reshape(len(reference), 2)
+            ax.scatter(r[:, 0], r[:, 1], s=1, c="0.75", label="data")
+        x = x.reshape(len(x), 2)
+        ax.scatter(x[:, 0], x[:, 1], s=1, label="samples")
+        ax.set_aspect("equal")
+        ax.legend(fontsize=8, markerscale=5)
+    else:
+        x = x[:max_images]
+        imgs = x.reshape(len(x), -1, x.shape[-2], x.shape[-1])  # [n, frames, h, w]
+        rows = [torch.cat(list(img), dim=1) for img in imgs]  # frames side by side
+        cols = max(1, int(len(rows) ** 0.5)) if imgs.shape[1] == 1 else 1
+        grid_rows = [torch.cat(rows[i:i + cols], dim=1) for i in range(0, len(rows), cols)]
+        width = max(r.shape[1] for r in grid_rows)
+        grid = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1])) for r in grid_rows], dim=0)
+        fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1]))
+        ax.imshow(grid.clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
+        ax.axis("off")
+    if title:
+        ax.set_title(title)
     return save_figure(fig, path)

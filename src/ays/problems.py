@@ -635,6 +635,12 @@ def _digits_gmm() -> GaussianMixture:
     return gmm(train, _digits_loo_std(), name="digits-gmm")
 
 
+def _digits_video() -> GaussianMixture:
+    from .video import digits_video  # lazy: ays.video imports this module
+
+    return digits_video()
+
+
 # ------------------------------------------------------------------- registry
 _PROBLEMS: dict[str, Callable[[], GaussianMixture]] = {
     "gaussian": lambda: gaussian(0.5, 2, name="gaussian"),
@@ -646,6 +652,7 @@ _PROBLEMS: dict[str, Callable[[], GaussianMixture]] = {
     "swissroll": swissroll,
     "digits": _digits,
     "digits-gmm": _digits_gmm,
+    "digits-video": _digits_video,
 }
 
 _GRID = re.compile(r"gmm-(\d+)x(\d+)")
@@ -663,7 +670,8 @@ def get(name: str) -> GaussianMixture:
     any ``gmm-RxC`` works), ``rings``, ``moons``, ``swissroll``, ``digits`` (empirical
     distribution of the 1,437 training digits: the memorising denoiser) and
     ``digits-gmm`` (one Gaussian per training digit, bandwidth by leave-one-out
-    likelihood). All use the EDM noise range 0.002..80.
+    likelihood), ``digits-video`` (1,024 clips of 4 frames 16×16, a training digit moving
+    at a constant velocity: :mod:`ays.video`). All use the EDM noise range 0.002..80.
     """
     if not isinstance(name, str):
         raise AysError(f"problem name must be a string, got {name!r}")

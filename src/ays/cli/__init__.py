@@ -18,7 +18,12 @@ from ..validate import AysError
 # command name -> (module, click command attribute, one-line help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "schedule": ("ays.cli.schedule", "schedule", "Print or export a heuristic, published or saved schedule."),
+    "optimize": ("ays.cli.optimize", "optimize", "Optimise a schedule for a model, solver and step count."),
+    "sample": ("ays.cli.sample", "sample", "Sample a model with a schedule and save or plot the samples."),
+    "plot": ("ays.cli.plot", "plot", "Plot schedules on a log-sigma axis, with the KLUB of each interval."),
+    "demo": ("ays.cli.demo", "demo", "The main job: optimise gmm-8x8 at 10 steps and compare with the heuristics."),
     "train": ("ays.cli.train", "train", "Train a small EDM denoiser on a named problem and save it."),
+    "evaluate": ("ays.cli.evaluate", "evaluate", "Sample with schedules × solvers × steps and measure the samples."),
 }
 
 

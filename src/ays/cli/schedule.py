@@ -14,17 +14,26 @@ from ..validate import AysError
 FORMATS = ("text", "json", "ays", "sampling", "diffusers", "comfyui", "a1111", "kdiffusion")
 
 
+def _value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return text
+
+
 def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``-O rho=5 -O c=0.5`` -> {"rho": 5.0, "c": 0.5}; values are numbers."""
+    """``-O rho=5 -O c=0.5 -O redraw=true`` -> {"rho": 5, "c": 0.5, "redraw": True}."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise AysError(f"option {pair!r} must look like KEY=VALUE")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise AysError(f"option {key!r} needs a number, got {value!r}") from None
+        out[key] = _value(value)
     return out
 
 
@@ -56,9 +65,10 @@ def render(sigmas: torch.Tensor, fmt: str, name: str) -> str:
     if fmt == "sampling":
         return json.dumps(schedules.to_sampling(sigmas).tolist())
     if fmt == "ays":
-        from ..optimize.result import schedule_document
+        from ..optimize import OptimizeResult
 
-        return json.dumps(schedule_document(sigmas, method=name), indent=2)
+        doc = OptimizeResult(sigmas=sigmas, steps=len(sigmas) - 1, solver="any", method=name).to_dict()
+        return json.dumps(doc, indent=2)
     from ..integrations import exports
 
     return exports.render(sigmas, fmt)

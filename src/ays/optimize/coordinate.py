@@ -77,6 +77,7 @@ class CoordinateOptions:
     tol: float = 1e-3  #: radius (fraction of a gap) below which a point counts as settled
     converge_sweeps: int = 1000  #: sweep cap per stage without early stopping
     redraw: bool = False  #: fresh optimisation draws every sweep instead of once per stage
+    radius: float = 1.0  #: starting (and largest) search radius, as a fraction of the way to a neighbour
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> CoordinateOptions:
@@ -95,9 +96,11 @@ class CoordinateOptions:
             raise AysError(f"candidates must be odd (the current value plus as many below as above), got {k}")
         check_positive(opt.c, name="c")
         check_positive(opt.tol, name="tol")
+        if not 0 < float(opt.radius) <= 1:
+            raise AysError(f"radius must lie in (0, 1], got {opt.radius!r}")
         if not isinstance(opt.redraw, bool):
             raise AysError(f"redraw must be True or False, got {opt.redraw!r}")
-        return cls(**{**asdict(opt), "c": float(opt.c), "tol": float(opt.tol)})
+        return cls(**{**asdict(opt), "c": float(opt.c), "tol": float(opt.tol), "radius": float(opt.radius)})
 
 
 def _candidates(
@@ -170,7 +173,7 @@ class _Run:
     def start_stage(self, stage: int, sigmas: Tensor, base: dict[str, Any]) -> dict[str, Any]:
         n = sigmas.numel() - 1
         free = self.free(stage, n)
-        radius = [1.0 if i in free else 0.0 for i in range(n + 1)]
+        radius = [self.opt.radius if i in free else 0.0 for i in range(n + 1)]
         state = {
             **base,
             "stage": stage,
@@ -276,7 +279,7 @@ class _Run:
                     moved += 1
                     s[i] = cand[best]
                     if abs(j) == self.half:
-                        radius[i] = min(1.0, 2.0 * radius[i])
+                        radius[i] = min(self.opt.radius, 2.0 * radius[i])
         return self.finish_sweep(state, s, moved)
 
     # -- driver ----------------------------------------------------------

@@ -386,7 +386,7 @@ def dp_paths_extrapolated(
     out: dict[int, tuple[Tensor, float]] = {}
     for n in want:
         if n == 1:
-            out[n] = (torch.tensor([0, size - 1], dtype=torch.long), float(cm[0, -1]))
+            out[n] = (torch.tensor([size - 1, 0], dtype=torch.long), float(cm[0, -1]))
             continue
         if final_first_order:
             v_last, arg_last = finals[n]
@@ -476,6 +476,11 @@ def schedules_from_table(
 # --------------------------------------------------------------------------
 # The method
 # --------------------------------------------------------------------------
+
+
+def jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as they read back from JSON (tuples as lists), so a checkpoint's settings compare equal."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
 @dataclass(frozen=True)
@@ -591,7 +596,7 @@ def dp(task: Task, **options: Any) -> OptimizeResult:
     this is the minimiser; ``method="ays"`` adds the evidence-based choice along the way to it.
     """
     opt = DPOptions.parse(options, "dp")
-    settings = task.settings(asdict(opt))
+    settings = task.settings(jsonable(asdict(opt)))
     table, sigmas, history = run_dp(task, opt, settings)
     klub_total, klub_se, final_calls = final_estimate(task, sigmas, opt)
     calls = table.calls + final_calls

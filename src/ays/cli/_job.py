@@ -1,0 +1,121 @@
+"""What the commands optimise or sample: a denoiser, its data and its noise parametrisation.
+
+A job comes from one of three places:
+
+- a named problem of :mod:`ays.problems` (``gmm-8x8``, ``digits``, ...) with its
+  exact denoiser (``--model exact``), a shipped trained network (``--model
+  trained``) or a network saved by ``ays train`` (``--model PATH``);
+- a Python entry point ``module:function`` (or ``path/to/file.py:function``) that
+  returns ``(denoiser, data)``, ``(denoiser, data, noise)`` or a dict with those keys;
+- a local diffusers pipeline folder (``--diffusers PATH``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from ..validate import AysError
+
+
+@dataclass
+class Job:
+    denoiser: Any
+    data: Any
+    noise: Any = None
+    problem: Any = None
+    label: str = ""
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+
+
+def _entry_point(spec: str) -> Job:
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise AysError(f"entry point {spec!r} must look like module:function or file.py:function")
+    try:
+        if target.endswith(".py"):
+            if not os.path.isfile(target):
+                raise AysError(f"entry point file {target!r} does not exist")
+            mod_spec = importlib.util.spec_from_file_location(f"_ays_entry_{abs(hash(target))}", target)
+            assert mod_spec is not None and mod_spec.loader is not None
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod_spec.name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ImportError as e:
+        raise AysError(f"cannot import {target!r} for entry point {spec!r}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise AysError(f"entry point {spec!r}: {attr!r} is not a function of {target!r}")
+    out = fn()
+    if isinstance(out, dict):
+        if "denoiser" not in out or "data" not in out:
+            raise AysError(f"entry point {spec!r} must return a dict with 'denoiser' and 'data'")
+        return Job(out["denoiser"], out["data"], out.get("noise"), label=spec,
+                   sigma_min=out.get("sigma_min"), sigma_max=out.get("sigma_max"))
+    if isinstance(out, (tuple, list)) and len(out) in (2, 3):
+        return Job(out[0], out[1], out[2] if len(out) == 3 else None, label=spec)
+    raise AysError(f"entry point {spec!r} must return (denoiser, data), (denoiser, data, noise) or a dict")
+
+
+def problem_denoiser(problem: Any, name: str, model: str) -> tuple[Any, str]:
+    """The denoiser of a named problem: exact, shipped trained network, or a saved file."""
+    if model == "exact":
+        return problem.denoiser, f"{name} (exact denoiser)"
+    from .. import train
+
+    if model == "trained":
+        return train.pretrained(name).eval(), f"{name} (trained network)"
+    if not os.path.isfile(model):
+        raise AysError(f"--model must be 'exact', 'trained' or a model file; {model!r} does not exist")
+    return train.load_model(model).eval(), f"{name} ({os.path.basename(model)})"
+
+
+def load_job(target: str | None, model: str = "exact", diffusers: str | None = None,
+             prompts: tuple[str, ...] = (), guidance_scale: float = 1.0, latents: str | None = None) -> Job:
+    """Resolve the command line's model arguments into a :class:`Job`."""
+    if diffusers is not None:
+        if target is not None:
+            raise AysError("give either a problem / entry point or --diffusers, not both")
+        from ..integrations.diffusers import load_diffusers_job
+
+        denoiser, data, noise = load_diffusers_job(diffusers, list(prompts) or None, guidance_scale, latents)
+        return Job(denoiser, data, noise, label=os.path.basename(os.path.normpath(diffusers)))
+    if target is None:
+        raise AysError("name a problem (see `ays optimize --help`), an entry point module:function, or --diffusers")
+    if ":" in target and not os.path.exists(target):
+        return _entry_point(target)
+    from .. import problems
+
+    problem = problems.get(target)
+    denoiser, label = problem_denoiser(problem, target, model)
+    return Job(denoiser, problem, None, problem=problem, label=label,
+               sigma_min=problem.sigma_min, sigma_max=problem.sigma_max)
+
+
+def model_options(f: Any) -> Any:
+    """The click options shared by commands that need a model and its data."""
+    opts = [
+        click.argument("target", required=False, metavar="PROBLEM|module:function"),
+        click.option("--model", "-m", default="exact", show_default=True,
+                     help="For a named problem: 'exact' (closed-form denoiser), 'trained' (shipped "
+                          "network) or a file written by `ays train`."),
+        click.option("--diffusers", type=click.Path(), default=None,
+                     help="A local diffusers pipeline folder to optimise instead of a problem."),
+        click.option("--prompt", "prompts", multiple=True, help="Prompt(s) for --diffusers (repeatable)."),
+        click.option("--guidance-scale", type=float, default=1.0, show_default=True,
+                     help="Classifier-free guidance scale for --diffusers (the schedule is for this scale)."),
+        click.option("--latents", type=click.Path(), default=None,
+                     help="For --diffusers: a .pt/.safetensors latent tensor or a folder of images."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f

@@ -1,0 +1,119 @@
+"""``ays optimize``: find the schedule for a model, solver and step count, and save it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from ..validate import AysError
+from ._job import load_job, model_options
+from .schedule import parse_options
+
+
+class SweepBar:
+    """A tqdm bar over sweeps that shows the current KLUB; also the resume hint."""
+
+    def __init__(self, quiet: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(desc="optimising", unit="sweep", disable=quiet, leave=False, dynamic_ncols=True)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "done":
+            return
+        self.bar.update(1)
+        post = {"stage": f"{event.get('steps', '?')} steps"}
+        for key in ("klub", "heldout"):
+            if isinstance(event.get(key), (int, float)):
+                post[key] = f"{event[key]:.5g}"
+        self.bar.set_postfix(post, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_optimize(job: Any, *, out: str | None, checkpoint: str | None, resume: bool, quiet: bool,
+                 **kwargs: Any) -> Any:
+    """Run :func:`ays.optimize` for a job with a progress bar; write the schedule file."""
+    from .. import optimize
+
+    if checkpoint is None and out is not None:
+        checkpoint = out + ".ckpt.json"
+    if resume and (checkpoint is None or not os.path.exists(checkpoint)):
+        raise AysError(f"--resume: no checkpoint at {checkpoint!r}")
+    bar = SweepBar(quiet)
+    try:
+        result = optimize(job.denoiser, job.data, noise=job.noise, checkpoint=checkpoint, resume=resume,
+                          progress=bar, model=job.label or None, **kwargs)
+    except KeyboardInterrupt:
+        bar.close()
+        hint = f"; resume with the same command and --resume ({checkpoint})" if checkpoint else ""
+        click.echo(f"ays: interrupted{hint}", err=True)
+        sys.exit(130)
+    bar.close()
+    if out is not None:
+        result.save(out)
+        if checkpoint is not None and os.path.exists(checkpoint):
+            os.unlink(checkpoint)  # the schedule file now holds everything the checkpoint did
+    return result
+
+
+@click.command()
+@model_options
+@click.option("--solver", "-s", default="stochastic_ddim", show_default=True, help="Solver the schedule is for.")
+@click.option("--steps", "-n", type=int, default=10, show_default=True, help="Number of steps.")
+@click.option("--sigma-min", type=float, default=None, help="Smallest noise level (default: the problem's/model's).")
+@click.option("--sigma-max", type=float, default=None, help="Largest noise level (default: the problem's/model's).")
+@click.option("--method", default=None, help="Optimiser (see ays.optimize.METHODS); default: ays.optimize's.")
+@click.option("--samples", type=int, default=8192, show_default=True, help="Monte Carlo chains per KLUB estimate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--early-stopping/--no-early-stopping", default=True, show_default=True,
+              help="--no-early-stopping runs to the KLUB minimiser (it over-aligns; see the README).")
+@click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Method option, e.g. -O max_sweeps=8.")
+@click.option("--batch-size", type=int, default=None, help="Denoiser rows per call (memory cap).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedule.json", show_default=True,
+              help="Where to write the ays-schedule/1 file.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint file (default: OUT.ckpt.json), written after every sweep.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also plot the schedule (PNG).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def optimize(target: str | None, model: str, diffusers: str | None, prompts: tuple[str, ...], guidance_scale: float,
+             latents: str | None, solver: str, steps: int, sigma_min: float | None, sigma_max: float | None,
+             method: str | None, samples: int, seed: int, early_stopping: bool, opts: tuple[str, ...],
+             batch_size: int | None, out: str, checkpoint: str | None, resume: bool, plot: str | None,
+             quiet: bool) -> None:
+    """Optimise a sampling schedule (Align Your Steps) and save it as an ays-schedule/1 file.
+
+    PROBLEM is a named problem of ays.problems (gmm-8x8, gmm-8x4, gmm-6x6, gaussian,
+    rings, moons, swissroll, digits, ...); module:function names your own model (it
+    returns denoiser and data); --diffusers PATH optimises a local diffusers pipeline.
+
+    \b
+    ays optimize gmm-8x8 --solver dpmpp_2m_sde --steps 10 --out gmm.json
+    ays optimize digits --model trained --steps 10 --samples 4096
+    ays optimize mypkg.models:load --steps 20 --resume
+    """
+    job = load_job(target, model, diffusers, prompts, guidance_scale, latents)
+    kwargs: dict[str, Any] = dict(steps=steps, solver=solver, seed=seed, samples=samples,
+                                  early_stopping=early_stopping, batch_size=batch_size)
+    kwargs["sigma_min"] = sigma_min if sigma_min is not None else job.sigma_min
+    kwargs["sigma_max"] = sigma_max if sigma_max is not None else job.sigma_max
+    if method is not None:
+        kwargs["method"] = method
+    kwargs.update(parse_options(opts))
+    result = run_optimize(job, out=out, checkpoint=checkpoint, resume=resume, quiet=quiet, **kwargs)
+    click.echo(" ".join(f"{s:.6g}" for s in result.sigmas.tolist()))
+    klub = f"KLUB {result.klub:.5g} ± {result.klub_stderr:.2g}, " if result.klub is not None else ""
+    click.echo(f"{klub}{result.calls:,} denoiser calls; wrote {out}", err=True)
+    if plot is not None:
+        from .. import schedules
+        from ..plot import plot_schedules
+
+        lo, hi = result.sigma_min, result.sigma_max
+        plot_schedules({"ays": result.sigmas, "karras": schedules.karras(steps, lo, hi),
+                        "loglinear": schedules.loglinear(steps, lo, hi)}, plot, title=job.label)
+        click.echo(f"wrote {plot}", err=True)

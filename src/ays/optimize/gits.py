@@ -1,0 +1,166 @@
+"""A GITS-style baseline: dynamic programming on the local error against a fine teacher trajectory.
+
+GITS (Chen et al., "On the Trajectory Regularity of ODE-based Diffusion Sampling",
+ICML 2024) observes that probability-flow trajectories are nearly straight and
+chooses the coarse steps that deviate least from a fine teacher: run the ODE
+from ``teacher_samples`` noise draws (256 in the paper) on a fine grid (61 levels,
+EDM's rho=7 spacing), and for every pair of grid levels ``g_i > g_j`` set
+
+    cost(i → j) = mean over samples of || step(x_i, g_i → g_j) − x_j ||,
+
+the distance between one coarse solver step taken from the teacher's state at
+``g_i`` and the teacher's state at ``g_j``. A dynamic programme over the grid then
+picks the ``n``-step path of least total cost (``O(n·G²)``, as :func:`ays.optimize.dp.dp_paths`).
+
+Choices made here, as in the public GITS code: the coarse step is the first-order
+(Euler = DDIM) step ``x_j = D_i + (g_j/g_i)(x_i − D_i)`` with the teacher's own ``D_i``,
+whatever the target solver; the metric is the L2 norm (``metric="l2"``) or its square
+(``"l2sq"``); ``coeff`` scales the cost of the remaining path as in the GITS code
+(1 = the plain sum). The teacher is DPM-Solver++(2M) on the grid subdivided
+``refine`` times in log-sigma, recording the states at the grid levels. For
+stochastic target solvers the teacher is still the ODE (GITS is an ODE method).
+
+Denoiser calls: ``teacher_samples × (G − 1) × refine``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from .. import schedules, solvers
+from ..klub import _data_sample, seed_for
+from ..validate import AysError, check_positive, check_sigmas, check_steps
+from .dp import dp_paths
+from .result import OptimizeResult
+from .task import Task, register
+
+__all__ = ["GitsOptions", "gits", "teacher_costs"]
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class GitsOptions:
+    """Options of ``method="gits"``."""
+
+    grid: int = 61  #: levels of the teacher grid (GITS: 61)
+    rho: float = 7.0  #: the grid is EDM's rho spacing (GITS's teacher schedule)
+    teacher_samples: int = 256  #: teacher trajectories (GITS: 256)
+    refine: int = 2  #: teacher substeps per grid interval
+    metric: str = "l2"  #: "l2" (GITS) or "l2sq"
+    coeff: float = 1.0  #: weight of the remaining path in the programme (GITS's ``coeff``)
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> GitsOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise AysError(f"unknown option(s) for method 'gits': {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        opt = cls(**options)
+        check_steps(opt.grid, name="grid", minimum=3)
+        check_steps(opt.teacher_samples, name="teacher_samples", minimum=1)
+        check_steps(opt.refine, name="refine")
+        check_positive(opt.rho, name="rho")
+        check_positive(opt.coeff, name="coeff")
+        if opt.metric not in ("l2", "l2sq"):
+            raise AysError(f"metric must be 'l2' or 'l2sq', got {opt.metric!r}")
+        return cls(**{**asdict(opt), "rho": float(opt.rho), "coeff": float(opt.coeff)})
+
+
+def _refined(grid_desc: Tensor, refine: int) -> Tensor:
+    """The decreasing grid with ``refine − 1`` log-spaced levels inserted into every interval."""
+    if refine == 1:
+        return grid_desc
+    hi, lo = grid_desc[:-1].log(), grid_desc[1:].log()
+    frac = torch.arange(refine, dtype=torch.float64) / refine
+    inner = torch.exp(hi[:, None] + frac[None, :] * (lo - hi)[:, None]).reshape(-1)
+    return torch.cat([inner, grid_desc[-1:]])
+
+
+def teacher_costs(
+    denoiser: Any, noise: Tensor, grid_desc: Tensor, refine: int = 2, metric: str = "l2", batch_size: int | None = None
+) -> tuple[Tensor, int]:
+    """GITS's cost matrix on a decreasing grid: ``cost[a, b]`` (a < b, indices of the INCREASING grid).
+
+    ``noise`` is standard normal ``[N, ...]``; returns (cost [G, G] float64, denoiser rows).
+    """
+    g = check_sigmas(grid_desc, allow_final_zero=False)
+    size = g.numel()
+    fine = _refined(g, refine)
+    rows = noise.shape[0] if batch_size is None else min(noise.shape[0], batch_size)
+    total = torch.zeros(size, size, dtype=torch.float64)
+    calls = 0
+    for r0 in range(0, noise.shape[0], rows):
+        z = noise[r0 : r0 + rows]
+        states: list[Tensor] = []
+        dens: list[Tensor] = []
+
+        def grab(info: dict[str, Any]) -> None:
+            if info["i"] % refine == 0:
+                states.append(info["x"].reshape(info["x"].shape[0], -1).to(torch.float64))
+                dens.append(info["denoised"].reshape(info["x"].shape[0], -1).to(torch.float64))
+
+        x_end = solvers.get("dpmpp_2m")(denoiser, z * float(fine[0]), fine, callback=grab)
+        calls += z.shape[0] * (fine.numel() - 1)
+        states.append(x_end.reshape(z.shape[0], -1).to(torch.float64))
+        # states[i] is the teacher at g[i] (decreasing); dens[i] its denoiser output (i < size - 1).
+        for i in range(size - 1):
+            x_i, d_i = states[i], dens[i]
+            for j in range(i + 1, size):
+                step = d_i + (float(g[j]) / float(g[i])) * (x_i - d_i)
+                err = (step - states[j]).square().sum(dim=1)
+                err = err.sqrt() if metric == "l2" else err
+                # increasing-grid indices: level g[j] is index size-1-j, g[i] is size-1-i
+                total[size - 1 - j, size - 1 - i] += float(err.sum())
+    return total / noise.shape[0], calls
+
+
+def _coeff_paths(cost: Tensor, steps: int, coeff: float) -> Tensor:
+    """GITS's programme with ``V = cost + coeff · V_rest`` (``coeff = 1``: :func:`dp_paths`)."""
+    if coeff == 1.0:
+        return dp_paths(cost, steps)[steps][0]
+    size = cost.shape[0]
+    valid = torch.ones(size, size, dtype=torch.bool).triu(1)
+    cm = torch.where(valid, cost, torch.full_like(cost, float("inf")))
+    v = torch.full((size,), float("inf"), dtype=torch.float64)
+    v[-1] = 0.0
+    args = []
+    for _ in range(steps):
+        v, arg = (cm + coeff * v[None, :]).min(dim=1)
+        args.append(arg)
+    path, j = [0], 0
+    for m in range(steps, 0, -1):
+        j = int(args[m - 1][j])
+        path.append(j)
+    return torch.tensor(path[::-1], dtype=torch.long)
+
+
+@register("gits")
+def gits(task: Task, **options: Any) -> OptimizeResult:
+    """GITS-style schedule: DP over a 61-level grid on the one-step error against a fine ODE teacher."""
+    opt = GitsOptions.parse(options)
+    settings = task.settings(asdict(opt))
+    grid_desc = schedules.karras(opt.grid - 1, task.sigma_min, task.sigma_max, rho=opt.rho)
+    if task.space.is_discrete:
+        # the model's own levels nearest to the grid, duplicates merged
+        grid_desc = task.space.level(torch.unique(task.space.index(grid_desc))).to(torch.float64).flip(0)
+    if grid_desc.numel() < task.steps + 1:
+        raise AysError(f"{task.steps} steps need a grid of more than {grid_desc.numel()} levels")
+    gen = torch.Generator().manual_seed(seed_for(task.seed, "gits", "noise"))
+    probe = _data_sample(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "gits", "probe")))
+    noise = torch.randn((opt.teacher_samples, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
+    cost, calls = teacher_costs(task.denoiser, noise, grid_desc, opt.refine, opt.metric, task.batch_size)
+    idx = _coeff_paths(cost, task.steps, opt.coeff)
+    sigmas = torch.flip(grid_desc, [0])[idx]
+    sigmas = check_sigmas(task.space.snap(sigmas, f"{task.steps}-step schedule"), allow_final_zero=False)
+    history = [{"stage": "gits", "grid": int(grid_desc.numel()), "teacher_samples": opt.teacher_samples,
+                "calls": calls, "sigmas": sigmas.tolist()}]
+    if task.progress is not None:
+        task.progress({"event": "done", "klub": None, "calls": calls, "sigmas": sigmas.tolist()})
+    return OptimizeResult(
+        sigmas=sigmas, steps=task.steps, solver=task.solver, method=task.method, timesteps=task.space.timesteps(sigmas),
+        history=history, calls=calls, settings=settings, model=task.model,
+    )
