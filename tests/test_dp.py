@@ -63,7 +63,7 @@ def brute_force(cost: torch.Tensor, steps: int, penalty=None, final_first_order=
 
 def test_dp_matches_brute_force_on_small_grids():
     g = torch.Generator().manual_seed(0)
-    for trial in range(4):
+    for _ in range(4):
         size = 9
         cost = torch.rand(size, size, generator=g, dtype=torch.float64) ** 3 * 10
         res = D.dp_paths(cost, list(range(1, size)))
@@ -247,3 +247,34 @@ def test_bad_options_are_refused():
         optimize(den, data, method="dp", objective="fast")
     with pytest.raises(AysError, match="grid"):
         optimize(den, data, method="dp", steps=10, grid=8, samples=16)
+
+
+# ------------------------------------------------------------- the evidence-based choice ("ays")
+def test_ays_chooses_from_evidence_and_reduces_to_the_dp_optimum_without_early_stopping():
+    from ays.analysis import output_kl
+    from ays.schedules import kl_optimal, to_sampling
+
+    c, steps = 0.5, 4
+    den, data = gaussian_denoiser(c), gaussian_data(c, 2)
+    kw = dict(steps=steps, solver="euler", samples=512, grid=48, final_samples=0, select_samples=1024,
+              reference_steps=16, path_points=3, c_factors=(1.0,), refine_sweeps=1)
+    a = optimize(den, data, method="ays", seed=5, **kw)
+    b = optimize(den, data, method="ays", seed=5, **kw)
+    assert torch.equal(a.sigmas, b.sigmas) and a.calls == b.calls
+    sel = [h for h in a.history if h["stage"] == "select"]
+    # the path starts at kl_optimal with the data's scale and ends at the KLUB optimum
+    c_hat = sel[0]["c_hat"]
+    assert c_hat == pytest.approx(c, rel=0.05)
+    assert torch.allclose(torch.tensor(sel[0]["sigmas"], dtype=torch.float64), kl_optimal(steps, 0.002, 80.0, c=c_hat))
+    minimiser = optimize(den, data, method="ays", seed=5, early_stopping=False, **kw)
+    plain = optimize(den, data, method="dp", seed=5, steps=steps, solver="euler", samples=512, grid=48, final_samples=0)
+    assert torch.equal(minimiser.sigmas, plain.sigmas)
+    assert torch.allclose(torch.tensor(sel[-1]["sigmas"], dtype=torch.float64), plain.sigmas)
+    # Thm 3.1: for Euler on Gaussian data the KL-optimal schedule is kl_optimal(c); the evidence must
+    # steer away from the over-aligned KLUB optimum toward it (exact output KL as the oracle).
+    kl_chosen = output_kl("euler", to_sampling(a.sigmas), c)
+    kl_klub = output_kl("euler", to_sampling(plain.sigmas), c)
+    kl_best = output_kl("euler", to_sampling(kl_optimal(steps, 0.002, 80.0, c=c)), c)
+    assert kl_chosen < 0.2 * kl_klub
+    assert kl_chosen < 3 * kl_best + 1e-3
+    assert a.calls > plain.calls

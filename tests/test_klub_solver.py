@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy import integrate
 
-from ays.klub import estimate_schedule, interval_klub
-from ays.klub import gaussian_klub as gaussian_klub_ddim
 from ays import klub_solver as KS
 from ays import solvers
+from ays.klub import estimate_schedule, interval_klub
+from ays.klub import gaussian_klub as gaussian_klub_ddim
 from ays.optimize import dp as D
 from ays.validate import AysError
 
@@ -149,8 +149,12 @@ def test_closed_form_against_direct_covariance_integration():
     for i in range(5):
         b, a = float(s[i]), float(s[i + 1])
         p = float(s[i - 1]) if i > 0 else 2 * b
-        val, _ = integrate.quad(lambda y: direct_integrand(math.exp(y), a, b, p, float(bet[i]), c, dim) * math.exp(y),
-                                math.log(a), math.log(b), epsabs=0.0, epsrel=1e-11, limit=400)
+        beta_i = float(bet[i])
+
+        def f(y, a=a, b=b, p=p, beta_i=beta_i):
+            return direct_integrand(math.exp(y), a, b, p, beta_i, c, dim) * math.exp(y)
+
+        val, _ = integrate.quad(f, math.log(a), math.log(b), epsabs=0.0, epsrel=1e-11, limit=400)
         assert float(got[i]) == pytest.approx(val, rel=1e-8)
 
 
@@ -183,7 +187,8 @@ def test_solver_table_objective_beats_the_ddim_schedule_for_the_2m_bound():
             t = s_2m.clone()
             t[i] *= f
             if torch.all(t[1:] < t[:-1]):
-                assert float(KS.gaussian_klub(t, c, dim, solver="dpmpp_2m_sde")) > exact_2m * (1 - 2e-3)  # the grid's resolution
+                # within the grid's resolution
+                assert float(KS.gaussian_klub(t, c, dim, solver="dpmpp_2m_sde")) > exact_2m * (1 - 2e-3)
 
 
 def test_bad_input():

@@ -233,8 +233,8 @@ def test_networks_shapes_dtypes_and_checks() -> None:
     with pytest.raises(AysError, match="bad arguments"):
         nets.build("mlp", nonsense=3)
     # small enough for a laptop CPU (and for files well under 1 MB)
-    assert nets.num_parameters(nets.build("mlp")) < 150_000
-    assert nets.num_parameters(nets.build("conv")) < 150_000
+    assert nets.num_parameters(nets.build("mlp")) < 200_000
+    assert nets.num_parameters(nets.build("conv")) < 200_000
 
 
 def test_build_is_seeded_and_leaves_the_global_rng_alone() -> None:

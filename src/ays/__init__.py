@@ -27,6 +27,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "optimize": ("ays.optimize", "optimize"),
     "OptimizeResult": ("ays.optimize", "OptimizeResult"),
     "load_schedule": ("ays.optimize", "load_schedule"),
+    "evaluate": ("ays.evaluate", None),  # a callable module: ays.evaluate(...) and ays.evaluate.write_results
 }
 
 __all__ = ["__version__", *_LAZY]

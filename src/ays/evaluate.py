@@ -43,7 +43,9 @@ import hashlib
 import io
 import math
 import os
+import sys
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -723,3 +725,14 @@ def machine_description() -> dict[str, Any]:
         "python": platform.python_version(),
         "ays": __version__,
     }
+
+
+class _CallableModule(types.ModuleType):
+    """``ays.evaluate`` is this module and its main function: ``ays.evaluate(...)`` calls
+    :func:`evaluate`, ``ays.evaluate.write_results(...)`` reaches the rest."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .distributed import is_rank_zero
 from .validate import AysError
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json"]
@@ -44,9 +45,12 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and durably; return the path.
 
     Raises :class:`~ays.validate.AysError` when the directory does not exist or
-    cannot be written, naming the path.
+    cannot be written, naming the path. Under ``torch.distributed`` only rank 0
+    writes (every rank holds the same result); the others return the path.
     """
     target = Path(path)
+    if not is_rank_zero():
+        return target
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise AysError(f"cannot write {str(target)!r}: directory {str(directory)!r} does not exist")
@@ -100,3 +104,5 @@ def read_json(path: PathLike, *, what: str = "file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise AysError(f"{what} {str(p)!r} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise AysError(f"{what} {str(p)!r} is not a valid file: JSON nested too deeply") from None

@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from . import distributed as _dist
 from .validate import AysError, check_positive, check_sigmas, check_steps
 
 __all__ = [
@@ -345,27 +346,34 @@ def interval_klub(
     t, gap = proposal_sample(draws.u.reshape(1, s), a.reshape(m, 1), b.reshape(m, 1), c)
     bb = b.reshape(m, 1).expand(m, s)
     g = gap / ((t * t + c * c) * (bb * bb + c * c))  # 1/(t²+c²) - 1/(b²+c²), without cancellation
-    weight = (proposal_normalizer(a, b, c).reshape(m, 1) / g).reshape(-1)
-    t, gap, bb = t.reshape(-1), gap.reshape(-1), bb.reshape(-1)
+    weight = proposal_normalizer(a, b, c).reshape(m, 1) / g
 
     x0, z1, z2 = draws.x0, draws.z1, draws.z2
     dev, dt = x0.device, x0.dtype
     view = (-1,) + (1,) * (x0.ndim - 1)
     rows = max(1, batch_size // 2)  # each (interval, draw) needs two denoiser rows
-    pieces: list[Tensor] = []
-    for r0 in range(0, m * s, rows):
-        r1 = min(r0 + rows, m * s)
-        k = torch.arange(r0, r1) % s
-        kd = k.to(dev)
-        tt = t[r0:r1].to(device=dev, dtype=dt)
-        sb = bb[r0:r1].to(device=dev, dtype=dt)
-        x_t = x0[kd] + tt.view(view) * z1[kd]
-        x_b = x_t + gap[r0:r1].sqrt().to(device=dev, dtype=dt).view(view) * z2[kd]
-        out = _call(denoiser, torch.cat([x_t, x_b]), torch.cat([tt, sb]))
-        n = r1 - r0
-        diff = (out[:n] - out[n:]).reshape(n, -1).to(torch.float64)
-        pieces.append((diff * diff).sum(dim=1).cpu() * weight[r0:r1])
-    values = torch.cat(pieces).reshape(m, s)
+
+    def terms(ks: slice) -> Tensor:
+        """Per-draw terms [m, |ks|] of the draws ``ks`` (all of them, or this rank's share)."""
+        sl = ks.stop - ks.start
+        tl, gl, bl, wl = (v[:, ks].reshape(-1) for v in (t, gap, bb, weight))
+        pieces: list[Tensor] = [torch.zeros(0, dtype=torch.float64)]
+        for r0 in range(0, m * sl, rows):
+            r1 = min(r0 + rows, m * sl)
+            kd = (ks.start + torch.arange(r0, r1) % sl).to(dev)
+            tt = tl[r0:r1].to(device=dev, dtype=dt)
+            sb = bl[r0:r1].to(device=dev, dtype=dt)
+            x_t = x0[kd] + tt.view(view) * z1[kd]
+            x_b = x_t + gl[r0:r1].sqrt().to(device=dev, dtype=dt).view(view) * z2[kd]
+            out = _call(denoiser, torch.cat([x_t, x_b]), torch.cat([tt, sb]))
+            n = r1 - r0
+            diff = (out[:n] - out[n:]).reshape(n, -1).to(torch.float64)
+            pieces.append((diff * diff).sum(dim=1).cpu() * wl[r0:r1])
+        return torch.cat(pieces).reshape(m, sl)
+
+    # Under torch.distributed each rank evaluates its share of the draws and the
+    # shares are all-gathered: every rank holds the single-process terms (ays.distributed).
+    values = _dist.map_shards(s, terms, dim=1)
     mean = values.mean(dim=1)
     stderr = values.std(dim=1) / math.sqrt(s)
     return IntervalEstimate(a, b, mean, stderr, values, 2 * m * s)
@@ -418,6 +426,9 @@ def klub(
     c: float = 0.5,
     batch_size: int | None = None,
     draws: KlubDraws | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    max_memory: int | str | None = None,
 ) -> KlubEstimate:
     """Estimate the KLUB of each interval of a schedule (paper Alg. 2).
 
@@ -427,10 +438,25 @@ def klub(
     ``sigma_min > 0``. ``samples`` chains are drawn from ``generator`` unless
     ``draws`` (a :class:`KlubDraws`, for common random numbers) is given.
     ``c`` is the proposal's scale (0.5 in the paper). Returns a :class:`KlubEstimate`.
+
+    Scale (:mod:`ays.distributed`): ``dtype`` (``"float16"``, ``"bfloat16"``, ...) and
+    ``device`` run the denoiser there (default: its parameters' dtype and device;
+    draws follow the device); ``max_memory`` (bytes, or ``"8GiB"``) caps the memory of
+    each denoiser call, which sets the batch size (draws then stay in host memory).
+    Under ``torch.distributed`` the draws are shared out across ranks.
     """
+    s = check_sigmas(sigmas, allow_final_zero=False)
+    run = _dist.prepare(denoiser, dtype, device)
+    if max_memory is not None:
+        cap = _dist.parse_memory(max_memory)
+        assert cap is not None
+        row = draws.x0[:1] if draws is not None else KlubDraws.create(data, 2, torch.Generator().manual_seed(0)).x0[:1]
+        batch_size = _dist.batch_size_for(run, row, cap, sigma=float(s[0]), batch_size=batch_size)
+    elif draws is None:
+        data = _dist.place_data(data, run.device)
     if draws is None:
         draws = KlubDraws.create(data, samples, generator)
-    return estimate_schedule(denoiser, draws, _f64(sigmas), c=c, batch_size=batch_size)
+    return estimate_schedule(run, draws, s, c=c, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------

@@ -83,10 +83,12 @@ from .klub import (
     Denoiser,
     KlubDraws,
     KlubEstimate,
-    gaussian_klub as _gaussian_klub_ddim,
     proposal_normalizer,
     proposal_sample,
     seed_for,
+)
+from .klub import (
+    gaussian_klub as _gaussian_klub_ddim,
 )
 from .validate import AysError, check_choice, check_positive, check_sigmas, check_steps
 
@@ -362,7 +364,9 @@ def klub(
     """
     unknown = sorted(set(solver_options) - {"eta", "solver_type"})
     if unknown:
-        raise AysError(f"unknown solver option(s) for the solver-aware KLUB: {', '.join(unknown)}; valid: eta, solver_type")
+        raise AysError(
+            f"unknown solver option(s) for the solver-aware KLUB: {', '.join(unknown)}; valid: eta, solver_type"
+        )
     if not isinstance(final_first_order, bool):
         raise AysError(f"final_first_order must be True or False, got {final_first_order!r}")
     if draws is None:

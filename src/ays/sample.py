@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from . import solvers
+from .distributed import guard
 from .validate import AysError, check_batch, check_finite, check_sigmas
 
 __all__ = ["sample"]
@@ -61,7 +62,9 @@ def sample(
     if not torch.isfinite(noise).all():
         raise AysError("noise holds NaN or inf")
     x = noise * float(s[0])
-    out = fn(denoiser, x, s, generator=generator, callback=callback, noise_sampler=noise_sampler, **options)
+    # Every denoiser output is checked, so a NaN is reported at the noise level where it arose.
+    checked = guard(denoiser, what=f"solver {solver!r} returned NaN or inf: the denoiser's output is not finite")
+    out = fn(checked, x, s, generator=generator, callback=callback, noise_sampler=noise_sampler, **options)
     return check_finite(out, what=f"solver {solver!r}")
 
 

@@ -364,8 +364,13 @@ def _unwrap(model: Any, config: Mapping[str, Any]) -> tuple[nn.Module, float]:
 
 def _plain(value: Any) -> Any:
     """JSON-like copy (str, int, float, bool, None, lists, str-keyed dicts): what weights_only loading accepts."""
-    if value is None or isinstance(value, (str, bool, int, float)):
+    # Exact builtin types: subclasses (torch.__version__ is a str subclass) would be
+    # pickled as their own class, which weights_only loading refuses.
+    if value is None or isinstance(value, bool):
         return value
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -398,6 +403,10 @@ def save_model(path: str | os.PathLike[str], model: Any, config: Mapping[str, An
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
     try:
+        # mkstemp makes the file private (0600); a model file gets the usual umask mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()

@@ -19,7 +19,11 @@ class SweepBar:
     def __init__(self, quiet: bool) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(desc="optimising", unit="sweep", disable=quiet, leave=False, dynamic_ncols=True)
+        from ..distributed import is_rank_zero
+
+        # Under torchrun every rank runs this command; only rank 0 shows the bar.
+        self.bar = tqdm(desc="optimising", unit="sweep", disable=quiet or not is_rank_zero(), leave=False,
+                        dynamic_ncols=True)
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("event") == "done":
@@ -55,10 +59,23 @@ def run_optimize(job: Any, *, out: str | None, checkpoint: str | None, resume: b
         sys.exit(130)
     bar.close()
     if out is not None:
-        result.save(out)
-        if checkpoint is not None and os.path.exists(checkpoint):
-            os.unlink(checkpoint)  # the schedule file now holds everything the checkpoint did
+        from ..distributed import is_rank_zero
+
+        result.save(out)  # atomic; rank 0 only under torchrun
+        if checkpoint is not None and is_rank_zero():
+            _remove_checkpoint(checkpoint)
     return result
+
+
+def _remove_checkpoint(checkpoint: str) -> None:
+    """Delete the checkpoint, and temporary files a killed write of it left behind (``.NAME.*.tmp``)."""
+    import glob
+
+    # The schedule file now holds everything the checkpoint did.
+    folder, name = os.path.split(os.path.abspath(checkpoint))
+    for path in [checkpoint, *glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp"))]:
+        if os.path.isfile(path):
+            os.unlink(path)
 
 
 @click.command()
@@ -74,6 +91,11 @@ def run_optimize(job: Any, *, out: str | None, checkpoint: str | None, resume: b
               help="--no-early-stopping runs to the KLUB minimiser (it over-aligns; see the README).")
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Method option, e.g. -O max_sweeps=8.")
 @click.option("--batch-size", type=int, default=None, help="Denoiser rows per call (memory cap).")
+@click.option("--max-memory", default=None, metavar="BYTES",
+              help="Memory cap per denoiser call, e.g. 8GiB or 2000000000; sets the batch size.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "float64"]), default=None,
+              help="Run the model in this dtype (default: its own); KLUB sums stay float64.")
+@click.option("--device", default=None, help="Run the model here, e.g. cuda, cuda:1, cpu (default: the model's).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedule.json", show_default=True,
               help="Where to write the ays-schedule/1 file.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
@@ -84,8 +106,8 @@ def run_optimize(job: Any, *, out: str | None, checkpoint: str | None, resume: b
 def optimize(target: str | None, model: str, diffusers: str | None, prompts: tuple[str, ...], guidance_scale: float,
              latents: str | None, solver: str, steps: int, sigma_min: float | None, sigma_max: float | None,
              method: str | None, samples: int, seed: int, early_stopping: bool, opts: tuple[str, ...],
-             batch_size: int | None, out: str, checkpoint: str | None, resume: bool, plot: str | None,
-             quiet: bool) -> None:
+             batch_size: int | None, max_memory: str | None, dtype: str | None, device: str | None, out: str,
+             checkpoint: str | None, resume: bool, plot: str | None, quiet: bool) -> None:
     """Optimise a sampling schedule (Align Your Steps) and save it as an ays-schedule/1 file.
 
     PROBLEM is a named problem of ays.problems (gmm-8x8, gmm-8x4, gmm-6x6, gaussian,
@@ -96,16 +118,41 @@ def optimize(target: str | None, model: str, diffusers: str | None, prompts: tup
     ays optimize gmm-8x8 --solver dpmpp_2m_sde --steps 10 --out gmm.json
     ays optimize digits --model trained --steps 10 --samples 4096
     ays optimize mypkg.models:load --steps 20 --resume
+    torchrun --nproc_per_node 4 -m ays optimize mypkg.models:load --device cuda --dtype float16
+
+    Under torchrun each process evaluates its share of the Monte Carlo draws; the
+    schedule equals a single process's, and rank 0 alone writes files.
     """
+    from ..distributed import is_rank_zero, session
+
+    with session():
+        _optimize(target, model, diffusers, prompts, guidance_scale, latents, solver, steps, sigma_min, sigma_max,
+                  method, samples, seed, early_stopping, opts, batch_size, max_memory, dtype, device, out,
+                  checkpoint, resume, plot, quiet, is_rank_zero)
+
+
+def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tuple[str, ...],
+              guidance_scale: float, latents: str | None, solver: str, steps: int, sigma_min: float | None,
+              sigma_max: float | None, method: str | None, samples: int, seed: int, early_stopping: bool,
+              opts: tuple[str, ...], batch_size: int | None, max_memory: str | None, dtype: str | None,
+              device: str | None, out: str, checkpoint: str | None, resume: bool, plot: str | None, quiet: bool,
+              is_rank_zero: Any) -> None:
+    from ..distributed import parse_device, parse_memory
+
+    parse_device(device)  # refuse a bad --device or --max-memory before the model is loaded
+    parse_memory(max_memory)
     job = load_job(target, model, diffusers, prompts, guidance_scale, latents)
     kwargs: dict[str, Any] = dict(steps=steps, solver=solver, seed=seed, samples=samples,
-                                  early_stopping=early_stopping, batch_size=batch_size)
+                                  early_stopping=early_stopping, batch_size=batch_size, max_memory=max_memory,
+                                  dtype=dtype, device=device)
     kwargs["sigma_min"] = sigma_min if sigma_min is not None else job.sigma_min
     kwargs["sigma_max"] = sigma_max if sigma_max is not None else job.sigma_max
     if method is not None:
         kwargs["method"] = method
     kwargs.update(parse_options(opts))
     result = run_optimize(job, out=out, checkpoint=checkpoint, resume=resume, quiet=quiet, **kwargs)
+    if not is_rank_zero():
+        return
     click.echo(" ".join(f"{s:.6g}" for s in result.sigmas.tolist()))
     klub = f"KLUB {result.klub:.5g} ± {result.klub_stderr:.2g}, " if result.klub is not None else ""
     click.echo(f"{klub}{result.calls:,} denoiser calls; wrote {out}", err=True)

@@ -53,17 +53,24 @@ def train(problem: str, steps: int, batch_size: int | None, lr: float, seed: int
           net_name: str | None, net_opts: tuple[str, ...], threads: int, out: str, plot: str | None) -> None:
     """Train an EDM denoiser on PROBLEM (e.g. gmm-8x8, digits) and save it to --out.
 
-    The command recorded in the saved file and in notes/train.md reproduces the
-    weights exactly on the same machine and thread count.
+    The full command is recorded in the saved file (see ays.train.model_info); it
+    reproduces the weights exactly on the same machine and thread count.
     """
     import torch
     from tqdm import tqdm
 
     from .. import nets, problems
     from .. import train as training
+    from ..validate import check_positive, check_steps
 
-    if threads < 1:
-        raise AysError(f"--threads must be at least 1, got {threads}")
+    # Refuse bad settings before anything is built or drawn.
+    check_steps(steps, name="--steps")
+    if batch_size is not None:
+        check_steps(batch_size, name="--batch-size")
+    check_positive(lr, name="--lr")
+    check_steps(seed, name="--seed", minimum=0)
+    check_positive(ema, name="--ema", allow_zero=True)
+    check_steps(threads, name="--threads")
     prob = problems.get(problem)
     default_name, kwargs = default_net(tuple(prob.shape))
     name = net_name or default_name

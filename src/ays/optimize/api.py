@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .. import distributed as _dist
+from ..klub import _data_sample, seed_for
 from ..noise import DiscreteVP, NoiseSchedule
 from ..validate import AysError, check_choice, check_range, check_sigmas, check_steps
 from .result import OptimizeResult
@@ -73,6 +75,9 @@ def optimize(
     batch_size: int | None = None,
     progress: Progress | None = None,
     model: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    max_memory: int | str | None = None,
     **method_options: Any,
 ) -> OptimizeResult:
     """Optimise a sampling schedule for ``denoiser`` on ``data`` (Align Your Steps).
@@ -102,6 +107,14 @@ def optimize(
             and once at the end (``"done"``); exceptions it raises propagate (after the
             checkpoint is written), which is how a caller interrupts.
         model: a label stored with the result.
+        dtype: run the denoiser in this dtype (``"float16"``, ``"bfloat16"``, ...; default its
+            parameters' dtype): inputs are cast to it, outputs cast back; schedule arithmetic and
+            KLUB sums stay float64. An ``nn.Module`` denoiser is converted in place.
+        device: run the denoiser there (default: its parameters' device); the draws follow.
+        max_memory: cap (bytes, or ``"8GiB"``) on the memory of one denoiser call; sets the batch
+            size (:func:`ays.distributed.batch_size_for`) and keeps the draws in host memory.
+        Under ``torch.distributed`` (e.g. ``torchrun``) every rank evaluates its share of the
+        draws and the result equals the single-process one (:mod:`ays.distributed`).
         **method_options: options of the method (see ``CoordinateOptions``).
 
     Returns:
@@ -167,8 +180,17 @@ def optimize(
             init_t = init_t.clone()
             init_t[0], init_t[-1] = hi, lo
 
+    run = _dist.prepare(denoiser, dtype, device)
+    if max_memory is not None:
+        cap = _dist.parse_memory(max_memory)
+        assert cap is not None
+        row = _data_sample(data, 1, torch.Generator().manual_seed(seed_for(int(seed), "probe")))
+        batch_size = _dist.batch_size_for(run, row, cap, sigma=hi, batch_size=batch_size)
+    else:
+        data = _dist.place_data(data, run.device)
+
     task = Task(
-        denoiser=denoiser,
+        denoiser=run,
         data=data,
         steps=steps,
         solver=solver,
@@ -185,6 +207,7 @@ def optimize(
         progress=progress,
         model=model,
         method=method,
+        dtype=None if dtype is None else str(run.dtype).removeprefix("torch."),
     )
     # The optimiser never needs gradients; without this, a network denoiser would
     # keep every batch's autograd graph alive.

@@ -11,9 +11,12 @@ exactly the schedule an uninterrupted run gives. Floats are written with
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
+from ..distributed import from_rank_zero
 from ..io import atomic_write_json, read_json
 from ..validate import AysError
 
@@ -38,17 +41,36 @@ def settings_difference(saved: dict[str, Any], current: dict[str, Any], prefix: 
     return out
 
 
+def _checksum(settings: Any, state: Any) -> str:
+    """SHA-256 of the canonical JSON of settings and state (floats by ``repr``: stable through a round trip)."""
+    text = json.dumps({"settings": settings, "state": state}, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_state(path: Path, settings: dict[str, Any], state: dict[str, Any]) -> None:
-    """Write ``{"format", "settings", "state"}`` to ``path`` atomically."""
-    atomic_write_json(path, {"format": FORMAT, "settings": settings, "state": state}, indent=None)
+    """Write ``{"format", "settings", "state", "sha256"}`` to ``path`` atomically.
+
+    The checksum lets a resumed run tell a damaged file from a good one (the write
+    itself is atomic, so damage comes from elsewhere: a disk, a copy, an editor).
+    """
+    try:
+        digest = _checksum(settings, state)
+    except (TypeError, ValueError) as e:
+        raise AysError(f"cannot write checkpoint {str(path)!r}: {e}") from None
+    atomic_write_json(path, {"format": FORMAT, "settings": settings, "state": state, "sha256": digest}, indent=None)
 
 
 def load_state(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     """The saved state, or ``None`` when ``path`` does not exist (a fresh start).
 
     Refuses, naming the difference, a checkpoint made with other settings, and
-    refuses a file that is not an ays checkpoint.
+    refuses a file that is not an ays checkpoint. Under ``torch.distributed``
+    rank 0 reads it and every rank gets the same state (or the same error).
     """
+    return from_rank_zero(_load_state, Path(path), settings)
+
+
+def _load_state(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     if not path.exists():
         return None
     doc = read_json(path, what="checkpoint")
@@ -59,6 +81,13 @@ def load_state(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     state = doc.get("state")
     if not isinstance(saved, dict) or not isinstance(state, dict):
         raise AysError(f"checkpoint {str(path)!r} is damaged: no settings or state")
+    digest = doc.get("sha256")
+    try:
+        intact = digest is None or digest == _checksum(saved, state)
+    except (TypeError, ValueError):  # NaN or inf, which JSON readers accept but ays never writes
+        intact = False
+    if not intact:
+        raise AysError(f"checkpoint {str(path)!r} is damaged: its content does not match its checksum")
     diff = settings_difference(saved, settings)
     if diff:
         raise AysError(f"checkpoint {str(path)!r} was made with other settings; " + "; ".join(diff))

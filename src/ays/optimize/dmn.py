@@ -166,7 +166,9 @@ class DmnOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise AysError(f"unknown option(s) for method 'dmn': {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+            raise AysError(
+                f"unknown option(s) for method 'dmn': {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
         opt = cls(**options)
         if opt.order is not None and opt.order not in (1, 2, 3):
             raise AysError(f"order must be 1, 2, 3 or None, got {opt.order!r}")
@@ -184,7 +186,8 @@ def dmn(task: Task, **options: Any) -> OptimizeResult:
         try:
             sigmas = task.space.snap(sigmas, f"{task.steps}-step schedule")
         except AysError:  # steps collapsed onto one timestep: fall back to time-uniform
-            sigmas = task.space.snap(schedules.time_uniform(task.steps, task.sigma_min, task.sigma_max, noise=task.noise))
+            tu = schedules.time_uniform(task.steps, task.sigma_min, task.sigma_max, noise=task.noise)
+            sigmas = task.space.snap(tu)
     sigmas = check_sigmas(sigmas, allow_final_zero=False)
     settings = task.settings({**asdict(opt), "resolved_order": order})
     if task.progress is not None:

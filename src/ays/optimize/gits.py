@@ -58,7 +58,9 @@ class GitsOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise AysError(f"unknown option(s) for method 'gits': {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+            raise AysError(
+                f"unknown option(s) for method 'gits': {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
         opt = cls(**options)
         check_steps(opt.grid, name="grid", minimum=3)
         check_steps(opt.teacher_samples, name="teacher_samples", minimum=1)
@@ -98,7 +100,7 @@ def teacher_costs(
         states: list[Tensor] = []
         dens: list[Tensor] = []
 
-        def grab(info: dict[str, Any]) -> None:
+        def grab(info: dict[str, Any], states: list[Tensor] = states, dens: list[Tensor] = dens) -> None:
             if info["i"] % refine == 0:
                 states.append(info["x"].reshape(info["x"].shape[0], -1).to(torch.float64))
                 dens.append(info["denoised"].reshape(info["x"].shape[0], -1).to(torch.float64))

@@ -41,7 +41,7 @@ def _version() -> str:
     return __version__
 
 
-@dataclass
+@dataclass(repr=False)
 class OptimizeResult:
     """An optimised schedule and how it was found.
 
@@ -67,6 +67,15 @@ class OptimizeResult:
     settings: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
     created: str | None = None
+
+    def __repr__(self) -> str:
+        # The history can hold hundreds of schedules: keep the summary readable.
+        sig = ", ".join(f"{v:.4g}" for v in self.sigmas.tolist())
+        klub = "None" if self.klub is None else f"{self.klub:.6g} ± {self.klub_stderr or 0:.2g}"
+        return (
+            f"OptimizeResult(steps={self.steps}, solver={self.solver!r}, method={self.method!r}, "
+            f"sigmas=[{sig}], klub={klub}, sweeps={len(self.history)}, calls={self.calls}, model={self.model!r})"
+        )
 
     @property
     def sigma_min(self) -> float:

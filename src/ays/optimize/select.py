@@ -1,27 +1,36 @@
-"""Where to stop, chosen from evidence: the replacement for the paper's early stopping.
+"""Where to stop, chosen from evidence: the replacement for the paper's early stopping (``method="ays"``).
 
-The converged KLUB minimum over-aligns: for 6-10 steps it takes one giant first
+The converged KLUB minimum over-aligns: for 5-10 steps it takes one giant first
 step and drops the outer modes of a mixture (REFERENCES.md, "What we measured";
-the paper stops its search early by looking at image metrics). Here the program
-makes that call itself, from evidence it can compute without a human:
+the paper stops its coordinate search early by looking at image metrics). Here the
+program makes that call itself, from evidence it can compute without a human:
 
-1. **A path of candidates** from a data-aware start to the KLUB optimum. The start
-   is ``kl_optimal`` (paper Thm 3.1) with ``c`` the data's RMS per-coordinate std
-   ``ĉ`` (estimated from ``data``) — or ``init`` when given; the end is the global
-   grid optimum of :mod:`ays.optimize.dp`. Candidates blend the two in log-sigma,
-   ``log s(λ) = (1 − λ) log s_start + λ log s_dp``, ``λ = 0, 1/(P−1), ..., 1`` (a convex
-   combination of two decreasing schedules is decreasing). ``family="grid"`` also
-   varies the start's scale, ``c ∈ ĉ·c_factors``.
-2. **A cheap output-space discrepancy** for each candidate: the target solver runs
-   ``select_samples`` draws with the candidate (the same noise for every candidate:
+1. **Candidates on the way to the KLUB optimum.** The start is ``kl_optimal``
+   (paper Thm 3.1, the KL-optimal schedule of Euler/DDIM for Gaussian data) with
+   ``c`` the data's RMS per-coordinate standard deviation ``ĉ`` estimated from ``data``
+   (or ``init`` when given); the end is the global grid optimum of the KLUB
+   (:mod:`ays.optimize.dp`; for the 2M solvers the solver-aware bound). Candidates
+   blend the two in log-sigma, ``log s(λ) = (1 − λ) log s_start + λ log s_dp``,
+   ``λ = 0, 1/(P−1), ..., 1`` (a convex combination of two decreasing schedules is
+   decreasing); ``family="grid"`` (default) also varies the start's scale,
+   ``c ∈ ĉ·c_factors``.
+2. **A cheap output-space discrepancy.** The target solver runs ``select_samples``
+   draws with each candidate (the same noise and solver noise for every candidate:
    common random numbers), and their sliced W2 (or MMD, energy distance) to a
    reference set is computed. The reference is a many-step run of the same model
-   (``reference_steps`` steps of ``reference_solver`` on EDM's rho=7 spacing) on
-   held-out noise — or, with ``reference="data"``, fresh data.
-3. The candidate with the least discrepancy is the result.
+   (``reference_steps`` steps of ``reference_solver``, EDM's rho=7 spacing) on
+   held-out noise — or, with ``reference="data"``, fresh data. The best candidate wins.
+3. **Refinement on the same evidence**: coordinate moves of single levels (a fraction
+   ``refine_delta`` of the gap to a neighbour in log-sigma, halved each sweep, at most
+   ``refine_budget`` schedules), each kept when it lowers the discrepancy.
+4. **A held-out check**: the refined schedule replaces the path's best only if it is
+   also better on independent noise against an independent reference set, so the
+   refinement cannot win by fitting the noise of the first set.
 
-Denoiser calls: the DP table, the reference (``select_samples × reference_steps``) and
-``select_samples × steps`` per candidate — far below the paper's coordinate search.
+Denoiser calls: the DP table (``grid × samples``), the two reference sets
+(``2 × select_samples × reference_steps``) and ``select_samples × steps`` per schedule
+tried — an order of magnitude below the paper's coordinate search (see
+``benchmarks/beyond.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ from .dp import DPOptions, final_estimate, jsonable, run_dp
 from .result import OptimizeResult
 from .task import Task, register
 
-__all__ = ["SelectOptions", "ays", "blend", "data_scale", "discrepancy", "run_samples"]
+__all__ = ["Evidence", "SelectOptions", "ays", "blend", "choose", "data_scale", "discrepancy", "gather_evidence",
+           "parse_options", "run_samples"]
 
 Tensor = torch.Tensor
 
@@ -51,12 +61,16 @@ class SelectOptions:
     """Selection options of ``method="ays"`` (it takes every :class:`~ays.optimize.dp.DPOptions` too)."""
 
     select: str = "sw2"  #: discrepancy: "sw2", "mmd", "energy"; "none" returns the KLUB optimum
-    family: str = "blend"  #: "blend": λ-path kl_optimal(ĉ) → DP optimum; "grid": also c ∈ ĉ·c_factors
-    path_points: int = 9  #: λ values on the path, ends included
-    c_factors: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4)  #: scales of the start tried by family="grid"
-    select_samples: int = 2048  #: few-step samples per candidate, and reference samples
+    family: str = "grid"  #: "blend": λ-path kl_optimal(ĉ) → DP optimum; "grid": also c ∈ ĉ·c_factors
+    path_points: int = 5  #: λ values on each path, ends included
+    c_factors: tuple[float, ...] = (0.7, 1.0, 1.4)  #: scales of the start tried by family="grid"
+    refine_sweeps: int = 2  #: sweeps of coordinate moves on the discrepancy (0: none)
+    refine_delta: float = 0.3  #: first move, as a fraction of the gap to a neighbour (halves per sweep)
+    refine_budget: int = 40  #: at most this many schedules tried by the refinement
+    validate: bool = True  #: keep the refinement only if it also wins on held-out noise and reference
+    select_samples: int = 2048  #: few-step samples per candidate, and reference samples per half
     reference: str = "model"  #: "model": many-step run of the same model; "data": fresh data
-    reference_steps: int = 128  #: steps of the reference run
+    reference_steps: int = 64  #: steps of the reference run
     reference_solver: str = "dpmpp_2m"  #: solver of the reference run
     projections: int = 256  #: directions of the sliced W2
 
@@ -71,6 +85,13 @@ class SelectOptions:
         factors = tuple(check_positive(f, name="c_factors") for f in opt.c_factors)
         if not factors:
             raise AysError("c_factors must hold at least one scale")
+        check_steps(opt.refine_sweeps, name="refine_sweeps", minimum=0)
+        check_steps(opt.refine_budget, name="refine_budget", minimum=0)
+        delta = check_positive(opt.refine_delta, name="refine_delta")
+        if delta >= 1:
+            raise AysError(f"refine_delta must be below 1 (a fraction of the gap), got {delta}")
+        if not isinstance(opt.validate, bool):
+            raise AysError(f"validate must be True or False, got {opt.validate!r}")
         check_steps(opt.select_samples, name="select_samples", minimum=8)
         if opt.reference not in ("model", "data"):
             raise AysError(f"reference must be 'model' or 'data', got {opt.reference!r}")
@@ -79,7 +100,7 @@ class SelectOptions:
             raise AysError(f"reference_solver must be a solver name, got {opt.reference_solver!r}")
         solvers.info(opt.reference_solver)
         check_steps(opt.projections, name="projections")
-        return cls(**{**asdict(opt), "c_factors": factors})
+        return cls(**{**asdict(opt), "c_factors": factors, "refine_delta": delta})
 
 
 def data_scale(data: Any, seed: int, n: int = 4096) -> float:
@@ -163,57 +184,138 @@ def _candidates(task: Task, opt: SelectOptions, end: Tensor, c_hat: float) -> li
     return out
 
 
-def choose(task: Task, opt: SelectOptions, end: Tensor) -> tuple[Tensor, list[dict[str, Any]], int]:
-    """Evaluate every candidate on the way to ``end`` (the KLUB optimum); return the best."""
-    c_hat = data_scale(task.data, task.seed)
-    cands = _candidates(task, opt, end, c_hat)
+@dataclass
+class Evidence:
+    """What candidates are judged against: noise for the target solver and reference samples.
+
+    ``noise``/``reference`` drive the choice, ``val_noise``/``val_reference`` (independent draws)
+    the held-out check of the refinement. ``calls``: denoiser rows spent on the references.
+    """
+
+    noise: Tensor
+    reference: Tensor
+    val_noise: Tensor
+    val_reference: Tensor
+    calls: int
+    bandwidth: float | None = None
+
+
+def gather_evidence(task: Task, opt: SelectOptions) -> Evidence:
+    """Draw the selection and validation noise and compute the two reference sets (module docstring)."""
     probe = _data_sample(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
     shape, dtype, dev = tuple(probe.shape[1:]), probe.dtype, probe.device
     n = opt.select_samples
+
+    def normal(*key: object) -> Tensor:
+        g = torch.Generator().manual_seed(seed_for(task.seed, "select", *key))
+        return torch.randn((n, *shape), generator=g, dtype=dtype).to(dev)
+
     calls = 0
-    if opt.reference == "model":
-        ref_noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(
-            seed_for(task.seed, "select", "reference-noise")), dtype=dtype).to(dev)
-        ref_s = _reference_schedule(task, opt.reference_steps)
-        ref = run_samples(opt.reference_solver, task.denoiser, ref_noise, ref_s,
-                          seed_for(task.seed, "select", "reference"), task.batch_size)
-        calls += n * solvers.count_calls(opt.reference_solver, schedules.to_sampling(ref_s))
-    else:
-        ref = _data_sample(task.data, n, torch.Generator().manual_seed(seed_for(task.seed, "select", "data")))
-    noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(
-        seed_for(task.seed, "select", "noise")), dtype=dtype).to(dev)
-    bandwidth = metrics.median_bandwidth(ref) if opt.select == "mmd" else None
+    refs = []
+    for half in ("choose", "validate"):
+        if opt.reference == "model":
+            ref_s = _reference_schedule(task, opt.reference_steps)
+            refs.append(run_samples(opt.reference_solver, task.denoiser, normal("reference-noise", half), ref_s,
+                                    seed_for(task.seed, "select", "reference", half), task.batch_size))
+            calls += n * solvers.count_calls(opt.reference_solver, schedules.to_sampling(ref_s))
+        else:
+            refs.append(_data_sample(task.data, n, torch.Generator().manual_seed(seed_for(task.seed, "select", half))))
+    bandwidth = metrics.median_bandwidth(refs[0]) if opt.select == "mmd" else None
+    return Evidence(normal("noise"), refs[0], normal("val-noise"), refs[1], calls, bandwidth)
+
+
+class _Judge:
+    """Scores schedules on the evidence, counting denoiser rows; solver noise shared by all (CRN)."""
+
+    def __init__(self, task: Task, opt: SelectOptions, ev: Evidence) -> None:
+        self.task, self.opt, self.ev = task, opt, ev
+        self.calls = 0
+
+    def __call__(self, sigmas: Tensor, held_out: bool = False) -> float:
+        noise, ref = (self.ev.val_noise, self.ev.val_reference) if held_out else (self.ev.noise, self.ev.reference)
+        key = "val-solver" if held_out else "solver"
+        x = run_samples(self.task.solver, self.task.denoiser, noise, sigmas, seed_for(self.task.seed, "select", key),
+                        self.task.batch_size)
+        self.calls += noise.shape[0] * solvers.count_calls(self.task.solver, schedules.to_sampling(sigmas))
+        return discrepancy(self.opt.select, x, ref, projections=self.opt.projections, bandwidth=self.ev.bandwidth)
+
+
+def _refine(task: Task, opt: SelectOptions, judge: _Judge, start: Tensor, value: float,
+            records: list[dict[str, Any]]) -> tuple[Tensor, float]:
+    """Coordinate moves of single levels (in log-sigma, a fraction of the gap to a neighbour)
+    on the discrepancy; a move is kept when it lowers it. The fraction halves every sweep; at most
+    ``refine_budget`` schedules are tried."""
+    u = start.log()
+    best, best_val = start, value
+    delta = opt.refine_delta
+    n = start.numel() - 1
+    tried = 0
+    for sweep in range(opt.refine_sweeps):
+        for i in range(1, n):
+            for toward in (i - 1, i + 1):
+                if tried >= opt.refine_budget:
+                    return best, best_val
+                v = u.clone()
+                v[i] = u[i] + delta * (u[toward] - u[i])
+                try:
+                    s = check_sigmas(task.space.snap(torch.exp(v), "candidate"), allow_final_zero=False)
+                except AysError:
+                    continue
+                if torch.equal(s, best):
+                    continue
+                val = judge(s)
+                tried += 1
+                records.append({"stage": "refine", "sweep": sweep, "level": i, "discrepancy": val,
+                                "sigmas": s.tolist()})
+                if val < best_val:
+                    best, best_val, u = s, val, s.log()
+                    break
+        delta *= 0.5
+    return best, best_val
+
+
+def choose(task: Task, opt: SelectOptions, end: Tensor, evidence: Evidence | None = None
+           ) -> tuple[Tensor, list[dict[str, Any]], int]:
+    """Pick the schedule on the way to ``end`` (the KLUB optimum) that the evidence prefers.
+
+    Returns (sigmas, history records, denoiser rows spent, references included).
+    """
+    ev = gather_evidence(task, opt) if evidence is None else evidence
+    judge = _Judge(task, opt, ev)
+    c_hat = data_scale(task.data, task.seed)
     records: list[dict[str, Any]] = []
-    best, best_val = cands[0][1], math.inf
+    best, best_val = end, math.inf
+    cands = _candidates(task, opt, end, c_hat)
     for params, s in cands:
-        x = run_samples(task.solver, task.denoiser, noise, s, seed_for(task.seed, "select", "solver"), task.batch_size)
-        calls += n * solvers.count_calls(task.solver, schedules.to_sampling(s))
-        val = discrepancy(opt.select, x, ref, projections=opt.projections, bandwidth=bandwidth)
-        records.append({"stage": "select", **params, "c_hat": c_hat, "discrepancy": val, "calls": calls,
-                        "sigmas": s.tolist()})
+        val = judge(s)
+        records.append({"stage": "select", **params, "c_hat": c_hat, "discrepancy": val, "sigmas": s.tolist()})
         if task.progress is not None:
             task.progress({"event": "select", "candidates": len(cands), **records[-1]})
         if val < best_val:  # ties keep the earlier candidate: the one nearer the start
             best, best_val = s, val
-    return best, records, calls
+    chosen = best
+    if opt.refine_sweeps > 0 and task.steps > 1:
+        refined, _ = _refine(task, opt, judge, best, best_val, records)
+        if not torch.equal(refined, best):
+            keep = True
+            if opt.validate:
+                held_path, held_refined = judge(best, held_out=True), judge(refined, held_out=True)
+                keep = held_refined < held_path
+                records.append({"stage": "validate", "path": held_path, "refined": held_refined, "kept": keep})
+            if keep:
+                chosen = refined
+    return chosen, records, judge.calls + (ev.calls if evidence is None else 0)
 
 
 @register("ays")
 def ays(task: Task, **options: Any) -> OptimizeResult:
-    """The default candidate: global KLUB optimum (``dp``) plus the evidence-based choice of where to stop.
+    """The global KLUB optimum (``dp``) plus the evidence-based choice of where to stop (module docstring).
 
     ``early_stopping=False`` returns the KLUB optimum itself (the minimiser), as for the
     paper's optimiser. Options: those of :class:`~ays.optimize.dp.DPOptions` and
     :class:`SelectOptions`.
     """
-    dp_names = DPOptions.fields()
-    sel_names = {f.name for f in fields(SelectOptions)}
-    unknown = sorted(set(options) - dp_names - sel_names)
-    if unknown:
-        raise AysError(f"unknown option(s) for method 'ays': {', '.join(unknown)}; "
-                       f"valid: {', '.join(sorted(dp_names | sel_names))}")
-    dopt = DPOptions.parse({k: v for k, v in options.items() if k in dp_names}, "ays")
-    sopt = SelectOptions.parse({k: v for k, v in options.items() if k in sel_names})
+    dopt, sopt = parse_options(options)
     if not task.early_stopping:
         sopt = SelectOptions(**{**asdict(sopt), "select": "none"})
     settings = task.settings(jsonable({**asdict(dopt), **asdict(sopt)}))
@@ -234,3 +336,16 @@ def ays(task: Task, **options: Any) -> OptimizeResult:
         klub_stderr=klub_se, timesteps=task.space.timesteps(sigmas), history=history, calls=calls,
         settings=settings, model=task.model,
     )
+
+
+def parse_options(options: dict[str, Any]) -> tuple[DPOptions, SelectOptions]:
+    """Split ``ays``'s options into the table/programme part and the selection part."""
+    dp_names = DPOptions.fields()
+    sel_names = {f.name for f in fields(SelectOptions)}
+    unknown = sorted(set(options) - dp_names - sel_names)
+    if unknown:
+        raise AysError(f"unknown option(s) for method 'ays': {', '.join(unknown)}; "
+                       f"valid: {', '.join(sorted(dp_names | sel_names))}")
+    dopt = DPOptions.parse({k: v for k, v in options.items() if k in dp_names}, "ays")
+    sopt = SelectOptions.parse({k: v for k, v in options.items() if k in sel_names})
+    return dopt, sopt

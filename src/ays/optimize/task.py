@@ -137,6 +137,7 @@ class Task:
     progress: Progress | None
     model: str | None
     method: str
+    dtype: str | None = None  #: the dtype asked for the denoiser (it changes the result, so it is a setting)
 
     @property
     def space(self) -> LevelSpace:
@@ -144,7 +145,7 @@ class Task:
 
     def settings(self, options: dict[str, Any]) -> dict[str, Any]:
         """Everything that decides the result, JSON-able; a checkpoint must match it to resume."""
-        return {
+        out = {
             "method": self.method,
             "steps": self.steps,
             "solver": self.solver,
@@ -158,6 +159,9 @@ class Task:
             "model": self.model,
             "options": options,
         }
+        if self.dtype is not None:  # absent unless asked for: older checkpoints stay valid
+            out["dtype"] = self.dtype
+        return out
 
     def initial(self, steps: int) -> Tensor:
         """The starting schedule at ``steps`` steps (paper Alg. 1).

@@ -1,0 +1,336 @@
+"""Beyond the paper: heuristics, the paper's optimiser, the global optimiser and its evidence-based choice,
+the solver-aware bound and two competing methods, on exact problems, for four solvers at 5/10/20 steps.
+
+Usage::
+
+    python benchmarks/beyond.py            # the full table (gmm-8x8, gmm-8x4, gmm-6x6, digits)
+    python benchmarks/beyond.py --quick    # gmm-8x8 only, 5 and 10 steps, small samples
+
+Every method sees the same exact denoiser. Samples of each schedule are drawn from the same
+evaluation noise (common random numbers) with :func:`ays.schedules.to_sampling` applied, and
+scored against fresh data: sliced W2 (all problems), NLL under the true density and dropped
+modes (the grids), and denoiser calls spent finding the schedule. The many-step reference
+(256 steps of DPM-Solver++(2M)) gives the modes a good sampler keeps.
+
+Methods: ``karras``, ``loglinear``, ``time_uniform``, ``kl_optimal`` (c = 0.5): the four
+heuristics; ``coordinate``: the paper's Alg. 1 with early stopping (fewer Monte Carlo samples than
+the paper's 8,192: its calls are also reported scaled to the table's chain count); ``dp``: the
+global grid minimiser of the paper's KLUB; ``dp_solver``: the minimiser of the solver-aware
+bound (differs from ``dp`` only for the 2M solvers); ``ays``: the global optimiser plus the
+evidence-based choice (``method="ays"``); ``gits`` and ``dmn``: competing methods.
+
+To keep the CPU time bounded, one KLUB table and one reference set per problem are shared by the
+``dp``/``ays`` runs of all solvers and step counts; the calls reported for every cell count them
+in full, as a standalone ``ays.optimize`` call would spend them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from ays import metrics, problems, schedules
+from ays.io import atomic_write_json, atomic_write_text
+from ays.optimize import dp as D
+from ays.optimize import optimize
+from ays.optimize import select as S
+from ays.optimize.task import Task
+
+SOLVERS = ("euler", "dpmpp_2m", "stochastic_ddim", "dpmpp_2m_sde")
+HEURISTICS = ("karras", "loglinear", "time_uniform", "kl_optimal")
+OPTIMISERS = ("coordinate", "dp", "dp_solver", "ays", "gits", "dmn")
+
+# Sample sizes per problem kind: (evaluation, table chains, selection samples, coordinate samples)
+SIZES = {
+    "full": {"gmm": (4096, 4096, 1024, 256), "digits": (768, 1024, 256, 32)},
+    "quick": {"gmm": (2048, 2048, 512, 128), "digits": (512, 512, 128, 32)},
+}
+
+
+class FastMixture:
+    """The problem's exact mixture denoiser, computed in float32 without chunking (2-4× faster on a CPU).
+
+    Same formula as :meth:`ays.problems.GaussianMixture.denoiser`; checked against it at start-up.
+    """
+
+    def __init__(self, prob: Any) -> None:
+        self.prob = prob
+        self.mu = prob.means.to(torch.float32)
+        self.mu2 = (self.mu * self.mu).sum(1)
+        self.s2 = (prob.stds**2).to(torch.float32)
+        self.logw = torch.log(prob.weights).to(torch.float32)
+        self.atoms = bool((prob.stds == 0).all())
+        self.d = self.mu.shape[1]
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        xf = x.reshape(x.shape[0], -1).to(torch.float32)
+        sg2 = sigma.to(torch.float32).reshape(-1, 1) ** 2
+        d2 = ((xf * xf).sum(1, keepdim=True) - 2.0 * xf @ self.mu.T + self.mu2[None, :]).clamp_min(0.0)
+        if self.atoms:  # empirical data: every component has variance sigma², the pull is total
+            r = torch.softmax(self.logw[None, :] - 0.5 * d2 / sg2, dim=1)
+            out = r @ self.mu
+        else:
+            v = self.s2[None, :] + sg2
+            r = torch.softmax(self.logw[None, :] - 0.5 * d2 / v - (0.5 * self.d) * torch.log(v), dim=1)
+            rb = r * (sg2 / v)
+            out = xf * (1.0 - rb.sum(1, keepdim=True)) + rb @ self.mu
+        return out.reshape(x.shape).to(x.dtype)
+
+    def check(self) -> float:
+        """Largest deviation from the library's float64 denoiser over noise levels 0.002..80."""
+        x0 = self.prob.sample(512, torch.Generator().manual_seed(99))
+        worst = 0.0
+        for s in (0.002, 0.02, 0.2, 2.0, 20.0, 80.0):
+            x = x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(s * 1000)))
+            sig = torch.full((x.shape[0],), s)
+            worst = max(worst, float((self(x, sig) - self.prob.denoiser(x, sig)).abs().max()))
+        return worst
+
+
+class Problem:
+    """A named problem whose ``denoiser`` is the fast exact one (``log_prob``, mixture fields kept)."""
+
+    def __init__(self, name: str) -> None:
+        self.base = problems.get(name)
+        self.name = name
+        self.denoiser = FastMixture(self.base)
+        self.sample = self.base.sample
+        self.sigma_min, self.sigma_max = self.base.sigma_min, self.base.sigma_max
+
+    def __getattr__(self, key: str) -> Any:
+        return getattr(self.base, key)
+
+
+def make_task(prob: Any, steps: int, solver: str, samples: int, seed: int) -> Task:
+    return Task(
+        denoiser=prob.denoiser, data=prob.sample, steps=steps, solver=solver, sigma_min=prob.sigma_min,
+        sigma_max=prob.sigma_max, seed=seed, samples=samples, early_stopping=True, init=None, noise=None,
+        checkpoint=None, resume=False, batch_size=None, progress=None, model=prob.name, method="ays",
+    )
+
+
+def evaluate(prob: Any, solver: str, sigmas: torch.Tensor, noise: torch.Tensor, fresh: torch.Tensor,
+             kept: set[int] | None, is_grid: bool, digits_ref: torch.Tensor | None) -> dict[str, Any]:
+    x = S.run_samples(solver, prob.denoiser, noise, sigmas, seed=12345)
+    row: dict[str, Any] = {"sw2": metrics.sliced_w2(x, fresh).value}
+    if is_grid:
+        row["nll"] = metrics.nll(x, prob.base).value
+        cov = metrics.mode_coverage(x, prob.base)
+        row["dropped"] = cov.n_dropped
+        row["dropped_kept"] = len(set(cov.dropped) & kept) if kept is not None else None
+        row["tv"] = cov.tv
+    if digits_ref is not None:
+        row["fd"] = metrics.digits_fd(x, digits_ref)
+    return row
+
+
+def run_problem(name: str, mode: str, steps_list: list[int], seed: int, log: Any) -> list[dict[str, Any]]:
+    torch.manual_seed(0)  # nothing here draws from it; set only so that stray global draws are reproducible
+    prob = Problem(name)
+    err = prob.denoiser.check()
+    if err > 1e-3:
+        raise SystemExit(f"the fast denoiser of {name} deviates from the library's by {err:.2e}")
+    log(f"[{name}] fast float32 denoiser within {err:.1e} of the library's float64 one")
+    is_grid = name.startswith("gmm")
+    n_eval, n_table, n_select, n_coord = SIZES[mode]["gmm" if is_grid else "digits"]
+    lo, hi = prob.sigma_min, prob.sigma_max
+    shape = tuple(prob.sample(1, torch.Generator().manual_seed(0)).shape[1:])
+    fresh = prob.sample(n_eval, torch.Generator().manual_seed(seed + 2000))
+    noise = torch.randn((n_eval, *shape), generator=torch.Generator().manual_seed(seed + 1000), dtype=fresh.dtype)
+    t0 = time.time()
+
+    # The many-step reference: which modes does a good sampler keep?
+    kept = None
+    digits_ref = None
+    if is_grid:
+        ref = S.run_samples("dpmpp_2m", prob.denoiser, noise, schedules.karras(256, lo, hi), seed=1)
+        cov = metrics.mode_coverage(ref, prob.base)
+        kept = set(range(cov.counts.numel())) - set(cov.dropped)
+        log(f"[{name}] reference: sw2 {metrics.sliced_w2(ref, fresh).value:.4f}, dropped {cov.n_dropped}")
+    else:
+        digits_ref = prob.sample(n_eval, torch.Generator().manual_seed(seed + 3000))
+
+    # Shared by the dp/ays cells: one table, one evidence set.
+    t = time.time()
+    table = D.build_table(prob.denoiser, prob.sample, D.log_grid(lo, hi, 128), chains=n_table, seed=seed)
+    t_table = time.time() - t
+    dopt, sopt = S.parse_options({"select_samples": n_select})
+    t = time.time()
+    evidence = S.gather_evidence(make_task(prob, 10, "euler", n_table, seed), sopt)
+    t_evidence = time.time() - t
+    log(f"[{name}] table {table.calls} rows in {t_table:.0f}s; "
+        f"reference sets {evidence.calls} rows in {t_evidence:.0f}s")
+
+    rows: list[dict[str, Any]] = []
+    for n in steps_list:
+        shared: dict[str, tuple[torch.Tensor, int, float]] = {}
+        t = time.time()
+        res = optimize(prob.denoiser, prob.sample, steps=n, method="coordinate", samples=n_coord, seed=seed)
+        shared["coordinate"] = (res.sigmas, res.calls, time.time() - t)
+        t = time.time()
+        res = optimize(prob.denoiser, prob.sample, steps=n, method="gits", seed=seed)
+        shared["gits"] = (res.sigmas, res.calls, time.time() - t)
+        ddim = D.schedules_from_table(table, n, objective="ddim")[n][0]
+        shared["dp"] = (ddim, table.calls, t_table)
+        for solver in SOLVERS:
+            found = dict(shared)
+            for h in HEURISTICS:
+                found[h] = (schedules.build(h, n, lo, hi), 0, 0.0)
+            t = time.time()
+            obj = dopt.resolved_objective(solver)
+            end = D.schedules_from_table(table, n, objective=obj, solver=solver)[n][0]
+            found["dp_solver"] = (end, table.calls, t_table + time.time() - t)
+            task = make_task(prob, n, solver, n_table, seed)
+            chosen, _, calls = S.choose(task, sopt, end, evidence)
+            found["ays"] = (chosen, table.calls + evidence.calls + calls, t_table + t_evidence + time.time() - t)
+            t = time.time()
+            res = optimize(prob.denoiser, prob.sample, steps=n, method="dmn", solver=solver)
+            found["dmn"] = (res.sigmas, 0, time.time() - t)
+            for method, (sig, calls, secs) in found.items():
+                row = {"problem": name, "solver": solver, "steps": n, "method": method, "calls": calls,
+                       "seconds": secs, "sigmas": [float(v) for v in sig.tolist()]}
+                row.update(evaluate(prob, solver, sig, noise, fresh, kept, is_grid, digits_ref))
+                rows.append(row)
+            cell = {r["method"]: r for r in rows if r["problem"] == name and r["solver"] == solver and r["steps"] == n}
+            best_h = min(HEURISTICS, key=lambda h: cell[h]["sw2"])
+            log(f"[{name}] {solver:>15} n={n:<2} best heuristic {best_h} {cell[best_h]['sw2']:.4f} | "
+                + " ".join(f"{m} {cell[m]['sw2']:.4f}" for m in OPTIMISERS)
+                + f" | ays calls {cell['ays']['calls']} ({time.time() - t0:.0f}s)")
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]], n_table: dict[str, int], n_coord: dict[str, int]) -> dict[str, Any]:
+    cells: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["problem"], r["solver"], r["steps"]), {})[r["method"]] = r
+    out: dict[str, Any] = {"cells": len(cells), "beats_best_heuristic": {}, "drops_kept_mode": {}, "calls_ratio": {}}
+    for m in OPTIMISERS:
+        wins = sum(c[m]["sw2"] < min(c[h]["sw2"] for h in HEURISTICS) for c in cells.values())
+        out["beats_best_heuristic"][m] = wins / len(cells)
+        out["drops_kept_mode"][m] = sum(bool(c[m].get("dropped_kept")) for c in cells.values())
+    ratios = []
+    for (p, _, _), c in cells.items():
+        scale = n_table[p] / n_coord[p]  # the coordinate search at the table's sample size
+        ratios.append(c["coordinate"]["calls"] * scale / c["ays"]["calls"])
+    out["calls_ratio"] = {"min": min(ratios), "median": sorted(ratios)[len(ratios) // 2], "max": max(ratios)}
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], command: str, seconds: float) -> str:
+    methods = (*HEURISTICS, *OPTIMISERS)
+    lines = [f"Command: `{command}` ({seconds / 60:.1f} min)", ""]
+    problems_seen = sorted({r["problem"] for r in rows}, key=lambda p: (p == "digits", p))
+    for p in problems_seen:
+        grid = p.startswith("gmm")
+        lines.append(f"### {p}: sliced W2 to fresh data (lower is better)" + ("; [dropped modes]" if grid else ""))
+        lines.append("")
+        lines.append("| solver | n | " + " | ".join(methods) + " |")
+        lines.append("|---|---|" + "---|" * len(methods))
+        for solver in SOLVERS:
+            for n in sorted({r["steps"] for r in rows}):
+                cell = {r["method"]: r for r in rows if r["problem"] == p and r["solver"] == solver and r["steps"] == n}
+                if not cell:
+                    continue
+                best = min(cell[m]["sw2"] for m in methods)
+                vals = []
+                for m in methods:
+                    v = f"{cell[m]['sw2']:.4f}"
+                    if cell[m]["sw2"] == best:
+                        v = f"**{v}**"
+                    if grid and cell[m].get("dropped"):
+                        v += f" [{cell[m]['dropped']}]"
+                    vals.append(v)
+                lines.append(f"| {solver} | {n} | " + " | ".join(vals) + " |")
+        lines.append("")
+        if grid:
+            lines.append(f"NLL under the true density ({p}; lower is better, blind to dropped modes):")
+            lines.append("")
+            lines.append("| solver | n | " + " | ".join(methods) + " |")
+            lines.append("|---|---|" + "---|" * len(methods))
+            for solver in SOLVERS:
+                for n in sorted({r["steps"] for r in rows}):
+                    cell = {r["method"]: r for r in rows
+                            if r["problem"] == p and r["solver"] == solver and r["steps"] == n}
+                    if cell:
+                        vals = " | ".join(f"{cell[m]['nll']:.3f}" for m in methods)
+                        lines.append(f"| {solver} | {n} | {vals} |")
+            lines.append("")
+        else:
+            lines.append(f"Classifier-feature Fréchet distance ({p}; lower is better):")
+            lines.append("")
+            lines.append("| solver | n | " + " | ".join(methods) + " |")
+            lines.append("|---|---|" + "---|" * len(methods))
+            for solver in SOLVERS:
+                for n in sorted({r["steps"] for r in rows}):
+                    cell = {r["method"]: r for r in rows
+                            if r["problem"] == p and r["solver"] == solver and r["steps"] == n}
+                    if cell:
+                        vals = " | ".join(f"{cell[m]['fd']:.3f}" for m in methods)
+                        lines.append(f"| {solver} | {n} | {vals} |")
+            lines.append("")
+    lines.append("### Denoiser calls spent finding the schedule (median over cells)")
+    lines.append("")
+    lines.append("| problem | " + " | ".join(OPTIMISERS) + " |")
+    lines.append("|---|" + "---|" * len(OPTIMISERS))
+    for p in problems_seen:
+        meds = []
+        for m in OPTIMISERS:
+            v = sorted(r["calls"] for r in rows if r["problem"] == p and r["method"] == m)
+            meds.append(f"{v[len(v) // 2]:,}")
+        lines.append(f"| {p} | " + " | ".join(meds) + " |")
+    lines.append("")
+    lines.append("### Summary")
+    lines.append("")
+    lines.append(f"- cells (problem × solver × steps): {summary['cells']}")
+    for m in OPTIMISERS:
+        lines.append(f"- `{m}` beats the best of the four heuristics on sliced W2 in "
+                     f"{100 * summary['beats_best_heuristic'][m]:.0f}% of cells; cells where it drops a mode the "
+                     f"many-step reference keeps: {summary['drops_kept_mode'][m]}")
+    r = summary["calls_ratio"]
+    lines.append(f"- coordinate-search calls (scaled to the table's chain count) / `ays` calls: "
+                 f"min {r['min']:.1f}×, median {r['median']:.1f}×, max {r['max']:.1f}×")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="gmm-8x8 only, 5 and 10 steps, small samples")
+    ap.add_argument("--problems", default=None, help="comma-separated problem names")
+    ap.add_argument("--steps", default=None, help="comma-separated step counts (default 5,10,20)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="notes/beyond_results.json", help="JSON with every row")
+    ap.add_argument("--markdown", default="notes/beyond_table.md", help="the tables as Markdown")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # two shared cores: more threads only fight
+    mode = "quick" if args.quick else "full"
+    names = args.problems.split(",") if args.problems else (
+        ["gmm-8x8"] if args.quick else ["gmm-8x8", "gmm-8x4", "gmm-6x6", "digits"])
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else ([5, 10] if args.quick else [5, 10, 20])
+    start = time.time()
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        rows += run_problem(name, mode, steps, args.seed, log)
+    kind = {p: ("gmm" if p.startswith("gmm") else "digits") for p in names}
+    summary = summarise(rows, {p: SIZES[mode][k][1] for p, k in kind.items()},
+                        {p: SIZES[mode][k][3] for p, k in kind.items()})
+    seconds = time.time() - start
+    command = "python benchmarks/beyond.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    atomic_write_json(args.out, {"command": command, "seconds": seconds, "mode": mode, "sizes": SIZES[mode],
+                                 "select_options": asdict(S.parse_options({})[1]), "summary": summary, "rows": rows})
+    text = markdown(rows, summary, command.strip(), seconds)
+    atomic_write_text(args.markdown, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""ays.distributed: two gloo processes give the single-process KLUB and schedule; placement, precision, memory.
+
+The two-process run is launched as a user would (``python -m torch.distributed.run
+--nproc_per_node 2``, gloo, 127.0.0.1 and a free port). Every rank draws the same
+common random numbers from the seed, evaluates its share of the draws, and the
+per-draw terms are all-gathered in rank order, so the estimate is the
+single-process one bit for bit (the denoiser here works row by row). Rank 0 alone
+writes files, and a NaN on one rank is reported, with its noise level, on both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import ays
+from ays import distributed as dd
+from ays.klub import KlubDraws, gaussian_klub
+from ays.validate import AysError
+
+# Shared by the two-process workers and the single-process reference below, so
+# both run literally the same code.
+_COMMON = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    import ays
+    from ays import distributed as dd, schedules
+    from ays.io import atomic_write_text
+
+    C, DIM = 0.5, 3
+
+    def den(x, sigma):  # exact denoiser of N(0, C² I): row by row, so batching cannot change a bit
+        s = sigma.reshape(-1, 1)
+        return C * C / (C * C + s * s) * x
+
+    def data(n, g):
+        return C * torch.randn(n, DIM, generator=g, dtype=torch.float64)
+
+    def nan_on_rank_one(x, sigma):  # a fault on one rank only: its share of the draws
+        out = den(x, sigma)
+        return out * float("nan") if dd.rank() == 1 else out
+
+    def run(outdir):
+        sig = schedules.karras(5, 0.002, 80.0)
+        est = ays.klub(den, data, sig, samples=257, generator=torch.Generator().manual_seed(7), batch_size=40)
+        ckpt = os.path.join(outdir, "ckpt.json")
+        res = ays.optimize(den, data, steps=4, samples=129, seed=5, max_sweeps=3, checkpoint=ckpt, batch_size=64)
+        res.save(os.path.join(outdir, "schedule.json"))
+        if dd.rank() == 1:
+            atomic_write_text(os.path.join(outdir, "rank1.txt"), "only rank 0 writes")
+        try:
+            ays.klub(nan_on_rank_one, data, sig, samples=64, generator=torch.Generator().manual_seed(1))
+            nan_error = None
+        except ays.AysError as e:
+            nan_error = str(e)
+        return {
+            "per_interval": est.per_interval.tolist(), "stderr": est.stderr.tolist(), "total": est.total,
+            "total_stderr": est.total_stderr, "calls": est.calls, "sigmas": res.sigmas.tolist(), "klub": res.klub,
+            "history": res.history, "opt_calls": res.calls, "nan_error": nan_error,
+            "world": dd.world_size(), "rank": dd.rank(),
+        }
+    """
+)
+
+_WORKER = _COMMON + textwrap.dedent(
+    """
+    torch.set_num_threads(1)
+    with dd.session():
+        out = run(sys.argv[1])
+        with open(os.path.join(sys.argv[1], f"result{dd.rank()}.json"), "w") as f:
+            json.dump(out, f)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_two_gloo_processes_give_the_single_process_result_exactly(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
+
+    # The reference: the same code in this process, without a process group.
+    ref_dir = tmp_path / "single"
+    ref_dir.mkdir()
+    namespace: dict = {}
+    exec(compile(_COMMON, "common", "exec"), namespace)
+    ref = namespace["run"](str(ref_dir))
+    assert ref["world"] == 1 and ref["nan_error"] is None  # rank() is 0 here: no fault injected
+
+    for r, out in enumerate(got):
+        assert out["world"] == 2 and out["rank"] == r
+        for key in ("per_interval", "stderr", "total", "total_stderr", "calls", "sigmas", "klub", "history",
+                    "opt_calls"):
+            assert out[key] == ref[key], (r, key)  # bit for bit: same draws, same terms, same order
+        # A NaN on rank 1 only is raised on both ranks, naming the noise level, without a hang.
+        assert out["nan_error"] is not None and "NaN or inf at sigma=" in out["nan_error"]
+    assert got[0]["nan_error"] == got[1]["nan_error"]
+    # The estimate is the KLUB (a check that the shared-out run computes the right thing at all).
+    exact = float(gaussian_klub(torch.tensor(ref["sigmas"]), 0.5, dim=3))
+    assert math.isfinite(ref["klub"]) and abs(ref["klub"] - exact) < 0.25 * exact
+    # Rank 0 alone wrote files; the schedule file is rank 0's result, the checkpoint its state.
+    assert not (tmp_path / "rank1.txt").exists()
+    assert ays.load_schedule(tmp_path / "schedule.json").sigmas.tolist() == ref["sigmas"]
+    assert json.loads((tmp_path / "ckpt.json").read_text())["state"]["history"] == ref["history"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_shards_cover_every_item_once_in_rank_order():
+    for n in (0, 1, 2, 7, 257):
+        for w in (1, 2, 3, 8):
+            parts = [dd.shard(n, rank_=r, world=w) for r in range(w)]
+            assert [i for p in parts for i in range(p.start, p.stop)] == list(range(n))
+            sizes = [p.stop - p.start for p in parts]
+            assert max(sizes) - min(sizes) <= 1
+    # Without a process group: one rank holding everything, and collectives are identities.
+    assert not dd.is_distributed() and dd.rank() == 0 and dd.world_size() == 1 and dd.is_rank_zero()
+    v = torch.arange(6.0).reshape(2, 3)
+    assert dd.gather_terms(v, 3, dim=1) is v
+    assert dd.map_shards(3, lambda ks: v[:, ks], dim=1).tolist() == v.tolist()
+    assert [t.item() for t in dd.map_ordered(lambda k: torch.tensor(k * k), range(4))] == [0, 1, 4, 9]
+    assert dd.from_rank_zero(lambda a: a + 1, 1) == 2
+    assert dd.rank_zero_only(lambda: "ran")() == "ran"
+
+
+def _gauss(x, sigma):
+    s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+    return 0.25 / (0.25 + s * s) * x
+
+
+def _data(n, g):
+    return 0.5 * torch.randn(n, 4, generator=g)
+
+
+def test_half_precision_model_keeps_float64_accumulation_and_meets_the_closed_form():
+    """dtype=float16/bfloat16: the model sees half inputs, the KLUB still matches the closed form."""
+    seen: list[torch.dtype] = []
+    sig_dtypes: list[torch.dtype] = []
+
+    def spy(x, sigma):
+        seen.append(x.dtype)
+        sig_dtypes.append(sigma.dtype)
+        return _gauss(x, sigma)
+
+    sig = ays.schedules.karras(4, 0.01, 40.0)
+    exact = float(gaussian_klub(sig, 0.5, dim=4))
+    ref = ays.klub(_gauss, _data, sig, samples=4096, generator=torch.Generator().manual_seed(0))
+    for dtype, tol in ((torch.float16, 2e-2), ("bfloat16", 6e-2)):
+        est = ays.klub(spy, _data, sig, samples=4096, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        want = dd.parse_dtype(dtype)
+        assert set(seen) == {want} and set(sig_dtypes) == {torch.float32}  # sigma never rounded to half
+        seen.clear()
+        sig_dtypes.clear()
+        assert est.per_interval.dtype == torch.float64
+        # Same draws: the half-precision estimate is the float32 one up to the model's rounding ...
+        assert abs(est.total - ref.total) < tol * ref.total
+        # ... and both estimate the exact KLUB within their Monte Carlo error.
+        assert abs(est.total - exact) < 5 * est.total_stderr + tol * exact
+
+
+class _Net(torch.nn.Module):
+    """A denoiser module ``D(x, sigma)``: the exact Gaussian denoiser plus a (zero-weight) network term."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.ReLU(), torch.nn.Linear(width, 4))
+
+    def forward(self, x, sigma):
+        return _gauss(x, sigma) + 0 * self.body(x)
+
+
+def test_module_device_and_dtype_are_followed_and_converted_in_place():
+    net = _Net().to(torch.float64)
+
+    def uses_net(x, sigma):
+        return net(x) * 0 + _gauss(x, sigma)
+
+    run = dd.prepare(net)
+    assert run.dtype == torch.float64 and run.device == torch.device("cpu")
+    wrapped = dd.prepare(uses_net)  # no module visible in a closure: inputs pass unchanged
+    assert wrapped.dtype is None and wrapped.device is None
+    import functools
+
+    part = functools.partial(lambda m, x, s: m(x, s), net)
+    assert dd.model_dtype(part) == torch.float64
+    dd.prepare(part, dtype="float32")
+    assert net.body[0].weight.dtype == torch.float32  # converted in place, as model.float() would
+    x = torch.randn(3, 4, dtype=torch.float64)
+    out = dd.prepare(net)(x, torch.ones(3, dtype=torch.float64))
+    assert out.dtype == torch.float64  # the output comes back in the caller's dtype
+    with pytest.raises(AysError, match="unknown dtype"):
+        dd.parse_dtype("float8")
+    with pytest.raises(AysError, match="CUDA is not available|unknown device"):
+        dd.parse_device("cuda:0" if not torch.cuda.is_available() else "nonsense")
+    with pytest.raises(AysError, match="unknown device"):
+        dd.parse_device("gpu")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [(1000, 1000), ("1000", 1000), ("2KiB", 2048), ("1.5G", 3 * 2**29), ("2GB", 2 * 10**9)]
+)
+def test_parse_memory(text, value):
+    assert dd.parse_memory(text) == value
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1", "0", "1XB", "nan", True, [1]])
+def test_parse_memory_refuses(bad):
+    with pytest.raises(AysError, match="max_memory"):
+        dd.parse_memory(bad)
+
+
+def test_memory_cap_sets_the_batch_and_changes_nothing_else():
+    """A cap too small for the default batch: more, smaller calls, the same estimate to the last bit."""
+    calls: list[int] = []
+
+    def spy(x, sigma):
+        calls.append(x.shape[0])
+        return _gauss(x, sigma)
+
+    sig = ays.schedules.karras(3, 0.01, 40.0)
+    ref = ays.klub(_gauss, _data, sig, samples=1000, generator=torch.Generator().manual_seed(3))
+    cap = 64 * 1024
+    est = ays.klub(spy, _data, sig, samples=1000, generator=torch.Generator().manual_seed(3), max_memory=cap)
+    per_row, fixed = dd.row_bytes(dd.prepare(spy), _data(1, torch.Generator()))
+    biggest = max(calls)
+    assert biggest * per_row + fixed <= cap and (biggest + 2) * per_row + fixed > cap  # the largest that fits
+    assert sum(calls) == ref.calls == est.calls
+    assert torch.equal(est.per_interval, ref.per_interval) and est.total == ref.total
+    with pytest.raises(AysError, match="cannot hold one pair"):
+        ays.klub(_gauss, _data, sig, samples=100, generator=torch.Generator().manual_seed(3), max_memory=100)
+
+
+def test_module_activation_estimate_bounds_the_batch():
+    run = dd.prepare(_Net(256))
+    per_row, _ = dd.row_bytes(run, torch.zeros(1, 4))
+    # Leaf outputs: 256 + 256 + 4 float32 numbers per row, above the input itself.
+    assert per_row >= (256 + 256 + 4) * 4
+    assert dd.batch_size_for(run, torch.zeros(1, 4), 100 * per_row) in (98, 100)
+    assert dd.batch_size_for(run, torch.zeros(1, 4), 100 * per_row, batch_size=10) == 10
+
+
+def test_optimize_takes_dtype_device_and_max_memory():
+    kw = dict(steps=3, samples=256, seed=1, max_sweeps=2)
+    ref = ays.optimize(_gauss, _data, **kw)
+    capped = ays.optimize(_gauss, _data, max_memory="32KiB", device="cpu", **kw)
+    assert torch.equal(capped.sigmas, ref.sigmas) and capped.calls == ref.calls
+    half = ays.optimize(_gauss, _data, dtype="bfloat16", **kw)
+    assert half.settings["dtype"] == "bfloat16" and "dtype" not in ref.settings
+    assert half.sigmas.dtype == torch.float64
+    with pytest.raises(AysError, match="unknown dtype"):
+        ays.optimize(_gauss, _data, dtype="int8", **kw)
+
+
+def test_draws_follow_the_data_device_without_changing_the_numbers():
+    # Noise is drawn on the CPU whatever the device: the same seed gives the same draws.
+    a = KlubDraws.from_seed(_data, 16, 0, "x")
+    b = KlubDraws.from_seed(dd.place_data(_data, torch.device("cpu")), 16, 0, "x")
+    assert torch.equal(a.z1, b.z1) and torch.equal(a.x0, b.x0)
