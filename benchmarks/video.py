@@ -70,7 +70,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--samples", type=int, default=1024)
-    p.add_argument("--opt-samples", type=int, default=256)
+    p.add_argument("--opt-samples", type=int, default=128)
     p.add_argument("--max-sweeps", type=int, default=6, help="coordinate method: sweep budget")
     p.add_argument("--klub-samples", type=int, default=1024)
     p.add_argument("--method", default="coordinate")

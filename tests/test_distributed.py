@@ -217,7 +217,7 @@ def test_module_device_and_dtype_are_followed_and_converted_in_place():
     assert out.dtype == torch.float64  # the output comes back in the caller's dtype
     with pytest.raises(AysError, match="unknown dtype"):
         dd.parse_dtype("float8")
-    with pytest.raises(AysError, match="CUDA is not available|unknown device"):
+    with pytest.raises(AysError, match=r"CUDA is not available|unknown device"):
         dd.parse_device("cuda:0" if not torch.cuda.is_available() else "nonsense")
     with pytest.raises(AysError, match="unknown device"):
         dd.parse_device("gpu")

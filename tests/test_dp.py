@@ -257,7 +257,7 @@ def test_ays_chooses_from_evidence_and_reduces_to_the_dp_optimum_without_early_s
     c, steps = 0.5, 4
     den, data = gaussian_denoiser(c), gaussian_data(c, 2)
     kw = dict(steps=steps, solver="euler", samples=512, grid=48, final_samples=0, select_samples=1024,
-              reference_steps=16, path_points=3, c_factors=(1.0,), refine_sweeps=1)
+              reference_steps=16, path_points=3, c_factors=(1.0,), refine_sweeps=1, heuristics=())
     a = optimize(den, data, method="ays", seed=5, **kw)
     b = optimize(den, data, method="ays", seed=5, **kw)
     assert torch.equal(a.sigmas, b.sigmas) and a.calls == b.calls
@@ -269,7 +269,8 @@ def test_ays_chooses_from_evidence_and_reduces_to_the_dp_optimum_without_early_s
     minimiser = optimize(den, data, method="ays", seed=5, early_stopping=False, **kw)
     plain = optimize(den, data, method="dp", seed=5, steps=steps, solver="euler", samples=512, grid=48, final_samples=0)
     assert torch.equal(minimiser.sigmas, plain.sigmas)
-    assert torch.allclose(torch.tensor(sel[-1]["sigmas"], dtype=torch.float64), plain.sigmas)
+    end = next(h for h in sel if h["lambda"] == 1.0)
+    assert torch.allclose(torch.tensor(end["sigmas"], dtype=torch.float64), plain.sigmas)
     # Thm 3.1: for Euler on Gaussian data the KL-optimal schedule is kl_optimal(c); the evidence must
     # steer away from the over-aligned KLUB optimum toward it (exact output KL as the oracle).
     kl_chosen = output_kl("euler", to_sampling(a.sigmas), c)
@@ -278,3 +279,25 @@ def test_ays_chooses_from_evidence_and_reduces_to_the_dp_optimum_without_early_s
     assert kl_chosen < 0.2 * kl_klub
     assert kl_chosen < 3 * kl_best + 1e-3
     assert a.calls > plain.calls
+
+
+def test_ays_with_init_and_heuristics_saves_a_valid_file(tmp_path):
+    from ays.optimize import load_schedule
+    from ays.schedules import karras
+
+    den, data = gaussian_denoiser(0.5), gaussian_data(0.5, 2)
+    init = karras(5, 0.002, 80.0)
+    res = optimize(den, data, method="ays", steps=5, init=init, samples=256, grid=32, final_samples=16,
+                   select_samples=256, reference_steps=8, path_points=3, refine_sweeps=1, refine_budget=4,
+                   heuristics=("loglinear",))
+    sel = [h for h in res.history if h["stage"] == "select"]
+    assert torch.equal(torch.tensor(sel[0]["sigmas"], dtype=torch.float64), init)  # the path starts at init
+    assert sel[-1].get("heuristic") == "loglinear"
+    assert len([h for h in res.history if h["stage"] == "refine"]) <= 4
+    res.save(tmp_path / "s.json")
+    back = load_schedule(tmp_path / "s.json")
+    assert torch.equal(back.sigmas, res.sigmas) and back.method == "ays"
+    with pytest.raises(AysError, match="heuristics"):
+        optimize(den, data, method="ays", steps=5, heuristics=("time_uniform",))
+    with pytest.raises(AysError, match="unknown option"):
+        optimize(den, data, method="ays", steps=5, selct="sw2")

@@ -68,6 +68,9 @@ def test_edm_loss_of_the_exact_gaussian_denoiser_is_the_closed_form_floor() -> N
     floor = gaussian_loss_floor(c, sd)
     se = float(per_sample.std()) / math.sqrt(n)
     assert abs(float(per_sample.mean()) - floor) < 4 * se, (float(per_sample.mean()), floor, se)
+    # ideal_loss does the same for a problem's own exact denoiser
+    mean, stderr = T.ideal_loss(problems.gaussian(c, d), sd, samples=100_000, seed=2)
+    assert abs(mean - floor) < 4 * stderr and stderr < 0.01 * floor
     # With sd = c the EDM weight exactly cancels the posterior variance: the floor is 1 at every sigma.
     assert gaussian_loss_floor(0.7, 0.7) == pytest.approx(1.0, abs=1e-9)
 

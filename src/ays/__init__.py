@@ -24,6 +24,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "AysError": ("ays.validate", "AysError"),
     "sample": ("ays.sample", "sample"),
     "klub": ("ays.klub", "klub"),
+    "klub_solver": ("ays.klub_solver", None),
     "optimize": ("ays.optimize", "optimize"),
     "OptimizeResult": ("ays.optimize", "OptimizeResult"),
     "load_schedule": ("ays.optimize", "load_schedule"),

@@ -22,7 +22,7 @@ from typing import Any
 from .distributed import is_rank_zero
 from .validate import AysError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable", "read_json"]
 
 PathLike = str | os.PathLike[str]
 
@@ -53,7 +53,8 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         return target
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
-        raise AysError(f"cannot write {str(target)!r}: directory {str(directory)!r} does not exist")
+        why = "is not a directory" if directory.exists() else "does not exist"
+        raise AysError(f"cannot write {str(target)!r}: directory {str(directory)!r} {why}")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     except OSError as e:
@@ -71,6 +72,30 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             raise AysError(f"cannot write {str(target)!r}: {e.strerror or e}") from None
         raise
     _fsync_dir(directory)
+    return target
+
+
+def check_writable(path: PathLike, *, what: str = "output file", create_parents: bool = False) -> Path:
+    """Refuse, before any work, an output path that could not be written; return it.
+
+    Refused: an existing directory, a parent folder that is missing (unless
+    ``create_parents``: the writer will make it, so the nearest existing ancestor
+    counts), a parent that is a file, or a folder this process cannot write in.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise AysError(f"{what} {str(target)!r} is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    anchor = parent
+    if create_parents:
+        while not anchor.exists() and anchor != anchor.parent:
+            anchor = anchor.parent
+    if not anchor.exists():
+        raise AysError(f"cannot write {what} {str(target)!r}: directory {str(parent)!r} does not exist")
+    if not anchor.is_dir():
+        raise AysError(f"cannot write {what} {str(target)!r}: {str(anchor)!r} is not a directory")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise AysError(f"cannot write {what} {str(target)!r}: directory {str(anchor)!r} is not writable")
     return target
 
 

@@ -157,7 +157,7 @@ class ConvNet(nn.Module):
     Every block receives the noise embedding. Height and width must be even.
     """
 
-    def __init__(self, channels: int = 1, width: int = 32, mid: int = 1, emb_dim: int = 33, groups: int = 8) -> None:
+    def __init__(self, channels: int = 1, width: int = 24, mid: int = 1, emb_dim: int = 33, groups: int = 8) -> None:
         super().__init__()
         self._config = {
             "channels": int(channels),

@@ -70,6 +70,7 @@ __all__ = [
     "P_STD",
     "TrainResult",
     "edm_loss",
+    "ideal_loss",
     "load_model",
     "model_info",
     "plot_loss",
@@ -179,6 +180,34 @@ def sigma_data_of(problem_or_data: Any, *, samples: int = 16384, seed: int = 0) 
     return float(x.square().mean().sqrt())
 
 
+def ideal_loss(
+    problem: Any,
+    sigma_data: float,
+    *,
+    samples: int = 65536,
+    seed: int = 0,
+    p_mean: float = P_MEAN,
+    p_std: float = P_STD,
+) -> tuple[float, float]:
+    """The EDM loss of a problem's exact denoiser ``problem.denoiser``: the floor training approaches.
+
+    ``E||D* - x0||²`` is the posterior variance, which no network can remove; the
+    Monte Carlo estimate over ``samples`` draws (generator seeded with ``seed``) is
+    returned with its standard error, ``(mean, stderr)``, per dimension.
+    """
+    exact = getattr(problem, "denoiser", None)
+    if not callable(exact) or not callable(getattr(problem, "sample", None)):
+        raise AysError(f"{type(problem).__name__} has no exact denoiser (need .denoiser and .sample)")
+    samples = check_steps(samples, name="samples", minimum=2)
+    sd = check_positive(sigma_data, name="sigma_data")
+    g = torch.Generator().manual_seed(check_steps(seed, name="seed", minimum=0))
+    x0 = problem.sample(samples, g).to(torch.float64)
+    sigma = sample_sigma(samples, g, p_mean=p_mean, p_std=p_std).to(torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    per = edm_loss(exact, x0, sigma, noise, sd)
+    return float(per.mean()), float(per.std()) / math.sqrt(samples)
+
+
 # -------------------------------------------------------------------- training
 @dataclass
 class TrainResult:
@@ -202,14 +231,21 @@ class TrainResult:
         """Mean minibatch loss over the last ``window`` steps."""
         return float(self.losses[-window:].mean())
 
+    def loss_curve(self, points: int = 200) -> tuple[int, list[float]]:
+        """The loss curve condensed to at most ``points`` block means: ``(block length, means)``."""
+        block = max(1, math.ceil(self.losses.numel() / points))
+        means = [float(self.losses[i : i + block].mean()) for i in range(0, self.losses.numel(), block)]
+        return block, means
+
     def save(self, path: str | os.PathLike[str], **extra: Any) -> str:
-        """Save the EMA denoiser with this run's config (and ``extra`` keys) to ``path``."""
-        config = {**self.config, "final_loss": self.final_loss(), **extra}
+        """Save the EMA denoiser with this run's config, the condensed loss curve and ``extra`` keys."""
+        block, means = self.loss_curve()
+        config = {**self.config, "final_loss": self.final_loss(), "loss_block": block, "loss_curve": means, **extra}
         return save_model(path, self.denoiser, config)
 
-    def plot(self, path: str | os.PathLike[str], *, title: str | None = None) -> str:
+    def plot(self, path: str | os.PathLike[str], *, title: str | None = None, floor: float | None = None) -> str:
         """Save the loss curve as an image (see :func:`plot_loss`)."""
-        return plot_loss(self.losses, path, title=title)
+        return plot_loss(self.losses, path, title=title, floor=floor)
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -485,9 +521,17 @@ def pretrained(name: str) -> EDMPrecond:
 
 # ------------------------------------------------------------------------ plot
 def plot_loss(
-    losses: Tensor | list[float], path: str | os.PathLike[str], *, window: int | None = None, title: str | None = None
+    losses: Tensor | list[float],
+    path: str | os.PathLike[str],
+    *,
+    window: int | None = None,
+    title: str | None = None,
+    floor: float | None = None,
 ) -> str:
-    """Save the training loss curve (log scale; raw and a moving average) to ``path`` atomically."""
+    """Save the training loss curve (log scale; raw and a moving average) to ``path`` atomically.
+
+    ``floor``, when given, is drawn as the loss of the ideal denoiser (:func:`ideal_loss`).
+    """
     import matplotlib  # loads only here, when a plot is drawn
 
     from .plot import save_figure
@@ -506,10 +550,12 @@ def plot_loss(
     try:
         ax.plot(steps.numpy(), y.numpy(), lw=0.5, alpha=0.3, color="C0", label="minibatch")
         ax.plot(steps[w - 1 :].numpy(), smooth.numpy(), lw=1.5, color="C0", label=f"mean of {w} steps")
+        if floor is not None:
+            ax.axhline(float(floor), color="C3", ls="--", lw=1.0, label=f"ideal denoiser ({float(floor):.4f})")
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("EDM loss (per dimension)")
-        ax.set_title(title or "training loss")
+        ax.set_title(title or "training loss", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         return save_figure(fig, path)

@@ -84,7 +84,7 @@ def _as_float64(sigmas: Any, name: str) -> torch.Tensor:
     else:
         try:
             t = torch.as_tensor(sigmas, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
+        except (TypeError, ValueError, RuntimeError, OverflowError):
             raise ScheduleError(f"{name} must be a sequence of numbers, got {sigmas!r}") from None
     if t.ndim != 1:
         raise ScheduleError(f"{name} must be 1-D, got shape {tuple(t.shape)}")

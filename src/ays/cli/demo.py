@@ -37,8 +37,12 @@ def demo(problem: str, model: str, solver: str, steps: int, samples: int, eval_s
     from .. import sample as run_sample
     from .. import schedules
     from ..plot import plot_samples, plot_schedules
+    from ..validate import check_steps
     from ._job import load_job
 
+    # Refuse bad counts before the optimisation runs (evaluation comes after it).
+    check_steps(seeds, name="--seeds")
+    check_steps(eval_samples, name="--eval-samples", minimum=2)
     os.makedirs(out, exist_ok=True)
     job = load_job(problem, model)
     click.echo(f"ays demo: {job.label}, solver {solver}, {steps} steps")

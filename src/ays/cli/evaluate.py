@@ -70,14 +70,26 @@ def _progress_bar(total: int, quiet: bool) -> tuple[Callable[[dict[str, Any]], N
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="evaluate", unit="run", file=sys.stderr, leave=False, dynamic_ncols=True)
+    class LazyBar:
+        """Opens with the first run, so an argument refused before any work prints only the error."""
+
+        bar: Any = None
+
+        def close(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    lazy = LazyBar()
 
     def progress(event: dict[str, Any]) -> None:
         if event.get("event") == "run":
-            bar.set_postfix_str(f"{event['schedule']} {event['solver']} n={event['steps']} seed={event['seed']}")
-            bar.update(1)
+            if lazy.bar is None:
+                lazy.bar = tqdm(total=total, desc="evaluate", unit="run", file=sys.stderr, leave=False,
+                                dynamic_ncols=True)
+            lazy.bar.set_postfix_str(f"{event['schedule']} {event['solver']} n={event['steps']} seed={event['seed']}")
+            lazy.bar.update(1)
 
-    return progress, bar
+    return progress, lazy
 
 
 @click.command()

@@ -17,17 +17,20 @@ class SweepBar:
     """A tqdm bar over sweeps that shows the current KLUB; also the resume hint."""
 
     def __init__(self, quiet: bool) -> None:
-        from tqdm.auto import tqdm
-
         from ..distributed import is_rank_zero
 
-        # Under torchrun every rank runs this command; only rank 0 shows the bar.
-        self.bar = tqdm(desc="optimising", unit="sweep", disable=quiet or not is_rank_zero(), leave=False,
-                        dynamic_ncols=True)
+        # Under torchrun every rank runs this command; only rank 0 shows the bar. The bar
+        # opens with the first sweep, so an argument refused before any work prints nothing.
+        self.quiet = quiet or not is_rank_zero()
+        self.bar: Any = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("event") == "done":
             return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(desc="optimising", unit="sweep", disable=self.quiet, leave=False, dynamic_ncols=True)
         self.bar.update(1)
         post = {"stage": f"{event.get('steps', '?')} steps"}
         for key in ("klub", "heldout"):
@@ -36,7 +39,8 @@ class SweepBar:
         self.bar.set_postfix(post, refresh=False)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_optimize(job: Any, *, out: str | None, checkpoint: str | None, resume: bool, quiet: bool,
@@ -52,6 +56,9 @@ def run_optimize(job: Any, *, out: str | None, checkpoint: str | None, resume: b
     try:
         result = optimize(job.denoiser, job.data, noise=job.noise, checkpoint=checkpoint, resume=resume,
                           progress=bar, model=job.label or None, **kwargs)
+    except AysError:
+        bar.close()  # the error line must not share a line with the bar
+        raise
     except KeyboardInterrupt:
         bar.close()
         hint = f"; resume with the same command and --resume ({checkpoint})" if checkpoint else ""
@@ -138,9 +145,15 @@ def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tu
               device: str | None, out: str, checkpoint: str | None, resume: bool, plot: str | None, quiet: bool,
               is_rank_zero: Any) -> None:
     from ..distributed import parse_device, parse_memory
+    from ..io import check_writable
 
-    parse_device(device)  # refuse a bad --device or --max-memory before the model is loaded
+    # Refuse bad flags and unwritable outputs before the model is loaded and the work done.
+    parse_device(device)
     parse_memory(max_memory)
+    check_writable(out, what="--out")
+    check_writable(checkpoint if checkpoint is not None else out + ".ckpt.json", what="--checkpoint")
+    if plot is not None:
+        check_writable(plot, what="--plot", create_parents=True)
     job = load_job(target, model, diffusers, prompts, guidance_scale, latents)
     kwargs: dict[str, Any] = dict(steps=steps, solver=solver, seed=seed, samples=samples,
                                   early_stopping=early_stopping, batch_size=batch_size, max_memory=max_memory,

@@ -27,8 +27,10 @@ def plot(schedules: tuple[str, ...], steps: int | None, sigma_min: float, sigma_
     """
     import torch
 
+    from ..io import check_writable
     from ..plot import plot_schedules
 
+    check_writable(out, what="--out", create_parents=True)
     named = {name: resolve(name, steps, sigma_min, sigma_max, {}) for name in schedules}
     per_interval = None
     if klub_problem is not None:

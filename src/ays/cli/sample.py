@@ -33,12 +33,18 @@ def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple
     ays sample gmm-8x8 --schedule schedule.json --solver dpmpp_2m_sde --plot gmm.png
     ays sample digits --model trained --schedule kl_optimal -n 10 --plot digits.png
     """
-    from .. import schedules, solvers
     from .. import sample as run_sample
+    from .. import schedules, solvers
     from ..io import atomic_write_bytes
 
     if count < 1:
         raise AysError(f"--count must be at least 1, got {count}")
+    from ..io import check_writable
+
+    if out is not None:
+        check_writable(out, what="--out")
+    if plot is not None:
+        check_writable(plot, what="--plot", create_parents=True)
     job = load_job(target, model, diffusers, prompts, guidance_scale, latents)
     lo = sigma_min if sigma_min is not None else job.sigma_min
     hi = sigma_max if sigma_max is not None else job.sigma_max

@@ -71,6 +71,11 @@ def train(problem: str, steps: int, batch_size: int | None, lr: float, seed: int
     check_steps(seed, name="--seed", minimum=0)
     check_positive(ema, name="--ema", allow_zero=True)
     check_steps(threads, name="--threads")
+    from ..io import check_writable
+
+    check_writable(out, what="--out", create_parents=True)  # before the training, not after it
+    if plot:
+        check_writable(plot, what="--plot", create_parents=True)
     prob = problems.get(problem)
     default_name, kwargs = default_net(tuple(prob.shape))
     name = net_name or default_name
@@ -107,5 +112,8 @@ def train(problem: str, steps: int, batch_size: int | None, lr: float, seed: int
     click.echo(f"saved {path}: {name} network, {nets.num_parameters(net)} parameters, "
                f"final loss {result.final_loss():.4f} (mean of the last {min(1000, steps)} steps), {seconds:.0f} s")
     if plot:
-        result.plot(plot, title=f"{problem}: {command.split(' --out')[0]}")
-        click.echo(f"saved {plot}")
+        # The exact denoiser's loss (the floor) is drawn for scale; a few seconds at most.
+        floor, _ = training.ideal_loss(prob, result.config["sigma_data"], samples=16384)
+        result.plot(plot, title=f"{problem}: {name} network, {steps} steps, batch {batch_size}, lr {lr:g}",
+                    floor=floor)
+        click.echo(f"saved {plot} (ideal denoiser's loss {floor:.4f})")

@@ -159,7 +159,9 @@ def from_dict(doc: Any, path: Any = "<dict>") -> OptimizeResult:
     timesteps = None
     if doc.get("timesteps") is not None:
         ts = doc["timesteps"]
-        if not isinstance(ts, list) or len(ts) != n + 1 or not all(isinstance(v, int) for v in ts):
+        if not isinstance(ts, list) or len(ts) != n + 1 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in ts
+        ):
             raise _fail(path, f"'timesteps' must be a list of {n + 1} integers")
         timesteps = torch.tensor(ts, dtype=torch.long)
         if not torch.all(timesteps[1:] < timesteps[:-1]) or timesteps[-1] < 0:

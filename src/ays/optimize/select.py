@@ -13,13 +13,15 @@ program makes that call itself, from evidence it can compute without a human:
    blend the two in log-sigma, ``log s(λ) = (1 − λ) log s_start + λ log s_dp``,
    ``λ = 0, 1/(P−1), ..., 1`` (a convex combination of two decreasing schedules is
    decreasing); ``family="grid"`` (default) also varies the start's scale,
-   ``c ∈ ĉ·c_factors``.
+   ``c ∈ ĉ·c_factors``. The standard heuristics named in ``heuristics`` join the
+   candidates, so the evidence can also fall back on one of them.
 2. **A cheap output-space discrepancy.** The target solver runs ``select_samples``
    draws with each candidate (the same noise and solver noise for every candidate:
    common random numbers), and their sliced W2 (or MMD, energy distance) to a
    reference set is computed. The reference is a many-step run of the same model
    (``reference_steps`` steps of ``reference_solver``, EDM's rho=7 spacing) on
-   held-out noise — or, with ``reference="data"``, fresh data. The best candidate wins.
+   held-out noise — or, with ``reference="data"``, fresh data. The ``finalists`` best are scored again on independent noise against an independent
+   reference set, and the mean of the two scores picks one (less selection noise).
 3. **Refinement on the same evidence**: coordinate moves of single levels (a fraction
    ``refine_delta`` of the gap to a neighbour in log-sigma, halved each sweep, at most
    ``refine_budget`` schedules), each kept when it lowers the discrepancy.
@@ -64,9 +66,11 @@ class SelectOptions:
     family: str = "grid"  #: "blend": λ-path kl_optimal(ĉ) → DP optimum; "grid": also c ∈ ĉ·c_factors
     path_points: int = 5  #: λ values on each path, ends included
     c_factors: tuple[float, ...] = (0.7, 1.0, 1.4)  #: scales of the start tried by family="grid"
+    heuristics: tuple[str, ...] = ("kl_optimal", "loglinear", "karras")  #: named schedules also tried
     refine_sweeps: int = 2  #: sweeps of coordinate moves on the discrepancy (0: none)
     refine_delta: float = 0.3  #: first move, as a fraction of the gap to a neighbour (halves per sweep)
     refine_budget: int = 40  #: at most this many schedules tried by the refinement
+    finalists: int = 3  #: best candidates re-scored on the held-out set; the mean of both scores decides
     validate: bool = True  #: keep the refinement only if it also wins on held-out noise and reference
     select_samples: int = 2048  #: few-step samples per candidate, and reference samples per half
     reference: str = "model"  #: "model": many-step run of the same model; "data": fresh data
@@ -85,11 +89,17 @@ class SelectOptions:
         factors = tuple(check_positive(f, name="c_factors") for f in opt.c_factors)
         if not factors:
             raise AysError("c_factors must hold at least one scale")
+        heuristics = tuple(opt.heuristics)
+        for h in heuristics:
+            if h not in schedules.HEURISTICS or h in ("vp", "time_uniform"):
+                raise AysError(f"heuristics: {h!r} is not a heuristic that takes the range; choose from "
+                               "karras, loglinear, polyexponential, kl_optimal, beta")
         check_steps(opt.refine_sweeps, name="refine_sweeps", minimum=0)
         check_steps(opt.refine_budget, name="refine_budget", minimum=0)
         delta = check_positive(opt.refine_delta, name="refine_delta")
         if delta >= 1:
             raise AysError(f"refine_delta must be below 1 (a fraction of the gap), got {delta}")
+        check_steps(opt.finalists, name="finalists")
         if not isinstance(opt.validate, bool):
             raise AysError(f"validate must be True or False, got {opt.validate!r}")
         check_steps(opt.select_samples, name="select_samples", minimum=8)
@@ -100,7 +110,7 @@ class SelectOptions:
             raise AysError(f"reference_solver must be a solver name, got {opt.reference_solver!r}")
         solvers.info(opt.reference_solver)
         check_steps(opt.projections, name="projections")
-        return cls(**{**asdict(opt), "c_factors": factors, "refine_delta": delta})
+        return cls(**{**asdict(opt), "c_factors": factors, "refine_delta": delta, "heuristics": heuristics})
 
 
 def data_scale(data: Any, seed: int, n: int = 4096) -> float:
@@ -117,6 +127,8 @@ def blend(start: Tensor, end: Tensor, lam: float) -> Tensor:
     """``exp((1 − λ) log start + λ log end)``: decreasing whenever both are (same length)."""
     if start.shape != end.shape:
         raise AysError("blend needs two schedules of the same length")
+    if lam == 0.0 or lam == 1.0:  # the ends themselves, bit for bit
+        return (start if lam == 0.0 else end).clone()
     out = torch.exp((1.0 - lam) * start.log() + lam * end.log())
     out[0], out[-1] = start[0], start[-1]
     return out
@@ -160,7 +172,7 @@ def _reference_schedule(task: Task, steps: int) -> Tensor:
     return schedules.karras(steps, task.sigma_min, task.sigma_max, rho=7.0)
 
 
-def _candidates(task: Task, opt: SelectOptions, end: Tensor, c_hat: float) -> list[tuple[dict[str, float], Tensor]]:
+def _candidates(task: Task, opt: SelectOptions, end: Tensor, c_hat: float) -> list[tuple[dict[str, Any], Tensor]]:
     n = task.steps
     starts: list[tuple[float | None, Tensor]]
     if task.init is not None:
@@ -168,7 +180,7 @@ def _candidates(task: Task, opt: SelectOptions, end: Tensor, c_hat: float) -> li
     else:
         factors = opt.c_factors if opt.family == "grid" else (1.0,)
         starts = [(c_hat * f, schedules.kl_optimal(n, task.sigma_min, task.sigma_max, c=c_hat * f)) for f in factors]
-    out: list[tuple[dict[str, float], Tensor]] = []
+    out: list[tuple[dict[str, Any], Tensor]] = []
     seen: list[Tensor] = []
     for c, start in starts:
         for lam in torch.linspace(0.0, 1.0, opt.path_points, dtype=torch.float64).tolist():
@@ -180,7 +192,16 @@ def _candidates(task: Task, opt: SelectOptions, end: Tensor, c_hat: float) -> li
             if any(torch.equal(s, t) for t in seen):
                 continue
             seen.append(s)
-            out.append(({"lambda": lam, "c": c if c is not None else float("nan")}, s))
+            out.append(({"lambda": lam, "c": c}, s))
+    for name in opt.heuristics:
+        try:
+            s = check_sigmas(task.space.snap(schedules.build(name, n, task.sigma_min, task.sigma_max), "candidate"),
+                             allow_final_zero=False)
+        except AysError:
+            continue
+        if not any(torch.equal(s, t) for t in seen):
+            seen.append(s)
+            out.append(({"heuristic": name}, s))
     return out
 
 
@@ -284,22 +305,34 @@ def choose(task: Task, opt: SelectOptions, end: Tensor, evidence: Evidence | Non
     judge = _Judge(task, opt, ev)
     c_hat = data_scale(task.data, task.seed)
     records: list[dict[str, Any]] = []
-    best, best_val = end, math.inf
     cands = _candidates(task, opt, end, c_hat)
+    scores: list[float] = []
     for params, s in cands:
         val = judge(s)
+        scores.append(val)
         records.append({"stage": "select", **params, "c_hat": c_hat, "discrepancy": val, "sigmas": s.tolist()})
         if task.progress is not None:
             task.progress({"event": "select", "candidates": len(cands), **records[-1]})
-        if val < best_val:  # ties keep the earlier candidate: the one nearer the start
-            best, best_val = s, val
+    # The few best are scored again on the held-out set; the mean of the two scores decides
+    # (stable sort: ties keep the earlier candidate, the one nearer the start).
+    order = sorted(range(len(cands)), key=lambda k: scores[k])[: opt.finalists]
+    held: dict[int, float] = {}
+    if len(order) > 1:
+        for k in order:
+            held[k] = judge(cands[k][1], held_out=True)
+            records.append({"stage": "finalist", "candidate": k, "discrepancy": scores[k], "held_out": held[k]})
+        pick = min(order, key=lambda k: (scores[k] + held[k]) / 2)
+    else:
+        pick = order[0]
+    best, best_val = cands[pick][1], scores[pick]
     chosen = best
     if opt.refine_sweeps > 0 and task.steps > 1:
         refined, _ = _refine(task, opt, judge, best, best_val, records)
         if not torch.equal(refined, best):
             keep = True
             if opt.validate:
-                held_path, held_refined = judge(best, held_out=True), judge(refined, held_out=True)
+                held_path = held[pick] if pick in held else judge(best, held_out=True)
+                held_refined = judge(refined, held_out=True)
                 keep = held_refined < held_path
                 records.append({"stage": "validate", "path": held_path, "refined": held_refined, "kept": keep})
             if keep:

@@ -1,0 +1,246 @@
+"""KLUB estimation across processes and under a memory cap: throughput and peak memory.
+
+Two tables.
+
+1. **Scaling.** The same total work - the KLUB of a 10-step schedule on ``--samples``
+   Monte Carlo chains, ``--repeats`` times - with 1 process and with 2 processes
+   (``torchrun``-style launch, gloo on the CPU, 1 thread each). Reported: seconds,
+   denoiser rows per second, the speed-up against one process, and whether the
+   estimate is bit-identical to the single-process one (it must be).
+2. **Memory.** One process, the KLUB under ``max_memory`` caps: the batch size the cap
+   gives, and the peak resident memory *during* the estimation above what was resident
+   before it (Linux ``VmHWM`` after resetting it through ``/proc/self/clear_refs``;
+   ``ru_maxrss`` growth elsewhere). The draws themselves (3 × samples × row) live
+   outside the cap, in memory that is already resident when the estimation starts.
+
+The model is an EDM-preconditioned MLP with random weights (``--dim`` data dimensions,
+``--hidden`` units, 3 hidden layers): heavy enough that denoiser calls dominate.
+
+    python benchmarks/distributed_scaling.py               # 8192 samples, dim 64, hidden 1024
+    python benchmarks/distributed_scaling.py --quick
+
+Results: ``benchmarks/results/distributed_scaling/`` (JSON and a markdown table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+
+
+class MLPDenoiser(torch.nn.Module):
+    """``D(x, σ) = c_skip x + c_out F(c_in x, log σ / 4)`` (EDM preconditioning), F an MLP with random weights."""
+
+    def __init__(self, dim: int, hidden: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.f = torch.nn.Sequential(
+            torch.nn.Linear(dim + 1, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim),
+        )
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) / max(1, p.shape[-1]) ** 0.5)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma.reshape(-1, 1).to(x.dtype)
+        sd = 0.5
+        c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt(), 1 / (s**2 + sd**2).sqrt()
+        return c_skip * x + c_out * self.f(torch.cat([c_in * x, s.log() / 4], dim=1))
+
+
+def _data(dim: int) -> Any:
+    def data(n: int, g: torch.Generator) -> torch.Tensor:
+        return 0.5 * torch.randn(n, dim, generator=g)
+
+    return data
+
+
+def _peak_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def worker_scaling(args: argparse.Namespace) -> None:
+    """One rank of the scaling run (or the single process): time the estimate, rank 0 reports."""
+    import ays
+    from ays import distributed as dd
+    from ays.klub import KlubDraws, klub
+
+    torch.set_num_threads(1)
+    with dd.session():
+        model = MLPDenoiser(args.dim, args.hidden)
+        sig = ays.schedules.karras(10, 0.002, 80.0)
+        draws = KlubDraws.create(_data(args.dim), args.samples, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            klub(model, None, sig, draws=draws, batch_size=args.batch_size)  # warm-up
+            dd.barrier()
+            start = time.perf_counter()
+            for _ in range(args.repeats):
+                est = klub(model, None, sig, draws=draws, batch_size=args.batch_size)
+            dd.barrier()
+            seconds = time.perf_counter() - start
+        if dd.is_rank_zero():
+            out = {"world": dd.world_size(), "seconds": seconds, "rows": est.calls * args.repeats,
+                   "total": est.total, "per_interval": est.per_interval.tolist()}
+            Path(args.result).write_text(json.dumps(out))
+
+
+def worker_memory(args: argparse.Namespace) -> None:
+    """One process: the KLUB under a cap; peak resident memory during the estimate above what was resident."""
+    import ays
+    from ays import distributed as dd
+    from ays.klub import DEFAULT_BATCH_SIZE, KlubDraws, klub
+
+    torch.set_num_threads(1)
+    model = MLPDenoiser(args.dim, args.hidden)
+    sig = ays.schedules.karras(10, 0.002, 80.0)
+    draws = KlubDraws.create(_data(args.dim), args.samples, torch.Generator().manual_seed(0))
+    cap = None if args.cap == 0 else args.cap
+    run = dd.prepare(model)
+    batch = DEFAULT_BATCH_SIZE if cap is None else dd.batch_size_for(run, draws.x0[:1], cap)
+    per_row, fixed = dd.row_bytes(run, draws.x0[:1])
+    with torch.no_grad():
+        model(draws.x0[:2], torch.ones(2))  # load kernels etc. before the baseline
+    resident = _vm("VmRSS")
+    exact = _peak_reset() and resident is not None
+    before = resident if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    with torch.no_grad():
+        est = klub(model, None, sig, draws=draws, max_memory=cap)
+    seconds = time.perf_counter() - start
+    after = _vm("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = {"cap": cap, "batch": batch, "per_row_estimate": per_row, "fixed": fixed,
+           "peak_growth": max(0, (after or 0) - before), "method": "VmHWM" if exact else "ru_maxrss",
+           "seconds": seconds, "total": est.total,
+           "draws_bytes": 3 * draws.x0.numel() * draws.x0.element_size()}
+    Path(args.result).write_text(json.dumps(out))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args: argparse.Namespace, mode: str, world: int, result: Path, extra: list[str]) -> dict[str, Any]:
+    common = [__file__, "--worker", mode, "--result", str(result), "--samples", str(args.samples), "--dim",
+              str(args.dim), "--hidden", str(args.hidden), "--repeats", str(args.repeats), "--batch-size",
+              str(args.batch_size), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    if world == 1:
+        cmd = [sys.executable, *common]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_addr",
+               "127.0.0.1", "--master_port", str(_free_port()), *common]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} run with {world} process(es) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--worlds", default="1,2")
+    p.add_argument("--caps", default="4MiB,16MiB,64MiB,0", help="max_memory values; 0 = no cap (batch 8192)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "results" / "distributed_scaling"))
+    p.add_argument("--worker", choices=["scaling", "memory"], help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--cap", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker == "scaling":
+        return worker_scaling(args)
+    if args.worker == "memory":
+        return worker_memory(args)
+    if args.quick:
+        args.samples, args.hidden, args.repeats = 2048, 512, 1
+        if args.out == str(ROOT / "results" / "distributed_scaling"):
+            args.out += "-quick"
+    from ays.distributed import parse_memory
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scaling = []
+    for w in (int(v) for v in args.worlds.split(",")):
+        r = _launch(args, "scaling", w, out / f"scaling-{w}.json", [])
+        scaling.append(r)
+        print(f"{w} process(es): {r['seconds']:.2f} s, {r['rows'] / r['seconds']:,.0f} rows/s", flush=True)
+    base = scaling[0]
+    memory = []
+    for text in args.caps.split(","):
+        cap = 0 if text.strip() == "0" else parse_memory(text.strip())
+        r = _launch(args, "memory", 1, out / f"memory-{cap}.json", ["--cap", str(cap)])
+        memory.append(r)
+        print(f"cap {text}: batch {r['batch']}, peak growth {r['peak_growth'] / 2**20:.1f} MiB", flush=True)
+
+    mib = 2**20
+    lines = [
+        f"KLUB of a 10-step schedule, {args.samples} chains x {args.repeats} repeat(s), EDM-preconditioned MLP "
+        f"(dim {args.dim}, hidden {args.hidden}, random weights), batch {args.batch_size} rows, 1 thread per "
+        f"process, gloo. Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+        "(shared with other work).",
+        "",
+        "| processes | seconds | denoiser rows/s | speed-up vs 1 | estimate identical to 1 process |",
+        "|---|---|---|---|---|",
+    ]
+    for r in scaling:
+        same = "yes" if r["per_interval"] == base["per_interval"] and r["total"] == base["total"] else "NO"
+        lines.append(f"| {r['world']} | {r['seconds']:.2f} | {r['rows'] / r['seconds']:,.0f} | "
+                     f"{base['seconds'] / r['seconds']:.2f}x | {same} |")
+    lines += [
+        "",
+        f"Memory (1 process; draws: {memory[0]['draws_bytes'] / mib:.1f} MiB, resident before the estimate; "
+        f"peak measured by {memory[0]['method']}):",
+        "",
+        "| max_memory | batch (rows) | estimated bytes/row | peak growth during estimate | within cap | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in memory:
+        cap = r["cap"]
+        within = "-" if cap is None else ("yes" if r["peak_growth"] <= cap else "NO")
+        lines.append(f"| {'none' if cap is None else f'{cap / mib:g} MiB'} | {r['batch']} | {r['per_row_estimate']:,} "
+                     f"| {r['peak_growth'] / mib:.1f} MiB | {within} | {r['seconds']:.2f} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    from ays.io import atomic_write_json, atomic_write_text
+
+    atomic_write_text(out / "distributed_scaling.md", table + "\n")
+    atomic_write_json(out / "distributed_scaling.json", {"args": vars(args), "scaling": scaling, "memory": memory})
+
+
+if __name__ == "__main__":
+    main()
