@@ -18,7 +18,7 @@ Two tables.
 The model is an EDM-preconditioned MLP with random weights (``--dim`` data dimensions,
 ``--hidden`` units, 3 hidden layers): heavy enough that denoiser calls dominate.
 
-    python benchmarks/distributed_scaling.py               # 8192 samples, dim 64, hidden 1024
+    python benchmarks/distributed_scaling.py               # 8192 samples, dim 64, hidden 512
     python benchmarks/distributed_scaling.py --quick
 
 Results: ``benchmarks/results/distributed_scaling/`` (JSON and a markdown table).
@@ -183,11 +183,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=8192)
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--worlds", default="1,2")
-    p.add_argument("--caps", default="4MiB,16MiB,64MiB,0", help="max_memory values; 0 = no cap (batch 8192)")
+    p.add_argument("--caps", default="8MiB,32MiB,128MiB,0", help="max_memory values; 0 = no cap (batch 8192)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=str(ROOT / "results" / "distributed_scaling"))
     p.add_argument("--worker", choices=["scaling", "memory"], help=argparse.SUPPRESS)
@@ -199,7 +199,7 @@ def main() -> None:
     if args.worker == "memory":
         return worker_memory(args)
     if args.quick:
-        args.samples, args.hidden, args.repeats = 2048, 512, 1
+        args.samples, args.caps = 2048, "4MiB,16MiB,64MiB,0"
         if args.out == str(ROOT / "results" / "distributed_scaling"):
             args.out += "-quick"
     from ays.distributed import parse_memory

@@ -20,7 +20,7 @@ Measured:
 
     python benchmarks/gpu_klub.py --device cuda                  # fp16, the full measurement
     python benchmarks/gpu_klub.py --device cuda --quick
-    python benchmarks/gpu_klub.py --device cpu --tiny --quick    # smoke check (a tiny UNet)
+    python benchmarks/gpu_klub.py --device cpu --tiny --quick    # smoke check (a tiny UNet, ~1 min)
     torchrun --nproc_per_node 8 benchmarks/gpu_klub.py --device cuda   # 8 GPUs, same total work
 
 Results: ``benchmarks/results/gpu_klub[-quick][-tiny]/``.
@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--max-memory", default=None, help="cap per UNet call instead of --batch-size, e.g. 20GiB")
     p.add_argument("--tiny", action="store_true", help="a tiny UNet of the same architecture (CPU smoke check)")
     p.add_argument("--quick", action="store_true", help="fewer chains and sweeps")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (more than the free cores thrash)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
@@ -128,6 +129,7 @@ def main() -> None:
     from ays.io import atomic_write_json, atomic_write_text
     from ays.klub import KlubDraws, klub
 
+    torch.set_num_threads(args.threads)
     with dd.session():
         device = dd.parse_device(args.device)
         assert device is not None

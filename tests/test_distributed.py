@@ -55,6 +55,10 @@ _COMMON = textwrap.dedent(
         ckpt = os.path.join(outdir, "ckpt.json")
         res = ays.optimize(den, data, steps=4, samples=129, seed=5, max_sweeps=3, checkpoint=ckpt, batch_size=64)
         res.save(os.path.join(outdir, "schedule.json"))
+        # Resuming reads the checkpoint on rank 0 and hands its state to every rank.
+        again = ays.optimize(den, data, steps=4, samples=129, seed=5, max_sweeps=3, checkpoint=ckpt, resume=True,
+                             batch_size=64)
+        squares = dd.map_ordered(lambda k: torch.tensor([float(k * k)], dtype=torch.float64), range(5))
         if dd.rank() == 1:
             atomic_write_text(os.path.join(outdir, "rank1.txt"), "only rank 0 writes")
         try:
@@ -66,7 +70,8 @@ _COMMON = textwrap.dedent(
             "per_interval": est.per_interval.tolist(), "stderr": est.stderr.tolist(), "total": est.total,
             "total_stderr": est.total_stderr, "calls": est.calls, "sigmas": res.sigmas.tolist(), "klub": res.klub,
             "history": res.history, "opt_calls": res.calls, "nan_error": nan_error,
-            "world": dd.world_size(), "rank": dd.rank(),
+            "world": dd.world_size(), "rank": dd.rank(), "resumed": again.sigmas.tolist(),
+            "squares": [float(v) for v in squares], "from_zero": dd.from_rank_zero(lambda: dd.rank()),
         }
     """
 )
@@ -114,11 +119,12 @@ def test_two_gloo_processes_give_the_single_process_result_exactly(tmp_path):
     exec(compile(_COMMON, "common", "exec"), namespace)
     ref = namespace["run"](str(ref_dir))
     assert ref["world"] == 1 and ref["nan_error"] is None  # rank() is 0 here: no fault injected
+    assert ref["squares"] == [0.0, 1.0, 4.0, 9.0, 16.0] and ref["from_zero"] == 0 and ref["resumed"] == ref["sigmas"]
 
     for r, out in enumerate(got):
         assert out["world"] == 2 and out["rank"] == r
         for key in ("per_interval", "stderr", "total", "total_stderr", "calls", "sigmas", "klub", "history",
-                    "opt_calls"):
+                    "opt_calls", "resumed", "squares", "from_zero"):
             assert out[key] == ref[key], (r, key)  # bit for bit: same draws, same terms, same order
         # A NaN on rank 1 only is raised on both ranks, naming the noise level, without a hang.
         assert out["nan_error"] is not None and "NaN or inf at sigma=" in out["nan_error"]

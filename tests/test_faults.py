@@ -285,3 +285,18 @@ def test_half_precision_overflow_is_caught_not_averaged():
         ays.klub(loud, _data, sig, samples=64, generator=torch.Generator().manual_seed(0), dtype="float16")
     # Only at a large noise level can x·σ²·40 pass 65504.
     assert _named_level(str(err.value)) > 5.0
+
+
+def test_atomic_writes_give_the_permissions_open_would(tmp_path):
+    """mkstemp makes private files; the written file gets 0666 & ~umask, or keeps the old file's mode."""
+    from ays.io import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        fresh = atomic_write_text(tmp_path / "a.json", "{}")
+        assert fresh.stat().st_mode & 0o777 == 0o640
+        os.chmod(fresh, 0o604)
+        atomic_write_text(fresh, "[]")
+        assert fresh.stat().st_mode & 0o777 == 0o604 and fresh.read_text() == "[]"
+    finally:
+        os.umask(old)

@@ -21,6 +21,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "solvers": ("ays.solvers", None),
     "analysis": ("ays.analysis", None),
     "metrics": ("ays.metrics", None),
+    "train": ("ays.train", None),
     "AysError": ("ays.validate", "AysError"),
     "sample": ("ays.sample", "sample"),
     "klub": ("ays.klub", "klub"),

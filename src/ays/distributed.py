@@ -298,16 +298,20 @@ def from_rank_zero(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if not is_distributed():
         return fn(*args, **kwargs)
     box: list[Any] = [None, None]
+    error: BaseException | None = None
     if is_rank_zero():
         try:
             box[0] = fn(*args, **kwargs)
         except Exception as e:
-            box[1] = e
+            error = e
+            # Send a description, not the exception: not every exception can be pickled.
+            box = [None, (isinstance(e, AysError), f"{type(e).__name__}: {e}", str(e))]
     dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
     if box[1] is not None:
-        if is_rank_zero() or isinstance(box[1], AysError):
-            raise box[1]
-        raise AysError(f"rank 0: {type(box[1]).__name__}: {box[1]}")
+        user_facing, described, message = box[1]
+        raise AysError(message if user_facing else f"rank 0 failed: {described}")
     return box[0]
 
 

@@ -41,6 +41,30 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _mode_for(target: Path) -> int:
+    """Permissions for the new file: the old file's, else what ``open()`` would give (0666 & ~umask).
+
+    ``mkstemp`` creates its file private (0600); left so, a schedule written by ays
+    could not be read by the other users a plain ``open()`` would have let read it.
+    """
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    mask = None
+    try:
+        with open("/proc/self/status") as f:  # Linux: read the umask without changing it
+            for line in f:
+                if line.startswith("Umask:"):
+                    mask = int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    if mask is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and durably; return the path.
 
@@ -61,6 +85,8 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         raise AysError(f"cannot write {str(target)!r}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), _mode_for(target))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

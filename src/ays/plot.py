@@ -7,8 +7,8 @@ files are written atomically.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,20 +27,18 @@ def _pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> str:
-    """Save a matplotlib figure atomically (temp file in the same folder, then rename)."""
+    """Save a matplotlib figure atomically (rendered in memory, then :func:`ays.io.atomic_write_bytes`)."""
+    from .io import atomic_write_bytes
+
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix, prefix=".tmp-")
-    os.close(fd)
+    fmt = (os.path.splitext(path)[1].lstrip(".") or "png").lower()
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buf, format=fmt, dpi=120, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         _pyplot().close(fig)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -57,7 +57,9 @@ def save_state(path: Path, settings: dict[str, Any], state: dict[str, Any]) -> N
         digest = _checksum(settings, state)
     except (TypeError, ValueError) as e:
         raise AysError(f"cannot write checkpoint {str(path)!r}: {e}") from None
-    atomic_write_json(path, {"format": FORMAT, "settings": settings, "state": state, "sha256": digest}, indent=None)
+    doc = {"format": FORMAT, "settings": settings, "state": state, "sha256": digest}
+    # Rank 0 writes; under torch.distributed a failed write is raised on every rank, none left waiting.
+    from_rank_zero(atomic_write_json, path, doc, indent=None)
 
 
 def load_state(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
