@@ -13,7 +13,7 @@ import types
 from typing import Any
 
 from . import coordinate as _coordinate  # noqa: F401  (registers the method)
-from . import dmn as _dmn, dp as _dp, gits as _gits, select as _select  # noqa: F401  (dmn, dp, gits, ays)
+from . import dmn, dp, gits, select  # noqa: F401  (register "dmn", "dp", "gits", "ays")
 from .api import optimize, solver_names
 from .result import FORMAT, OptimizeResult, load_schedule
 from .task import METHODS, register

@@ -488,7 +488,7 @@ class DPOptions:
     """Options of ``method="dp"`` (and of ``"ays"``, which adds the selection options)."""
 
     grid: int = 128  #: noise levels of the table (log-spaced; a discrete model's own levels)
-    objective: str = "auto"  #: "ddim", "solver" (the target solver's bound) or "auto" (= "solver")
+    objective: str = "auto"  #: "ddim", "solver" (the target solver's bound) or "auto" ("solver" for dp, "ddim" for ays)
     c: float = 0.5  #: proposal scale of the quadrature (and of the reported KLUB)
     solver_grid: int = 128  #: at most this many levels for the O(n·G³) solver-aware programme
     cross: bool = False  #: estimate the cross term of the solver-aware bound (zero for ideal denoisers)

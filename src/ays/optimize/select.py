@@ -9,7 +9,8 @@ program makes that call itself, from evidence it can compute without a human:
    (paper Thm 3.1, the KL-optimal schedule of Euler/DDIM for Gaussian data) with
    ``c`` the data's RMS per-coordinate standard deviation ``ĉ`` estimated from ``data``
    (or ``init`` when given); the end is the global grid optimum of the KLUB
-   (:mod:`ays.optimize.dp`; for the 2M solvers the solver-aware bound). Candidates
+   (:mod:`ays.optimize.dp`; the paper's bound by default, ``objective="solver"`` for the
+   solver-aware one, which made no better end in the benchmark's ablation). Candidates
    blend the two in log-sigma, ``log s(λ) = (1 − λ) log s_start + λ log s_dp``,
    ``λ = 0, 1/(P−1), ..., 1`` (a convex combination of two decreasing schedules is
    decreasing); ``family="grid"`` (default) also varies the start's scale,
@@ -20,8 +21,9 @@ program makes that call itself, from evidence it can compute without a human:
    common random numbers), and their sliced W2 (or MMD, energy distance) to a
    reference set is computed. The reference is a many-step run of the same model
    (``reference_steps`` steps of ``reference_solver``, EDM's rho=7 spacing) on
-   held-out noise — or, with ``reference="data"``, fresh data. The ``finalists`` best are scored again on independent noise against an independent
-   reference set, and the mean of the two scores picks one (less selection noise).
+   held-out noise — or, with ``reference="data"``, fresh data. The ``finalists`` best
+   are scored again on independent noise against an independent reference set, and
+   the mean of the two scores picks one (less selection noise).
 3. **Refinement on the same evidence**: coordinate moves of single levels (a fraction
    ``refine_delta`` of the gap to a neighbour in log-sigma, halved each sweep, at most
    ``refine_budget`` schedules), each kept when it lowers the discrepancy.
@@ -379,6 +381,9 @@ def parse_options(options: dict[str, Any]) -> tuple[DPOptions, SelectOptions]:
     if unknown:
         raise AysError(f"unknown option(s) for method 'ays': {', '.join(unknown)}; "
                        f"valid: {', '.join(sorted(dp_names | sel_names))}")
-    dopt = DPOptions.parse({k: v for k, v in options.items() if k in dp_names}, "ays")
+    # The path ends at the paper's bound unless asked otherwise: with the 2M solvers' bound as the
+    # end the choice was no better in 11 of 12 benchmark cells (notes/beyond.md, ablation).
+    dp_opts = {"objective": "ddim", **{k: v for k, v in options.items() if k in dp_names}}
+    dopt = DPOptions.parse(dp_opts, "ays")
     sopt = SelectOptions.parse({k: v for k, v in options.items() if k in sel_names})
     return dopt, sopt
