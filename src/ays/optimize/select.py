@@ -308,6 +308,8 @@ def choose(task: Task, opt: SelectOptions, end: Tensor, evidence: Evidence | Non
     c_hat = data_scale(task.data, task.seed)
     records: list[dict[str, Any]] = []
     cands = _candidates(task, opt, end, c_hat)
+    if not cands:  # every candidate collapsed onto too few model timesteps: nothing to choose from
+        return end, records, judge.calls + (ev.calls if evidence is None else 0)
     scores: list[float] = []
     for params, s in cands:
         val = judge(s)
