@@ -130,7 +130,8 @@ def main() -> None:
         if key not in klub_cache:
             klub_cache[key] = klub(den, data, torch.tensor(r["sigmas"], dtype=torch.float64), draws=draws)
         r["klub"], r["klub_err"] = klub_cache[key].total, 1.96 * klub_cache[key].total_stderr
-    ev.write_results(rows, out, name="digits", meta={"model": label, "args": vars(args)})
+    ev.write_results(rows, out, name="digits",
+                     meta={"model": label, "args": vars(args), "optimizer_options": res.settings.get("options")})
 
     ten = {r["schedule"]: torch.tensor(r["sigmas"]) for r in rows if r["steps"] == 10 and r["solver"] == "euler"}
     plot_schedules(ten, out / "digits_schedules.png", title=f"digits ({label} model): 10-step schedules")
@@ -148,7 +149,8 @@ def main() -> None:
         f"Model: {label}. Each cell: mean ± 95 % t-interval over {args.seeds} seeds of {args.samples} samples. "
         f"AYS: coordinate method, {args.opt_samples} samples, at most {args.max_sweeps} sweeps per stage, "
         "10 → 20 steps, 5 by interpolation. KLUB: "
-        f"{args.klub_samples} shared draws, ± 1.96 s.e.",
+        f"{args.klub_samples} shared draws, ± 1.96 s.e.  ",
+        f"Optimiser options: `{json.dumps(res.settings.get('options'))}`.",
     ]
     for metric, title in (("digits_fd", "digits FD (lower is better)"), ("precision", "precision"),
                           ("recall", "recall"), ("sliced_w2", "sliced W2"), ("klub", "KLUB of the schedule")):

@@ -43,6 +43,7 @@ STEPS = [6, 8, 10]
 HEURISTICS = ["karras", "loglinear", "time_uniform", "kl_optimal"]
 METRICS = ["nll", "sliced_w2", "modes"]
 ROOT = Path(__file__).resolve().parent
+OPTIONS: dict[str, Any] = {}  # the optimiser's full options, as ays.optimize reports them
 
 
 def denoiser_for(model: str, problem: Any, name: str) -> tuple[Any, str] | None:
@@ -55,9 +56,11 @@ def denoiser_for(model: str, problem: Any, name: str) -> tuple[Any, str] | None:
     return train.pretrained(name), "trained"
 
 
-def optimise(denoiser: Any, problem: Any, steps: list[int], args: argparse.Namespace) -> tuple[dict[int, Any], dict]:
+def optimise(
+    denoiser: Any, problem: Any, steps: list[int], args: argparse.Namespace
+) -> tuple[dict[int, Any], dict[str, Any]]:
     """AYS schedules per step count, with what they cost."""
-    out, cost = {}, {"calls": 0, "seconds": 0.0}
+    out, cost = {}, {"calls": 0, "seconds": 0.0, "options": None}
     for n in steps:
         t0 = time.perf_counter()
         opts = {"max_sweeps": args.max_sweeps} if args.method == "coordinate" else {}
@@ -65,6 +68,7 @@ def optimise(denoiser: Any, problem: Any, steps: list[int], args: argparse.Names
                        method=args.method, **opts)
         cost["seconds"] += time.perf_counter() - t0
         cost["calls"] += res.calls
+        cost["options"] = res.settings.get("options")
         out[n] = res.sigmas
     return out, cost
 
@@ -99,7 +103,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     klubs[r["schedule"]] = est.per_interval
                 r["case"] = f"{name}, {solver}"
                 r["opt_seconds"], r["opt_calls"] = cost["seconds"], cost["calls"]
-            ev.write_results(rows, out, name=f"{name}_{label}", meta={"case": [name, solver], "model": label})
+            OPTIONS.update(cost["options"] or {})
+            ev.write_results(rows, out, name=f"{name}_{label}",
+                             meta={"case": [name, solver], "model": label, "optimizer_options": cost["options"]})
             plot_schedules({r["schedule"]: r["sigmas"] for r in rows if r["steps"] == 10},
                            out / f"{name}_{label}_schedules.png", klub=klubs,
                            title=f"{name}, {solver}, {label} model: 10-step schedules")
@@ -120,7 +126,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float)
         f"Each cell: mean ± 95 % t-interval over {args.seeds} seeds of {args.samples} samples "
         f"(KLUB: ± 1.96 standard errors, {args.klub_samples} shared draws). AYS: `ays.optimize` "
         f"(method {args.method}, {args.opt_samples} samples, at most {args.max_sweeps} sweeps, seed 0) "
-        "per step count on the evaluated model.",
+        "per step count on the evaluated model.  ",
+        f"Optimiser options: `{json.dumps(OPTIONS)}`.",
     ]
     for metric, title in (("nll", "NLL (lower is better, but rewards collapse)"), ("sliced_w2", "sliced W2"),
                           ("dropped_modes", "dropped modes"), ("mode_tv", "TV of the mass per mode"),

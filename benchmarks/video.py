@@ -91,11 +91,12 @@ def main() -> None:
 
     t0 = time.perf_counter()
     opts = {"max_sweeps": args.max_sweeps} if args.method == "coordinate" else {}
-    ays_sched, opt_calls = {}, 0
+    ays_sched, opt_calls, options = {}, 0, None
     for n in STEPS:
         res = optimize(den, prob, steps=n, solver="stochastic_ddim", seed=0, samples=args.opt_samples,
                        method=args.method, **opts)
         ays_sched[n], opt_calls = res.sigmas, opt_calls + res.calls
+        options = res.settings.get("options")
         print(f"AYS {n} steps: {[round(s, 4) for s in res.sigmas.tolist()]}", file=sys.stderr)
     opt_seconds = time.perf_counter() - t0
 
@@ -109,7 +110,7 @@ def main() -> None:
         if key not in cache:
             cache[key] = klub(den, prob, torch.tensor(r["sigmas"], dtype=torch.float64), draws=draws)
         r["klub"], r["klub_err"] = cache[key].total, 1.96 * cache[key].total_stderr
-    ev.write_results(rows, out, name="video", meta={"args": vars(args)})
+    ev.write_results(rows, out, name="video", meta={"args": vars(args), "optimizer_options": options})
     ten = {r["schedule"]: torch.tensor(r["sigmas"]) for r in rows if r["steps"] == 10 and r["solver"] == "euler"}
     plot_schedules(ten, out / "video_schedules.png", title="digits-video (exact denoiser): 10-step schedules")
     clip_grid(den, {k: v for k, v in ten.items()}, "euler", out / "video_samples.png")
@@ -123,7 +124,9 @@ def main() -> None:
         f"Command: `{cmd.strip()}`  ",
         f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
         f"{seconds / 60:.1f} min in all (AYS optimisation {opt_seconds:.0f} s, {opt_calls:,} denoiser rows).  ",
-        f"Exact denoiser. Each cell: mean ± 95 % t-interval over {args.seeds} seeds of {args.samples} clips.",
+        f"Exact denoiser. Each cell: mean ± 95 % t-interval over {args.seeds} seeds of {args.samples} clips. "
+        f"AYS: `ays.optimize` per step count, method {args.method}, {args.opt_samples} samples, seed 0; "
+        f"options `{json.dumps(options)}`. KLUB: {args.klub_samples} shared draws, ± 1.96 s.e.",
     ]
     for metric, title in (("sliced_w2", "sliced W2"), ("energy", "energy distance"),
                           ("motion", "motion error (0 = rigid motion)"), ("klub", "KLUB of the schedule")):

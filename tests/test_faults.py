@@ -75,7 +75,7 @@ from ays.cli import main
 main(sys.argv[4:])
 """
 
-_ARGS = ["optimize", "gaussian", "--steps", "4", "--samples", "128", "--seed", "1", "-O", "max_sweeps=4", "--quiet"]
+_ARGS = ["optimize", "gaussian", "--steps", "4", "--samples", "128", "--seed", "1", "--method", "coordinate", "-O", "max_sweeps=4", "--quiet"]
 
 
 def _cli(argv: list[str]) -> int:

@@ -23,10 +23,12 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "metrics": ("ays.metrics", None),
     "train": ("ays.train", None),
     "AysError": ("ays.validate", "AysError"),
-    "sample": ("ays.sample", "sample"),
-    "klub": ("ays.klub", "klub"),
+    # ays.sample, ays.klub and ays.optimize are callable modules: the name means the same
+    # whether the submodule has been imported or not (``ays.klub(...)`` and ``ays.klub.KlubDraws``).
+    "sample": ("ays.sample", None),
+    "klub": ("ays.klub", None),
     "klub_solver": ("ays.klub_solver", None),
-    "optimize": ("ays.optimize", "optimize"),
+    "optimize": ("ays.optimize", None),
     "OptimizeResult": ("ays.optimize", "OptimizeResult"),
     "load_schedule": ("ays.optimize", "load_schedule"),
     "evaluate": ("ays.evaluate", None),  # a callable module: ays.evaluate(...) and ays.evaluate.write_results

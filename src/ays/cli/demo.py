@@ -23,6 +23,7 @@ from .optimize import run_optimize
 @click.option("--model", "-m", default="exact", show_default=True, help="exact, trained, or a model file.")
 @click.option("--solver", "-s", default="dpmpp_2m_sde", show_default=True)
 @click.option("--steps", "-n", type=int, default=10, show_default=True)
+@click.option("--method", default="ays", show_default=True, help="Optimiser (ays, coordinate, dp, gits, dmn).")
 @click.option("--samples", type=int, default=8192, show_default=True, help="Monte Carlo chains of the optimiser.")
 @click.option("--eval-samples", type=int, default=4096, show_default=True, help="Samples per schedule and seed.")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds for the confidence intervals.")
@@ -30,7 +31,7 @@ from .optimize import run_optimize
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="ays-out", show_default=True,
               help="Folder for the schedule file, plots and results.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo(problem: str, model: str, solver: str, steps: int, samples: int, eval_samples: int, seeds: int,
+def demo(problem: str, model: str, solver: str, steps: int, method: str, samples: int, eval_samples: int, seeds: int,
          seed: int, out: str, quiet: bool) -> None:
     """Optimise a schedule for a toy problem and compare it with the heuristics."""
     from .. import evaluate as ev
@@ -49,7 +50,7 @@ def demo(problem: str, model: str, solver: str, steps: int, samples: int, eval_s
     start = time.perf_counter()
     path = os.path.join(out, f"{problem}-{solver}-{steps}.json")
     result = run_optimize(job, out=path, checkpoint=None, resume=False, quiet=quiet, steps=steps, solver=solver,
-                          seed=seed, samples=samples, sigma_min=job.sigma_min, sigma_max=job.sigma_max)
+                          seed=seed, samples=samples, method=method, sigma_min=job.sigma_min, sigma_max=job.sigma_max)
     took = time.perf_counter() - start
     click.echo(f"optimised with method {result.method!r} in {took:.1f} s, {result.calls:,} denoiser calls")
     click.echo("ays schedule: " + " ".join(f"{s:.4g}" for s in result.sigmas.tolist()))

@@ -107,7 +107,7 @@ def _progress_bar(total: int, quiet: bool) -> tuple[Callable[[dict[str, Any]], N
 @click.option("--sigma-max", type=float, default=None, help="Largest noise level (default: the problem's).")
 @click.option("--optimize", "do_optimize", is_flag=True,
               help="Also optimise a schedule per (solver, steps) with ays.optimize and evaluate it as 'ays'.")
-@click.option("--method", default="coordinate", show_default=True, help="Optimiser for --optimize.")
+@click.option("--method", default="ays", show_default=True, help="Optimiser for --optimize.")
 @click.option("--optimize-samples", type=int, default=None,
               help="KLUB Monte Carlo samples for --optimize (default: ays.optimize's, 8192 as in the paper).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,

@@ -91,7 +91,8 @@ def _remove_checkpoint(checkpoint: str) -> None:
 @click.option("--steps", "-n", type=int, default=10, show_default=True, help="Number of steps.")
 @click.option("--sigma-min", type=float, default=None, help="Smallest noise level (default: the problem's/model's).")
 @click.option("--sigma-max", type=float, default=None, help="Largest noise level (default: the problem's/model's).")
-@click.option("--method", default=None, help="Optimiser (see ays.optimize.METHODS); default: ays.optimize's.")
+@click.option("--method", default="ays", show_default=True,
+              help="Optimiser: ays (global + evidence-based stopping), coordinate (the paper's), dp, gits, dmn.")
 @click.option("--samples", type=int, default=8192, show_default=True, help="Monte Carlo chains per KLUB estimate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--early-stopping/--no-early-stopping", default=True, show_default=True,
@@ -112,7 +113,7 @@ def _remove_checkpoint(checkpoint: str) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def optimize(target: str | None, model: str, diffusers: str | None, prompts: tuple[str, ...], guidance_scale: float,
              latents: str | None, solver: str, steps: int, sigma_min: float | None, sigma_max: float | None,
-             method: str | None, samples: int, seed: int, early_stopping: bool, opts: tuple[str, ...],
+             method: str, samples: int, seed: int, early_stopping: bool, opts: tuple[str, ...],
              batch_size: int | None, max_memory: str | None, dtype: str | None, device: str | None, out: str,
              checkpoint: str | None, resume: bool, plot: str | None, quiet: bool) -> None:
     """Optimise a sampling schedule (Align Your Steps) and save it as an ays-schedule/1 file.
@@ -160,8 +161,7 @@ def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tu
                                   dtype=dtype, device=device)
     kwargs["sigma_min"] = sigma_min if sigma_min is not None else job.sigma_min
     kwargs["sigma_max"] = sigma_max if sigma_max is not None else job.sigma_max
-    if method is not None:
-        kwargs["method"] = method
+    kwargs["method"] = method
     kwargs.update(parse_options(opts))
     result = run_optimize(job, out=out, checkpoint=checkpoint, resume=resume, quiet=quiet, **kwargs)
     if not is_rank_zero():

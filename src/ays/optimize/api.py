@@ -91,7 +91,11 @@ def optimize(
         sigma_min, sigma_max: the range; default 0.002 and 80 (EDM), or the model's own range
             for a discrete-time ``noise``, or ``init``'s ends.
         seed: all randomness derives from it; the same seed gives the same schedule.
-        method: a name in ``ays.optimize.METHODS`` (``"coordinate"``: paper Alg. 1).
+        method: a name in ``ays.optimize.METHODS``: ``"coordinate"`` (the paper's Alg. 1,
+            the library default as in DESIGN.md), ``"ays"`` (recommended, and the default
+            of ``ays optimize``: the global optimiser ``"dp"`` plus a stopping point chosen
+            from evidence, sliced W2 of few-step samples to a many-step reference run),
+            ``"dp"`` (the exact grid KLUB minimiser), ``"gits"``, ``"dmn"`` (baselines).
         samples: Monte Carlo chains per KLUB estimate (paper: 8,192).
         early_stopping: stop early (the paper's method; the default). ``False``: run to
             convergence of the KLUB estimate, i.e. return the KLUB minimiser.
