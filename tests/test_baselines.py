@@ -14,26 +14,7 @@ from ays.optimize import optimize
 from ays.optimize.dmn import dmn_objective, dmn_schedule, step_order, step_weights
 from ays.optimize.gits import teacher_costs
 from ays.validate import AysError
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def gaussian_denoiser(c: float):
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        return c * c / (c * c + s * s) * x
-
-    return denoise
-
-
-def gaussian_data(c: float, dim: int):
-    return lambda n, g: c * torch.randn(n, dim, generator=g, dtype=torch.float64)
+from gaussian import gaussian_data, gaussian_denoiser
 
 
 def valid(s: torch.Tensor, steps: int, lo: float = 0.002, hi: float = 80.0) -> bool:

@@ -93,14 +93,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_two_gloo_processes_give_the_single_process_result_exactly(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)

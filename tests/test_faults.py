@@ -31,15 +31,6 @@ from ays import schedules
 from ays.cli import main
 from ays.validate import AysError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------
 # SIGKILL during a checkpoint write, then --resume
 # --------------------------------------------------------------------------
@@ -75,7 +66,8 @@ from ays.cli import main
 main(sys.argv[4:])
 """
 
-_ARGS = ["optimize", "gaussian", "--steps", "4", "--samples", "128", "--seed", "1", "--method", "coordinate", "-O", "max_sweeps=4", "--quiet"]
+_ARGS = ["optimize", "gaussian", "--steps", "4", "--samples", "128", "--seed", "1",
+         "--method", "coordinate", "-O", "max_sweeps=4", "--quiet"]
 
 
 def _cli(argv: list[str]) -> int:

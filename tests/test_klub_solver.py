@@ -15,26 +15,7 @@ from ays.klub import estimate_schedule, interval_klub
 from ays.klub import gaussian_klub as gaussian_klub_ddim
 from ays.optimize import dp as D
 from ays.validate import AysError
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def gaussian_denoiser(c: float):
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        return c * c / (c * c + s * s) * x
-
-    return denoise
-
-
-def gaussian_data(c: float, dim: int):
-    return lambda n, g: c * torch.randn(n, dim, generator=g, dtype=torch.float64)
+from gaussian import gaussian_data, gaussian_denoiser
 
 
 def nonlinear_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -17,28 +17,7 @@ from ays.klub import gaussian_klub, gaussian_klub_optimal
 from ays.noise import DiscreteVP
 from ays.optimize import METHODS, OptimizeResult, load_schedule, optimize
 from ays.validate import AysError
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def gaussian_denoiser(c: float):
-    """Exact denoiser of N(0, c²I): D(x, σ) = c²/(c² + σ²)·x."""
-
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        return c * c / (c * c + s * s) * x
-
-    return denoise
-
-
-def gaussian_data(c: float, dim: int):
-    return lambda n, g: c * torch.randn(n, dim, generator=g, dtype=torch.float64)
+from gaussian import gaussian_data, gaussian_denoiser
 
 
 def fixed_point_oracle(steps: int, lo: float, hi: float, c: float) -> torch.Tensor:

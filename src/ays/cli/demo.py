@@ -24,8 +24,8 @@ from .optimize import run_optimize
 @click.option("--solver", "-s", default="dpmpp_2m_sde", show_default=True)
 @click.option("--steps", "-n", type=int, default=10, show_default=True)
 @click.option("--method", default="ays", show_default=True, help="Optimiser (ays, coordinate, dp, gits, dmn).")
-@click.option("--samples", type=int, default=8192, show_default=True, help="Monte Carlo chains of the optimiser.")
-@click.option("--eval-samples", type=int, default=4096, show_default=True, help="Samples per schedule and seed.")
+@click.option("--samples", type=int, default=4096, show_default=True, help="Monte Carlo chains of the optimiser.")
+@click.option("--eval-samples", type=int, default=2048, show_default=True, help="Samples per schedule and seed.")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds for the confidence intervals.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="ays-out", show_default=True,

@@ -32,7 +32,7 @@ class SweepBar:
 
             self.bar = tqdm(desc="optimising", unit="sweep", disable=self.quiet, leave=False, dynamic_ncols=True)
         self.bar.update(1)
-        post = {"stage": f"{event.get('steps', '?')} steps"}
+        post = {"stage": f"{event['steps']} steps"} if "steps" in event else {}
         for key in ("klub", "heldout"):
             if isinstance(event.get(key), (int, float)):
                 post[key] = f"{event[key]:.5g}"

@@ -1,0 +1,21 @@
+"""Shared test set-up.
+
+``make test`` runs two pytest workers on two cores, so every test runs torch on
+one intra-op thread: more threads only fight each other (and, on a loaded
+machine, spin-wait many times longer than the arithmetic of these small models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
