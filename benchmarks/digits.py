@@ -84,6 +84,10 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--opt-samples", type=int, default=256)
     p.add_argument("--max-sweeps", type=int, default=4, help="coordinate method: sweep budget per stage")
+    p.add_argument("--radius", type=float, default=None, help="coordinate method: search radius (default: its own)")
+    p.add_argument("--steps", default=",".join(map(str, STEPS)))
+    p.add_argument("--solvers", default=",".join(SOLVERS))
+    p.add_argument("--extra-methods", default="", help="other ays.optimize methods to add, e.g. dp,ays")
     p.add_argument("--klub-samples", type=int, default=256)
     p.add_argument("--method", default="coordinate")
     p.add_argument("--threads", type=int, default=2)
@@ -108,20 +112,42 @@ def main() -> None:
     # does the first two stages; the 10-step stage's result is the even points of the 20-step
     # stage's starting schedule (subdivision keeps the old points).
     t0 = time.perf_counter()
-    opts = {"max_sweeps": args.max_sweeps, "refine_sweeps": args.max_sweeps} if args.method == "coordinate" else {}
-    res = optimize(den, data, steps=20, solver="stochastic_ddim", seed=0, samples=args.opt_samples,
+    steps, solvers = [int(v) for v in args.steps.split(",")], args.solvers.split(",")
+    opts: dict[str, Any] = {}
+    if args.method == "coordinate":
+        opts = {"max_sweeps": args.max_sweeps, "refine_sweeps": args.max_sweeps}
+        if args.radius is not None:
+            opts["radius"] = args.radius
+    n_opt = 20 if max(steps) > 10 else 10
+    res = optimize(den, data, steps=n_opt, solver="stochastic_ddim", seed=0, samples=args.opt_samples,
                    sigma_min=prob.sigma_min, sigma_max=prob.sigma_max, method=args.method, **opts)
     opt_calls, opt_seconds = res.calls, time.perf_counter() - t0
-    stage1 = [h for h in res.history if h.get("stage") == 1]
-    s10 = torch.tensor(stage1[0]["sigmas"][0::2], dtype=torch.float64) if stage1 else ays.schedules.interpolate(
-        res.sigmas, 10)
-    ays_sched = {20: res.sigmas, 10: s10, 5: ays.schedules.interpolate(s10, 5)}
+    if n_opt == 20:
+        stage1 = [h for h in res.history if h.get("stage") == 1]
+        s10 = torch.tensor(stage1[0]["sigmas"][0::2], dtype=torch.float64) if stage1 else \
+            ays.schedules.interpolate(res.sigmas, 10)
+    else:
+        s10 = res.sigmas
+    ays_sched = {10: s10, **({20: res.sigmas} if n_opt == 20 else {})}
+    ays_sched.update({n: ays.schedules.interpolate(s10, n) for n in steps if n not in ays_sched})
     print(f"AYS optimised in {opt_seconds:.0f} s ({opt_calls:,} denoiser rows)", file=sys.stderr)
     for n, sig in sorted(ays_sched.items()):
         print(f"AYS {n} steps: {[round(v, 4) for v in sig.tolist()]}", file=sys.stderr)
 
-    schedules = {**{h: h for h in HEURISTICS}, "ays": ays_sched}
-    rows = ev.evaluate(den, prob, schedules, SOLVERS, STEPS, seeds=args.seeds, samples=args.samples,
+    schedules: dict[str, Any] = {**{h: h for h in HEURISTICS}, "ays": ays_sched}
+    # Other optimisers of ays.optimize.METHODS, for comparison (one run per step count).
+    extra_cost: dict[str, tuple[int, float]] = {}
+    for method in [m for m in (args.extra_methods or "").split(",") if m]:
+        t1, per, calls = time.perf_counter(), {}, 0
+        for n in steps:
+            r = optimize(den, data, steps=n, solver="stochastic_ddim", seed=0, samples=args.opt_samples,
+                         sigma_min=prob.sigma_min, sigma_max=prob.sigma_max, method=method)
+            per[n], calls = r.sigmas, calls + r.calls
+        schedules[f"method:{method}"] = per
+        extra_cost[method] = (calls, time.perf_counter() - t1)
+        print(f"method {method}: {calls:,} rows, {extra_cost[method][1]:.0f} s; 10 steps: "
+              f"{[round(v, 4) for v in per.get(10, next(iter(per.values()))).tolist()]}", file=sys.stderr)
+    rows = ev.evaluate(den, prob, schedules, solvers, steps, seeds=args.seeds, samples=args.samples,
                        metrics=METRICS, model=label)
     draws = KlubDraws.create(data, args.klub_samples, torch.Generator().manual_seed(12345))
     klub_cache: dict[tuple[float, ...], Any] = {}
@@ -133,7 +159,7 @@ def main() -> None:
     ev.write_results(rows, out, name="digits",
                      meta={"model": label, "args": vars(args), "optimizer_options": res.settings.get("options")})
 
-    ten = {r["schedule"]: torch.tensor(r["sigmas"]) for r in rows if r["steps"] == 10 and r["solver"] == "euler"}
+    ten = {r["schedule"]: torch.tensor(r["sigmas"]) for r in rows if r["steps"] == 10 and r["solver"] == solvers[0]}
     plot_schedules(ten, out / "digits_schedules.png", title=f"digits ({label} model): 10-step schedules")
     sample_grid(den, ten, "dpmpp_2m_sde", out / "digits_samples.png")
     seconds = time.perf_counter() - t_start
@@ -141,17 +167,20 @@ def main() -> None:
     m = ev.machine_description()
     cmd = "python benchmarks/digits.py " + " ".join(sys.argv[1:])
     parts = [
-        "## Digits: schedules × solvers at 5 / 10 / 20 steps",
+        f"## Digits: schedules × solvers at {' / '.join(map(str, steps))} steps",
         "",
         f"Command: `{cmd.strip()}`  ",
         f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
         f"{seconds / 60:.1f} min in all (AYS optimisation {opt_seconds:.0f} s, {opt_calls:,} denoiser rows).  ",
         f"Model: {label}. Each cell: mean ± 95 % t-interval over {args.seeds} seeds of {args.samples} samples. "
-        f"AYS: coordinate method, {args.opt_samples} samples, at most {args.max_sweeps} sweeps per stage, "
-        "10 → 20 steps, 5 by interpolation. KLUB: "
+        f"AYS: {args.method} method, {args.opt_samples} samples, at most {args.max_sweeps} sweeps per stage, "
+        f"{'10 → 20 steps' if n_opt == 20 else '10 steps'}, other step counts by interpolation. KLUB: "
         f"{args.klub_samples} shared draws, ± 1.96 s.e.  ",
         f"Optimiser options: `{json.dumps(res.settings.get('options'))}`.",
     ]
+    for method, (calls, secs) in extra_cost.items():
+        parts.append(f"`method:{method}`: `ays.optimize(method={method!r})` per step count, default options, "
+                     f"{args.opt_samples} samples: {calls:,} denoiser rows, {secs:.0f} s.  ")
     for metric, title in (("digits_fd", "digits FD (lower is better)"), ("precision", "precision"),
                           ("recall", "recall"), ("sliced_w2", "sliced W2"), ("klub", "KLUB of the schedule")):
         parts += ["", f"### {title}", "", ev.format_pivot(rows, metric)]
