@@ -280,3 +280,23 @@ def test_load_diffusers_job_from_a_local_folder(pipe, tmp_path: Path) -> None:  
         AD.load_diffusers_job(tmp_path, None, 1.0, tmp_path / "latents.pt")
     with pytest.raises(AysError, match="do not exist"):
         AD.load_diffusers_job(folder, None, 1.0, tmp_path / "missing.pt")
+
+
+def test_ays_optimize_command_runs_a_local_diffusers_folder(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from ays.cli import main
+    from ays.optimize import load_schedule
+
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(folder)
+    torch.save(_data()[:4], tmp_path / "latents.pt")
+    out = tmp_path / "sched.json"
+    with pytest.raises(SystemExit) as exit_:
+        main(["optimize", "--diffusers", str(folder), "--prompt", "a cat", "--guidance-scale", "2",
+              "--latents", str(tmp_path / "latents.pt"), "--steps", "3", "--samples", "16",
+              "--method", "coordinate", "-O", "max_sweeps=1", "--out", str(out), "-q"])
+    assert exit_.value.code in (0, None)
+    res = load_schedule(out)
+    # A discrete-time model: the schedule lies on its own timesteps, within its noise range.
+    noise = AD.noise_from_scheduler(pipe.scheduler)
+    assert res.timesteps is not None and res.sigmas.shape == (4,)
+    assert torch.allclose(res.sigmas, noise.sigmas[res.timesteps].double(), rtol=1e-6)
