@@ -347,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--select", default=None, help="ays option overrides as JSON, e.g. '{\"select\": \"mmd\"}'")
     ap.add_argument("--ablation", action="store_true",
                     help="also run ays with the 2M solvers' bound as the path's end (ays_2m_end)")
-    ap.add_argument("--out", default="notes/beyond_results.json", help="JSON with every row")
-    ap.add_argument("--markdown", default="notes/beyond_table.md", help="the tables as Markdown")
+    ap.add_argument("--out", default="benchmarks/results/beyond/beyond_results.json", help="JSON with every row")
+    ap.add_argument("--markdown", default="benchmarks/results/beyond/beyond_table.md", help="the tables as Markdown")
     ap.add_argument("--render", default=None, help="only re-render the Markdown of a saved JSON (no runs)")
     args = ap.parse_args(argv)
     if args.render:

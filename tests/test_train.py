@@ -328,7 +328,7 @@ def test_plot_loss_writes_a_png(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------ shipped weights
-# Stated quality of the shipped models (see notes/train.md): root mean squared error
+# Stated quality of the shipped models (BENCHMARKS.md, section 9): root mean squared error
 # sqrt(E||D(x) - D*(x)||²) against the exact mixture denoiser, x = x0 + σ·z.
 GMM_BOUNDS = {0.5: 0.02, 2.0: 0.03}
 

@@ -35,7 +35,7 @@ Choices the paper leaves open, made here:
   problems with exact denoisers: they beat EDM rho=7 and log-linear on both
   NLL and sliced W2 in 8 of 9 cells (gmm-8x8/8x4/6x6 at 6, 8, 10 steps), while
   the converged minimiser loses on sliced W2 in every cell; see
-  ``notes/optimize.md`` for the numbers. With ``early_stopping=False`` each
+  BENCHMARKS.md (section 5) for the numbers. With ``early_stopping=False`` each
   stage runs until a sweep moves no point and every radius is below ``tol``
   (or ``converge_sweeps``): the KLUB minimiser.
 - **Hierarchy.** ``steps <= base_steps`` (10): optimise at ``steps`` directly.

@@ -384,7 +384,7 @@ def parse_options(options: dict[str, Any]) -> tuple[DPOptions, SelectOptions]:
         raise AysError(f"unknown option(s) for method 'ays': {', '.join(unknown)}; "
                        f"valid: {', '.join(sorted(dp_names | sel_names))}")
     # The path ends at the paper's bound unless asked otherwise: with the 2M solvers' bound as the
-    # end the choice was no better in 11 of 12 benchmark cells (notes/beyond.md, ablation).
+    # end the choice was no better in 11 of 12 benchmark cells (BENCHMARKS.md, section 2, ablation).
     dp_opts = {"objective": "ddim", **{k: v for k, v in options.items() if k in dp_names}}
     dopt = DPOptions.parse(dp_opts, "ays")
     sopt = SelectOptions.parse({k: v for k, v in options.items() if k in sel_names})
