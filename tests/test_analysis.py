@@ -27,16 +27,6 @@ from ays.validate import AysError
 C = 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Elementwise work on 1e5 floats: extra intra-op threads only contend on a shared
-    2-core machine (30x slower under load), so this module runs on one and restores it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def euler_closed_form(sigmas: torch.Tensor, c: float) -> float:
     theta = torch.atan(sigmas / c)
     shrink = torch.prod(torch.cos(theta[:-1] - theta[1:]) ** 2)

@@ -14,16 +14,6 @@ from ays.validate import AysError, ScheduleError
 SIGMAS = schedules.to_sampling(schedules.karras(6, 0.02, 20.0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Elementwise work on 1e5 floats: extra intra-op threads only contend on a shared
-    2-core machine (30x slower under load), so this module runs on one and restores it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def den(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return torch.tanh(x) / (1.0 + sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2)
 

@@ -598,8 +598,14 @@ def dp(task: Task, **options: Any) -> OptimizeResult:
     opt = DPOptions.parse(options, "dp")
     settings = task.settings(jsonable(asdict(opt)))
     table, sigmas, history = run_dp(task, opt, settings)
+    return finish(task, opt, sigmas, history, table.calls, settings)
+
+
+def finish(task: Task, opt: DPOptions, sigmas: Tensor, history: list[dict[str, Any]], calls: int,
+           settings: dict[str, Any]) -> OptimizeResult:
+    """The final KLUB estimate on fresh draws, the closing progress event, the result."""
     klub_total, klub_se, final_calls = final_estimate(task, sigmas, opt)
-    calls = table.calls + final_calls
+    calls += final_calls
     if task.progress is not None:
         task.progress({"event": "done", "klub": klub_total, "klub_stderr": klub_se, "calls": calls,
                        "sigmas": sigmas.tolist()})

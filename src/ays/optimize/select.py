@@ -48,7 +48,7 @@ import torch
 from .. import metrics, schedules, solvers
 from ..klub import DEFAULT_BATCH_SIZE, _data_sample, seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
-from .dp import DPOptions, final_estimate, jsonable, run_dp
+from .dp import DPOptions, finish, jsonable, run_dp
 from .result import OptimizeResult
 from .task import Task, register
 
@@ -363,16 +363,7 @@ def ays(task: Task, **options: Any) -> OptimizeResult:
         sigmas, records, sel_calls = choose(task, sopt, end)
         history += records
         calls += sel_calls
-    klub_total, klub_se, final_calls = final_estimate(task, sigmas, dopt)
-    calls += final_calls
-    if task.progress is not None:
-        task.progress({"event": "done", "klub": klub_total, "klub_stderr": klub_se, "calls": calls,
-                       "sigmas": sigmas.tolist()})
-    return OptimizeResult(
-        sigmas=sigmas, steps=task.steps, solver=task.solver, method=task.method, klub=klub_total,
-        klub_stderr=klub_se, timesteps=task.space.timesteps(sigmas), history=history, calls=calls,
-        settings=settings, model=task.model,
-    )
+    return finish(task, dopt, sigmas, history, calls, settings)
 
 
 def parse_options(options: dict[str, Any]) -> tuple[DPOptions, SelectOptions]:
