@@ -1,6 +1,6 @@
 """Video: schedules for short clips of moving digits, optimised and evaluated like the images.
 
-Problem ``digits-video`` (:mod:`ays.video`): 1,024 clips of 4 frames of 16×16, a training
+Problem ``digits-video`` (:mod:`ays.problems.video`): 1,024 clips of 4 frames of 16×16, a training
 digit translating at a constant integer velocity; the exact denoiser of that clip set
 (a memorising model: ideal samples are training clips). Schedules: karras, loglinear,
 time_uniform, kl_optimal and AYS (``ays.optimize`` per step count for stochastic DDIM's

@@ -13,6 +13,7 @@ import torch
 from scipy.stats import multivariate_normal
 
 from ays import problems as P
+from ays.problems import digits as PD
 from ays.validate import AysError
 
 # A mixture whose components differ in mean, std and weight, so that a wrong
@@ -286,13 +287,13 @@ def test_digits_problems(digits_raw: np.ndarray) -> None:
 def test_sklearn_is_imported_lazily_and_missing_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     code = "import sys, ays.problems as p; p.get('gmm-8x8'); assert 'sklearn' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
-    P._digits_permuted.cache_clear()
+    PD._digits_permuted.cache_clear()
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     try:
         with pytest.raises(AysError, match="scikit-learn"):
             P.digits_data()
     finally:
-        P._digits_permuted.cache_clear()
+        PD._digits_permuted.cache_clear()
 
 
 # -------------------------------------------------------------------- errors

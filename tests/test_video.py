@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ays
-from ays import video
+from ays.problems import video
 from ays.problems import digits_data
 from ays.validate import AysError
 

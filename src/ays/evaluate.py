@@ -25,7 +25,7 @@ Metrics (:data:`METRICS`; the defaults depend on the problem, :func:`default_met
 - ``digits_fd``, ``precision_recall``: the digits' FID (classifier features) and improved
   precision/recall against the training digits.
 - ``motion``: for the moving-digits video problem, how far consecutive frames are from a
-  rigid integer translation of one another (:func:`ays.video.motion_error`).
+  rigid integer translation of one another (:func:`ays.problems.video.motion_error`).
 - ``klub``: the schedule's KLUB (:func:`ays.klub`), with fresh draws per seed.
 
 Schedules may be given as heuristic names (built over the problem's noise range), as
@@ -346,7 +346,7 @@ def _measure(name: str, x: Tensor, sigmas: Tensor, ctx: _Context) -> dict[str, f
         pr = M.precision_recall(x, ref)
         return {"precision": float(pr.precision), "recall": float(pr.recall)}
     if name == "motion":
-        from .video import motion_error
+        from .problems.video import motion_error
 
         return {"motion": float(motion_error(x))}
     if name == "klub":

@@ -16,41 +16,20 @@ Schedules and solvers can therefore be judged against the truth (Karras et al. 2
 "Elucidating the design space", §2; the toy problems of Align Your Steps, arXiv
 2404.14507, App. D). The empirical distribution of a finite data set (all ``s_k = 0``)
 gives the exact denoiser of a training set.
-
-Named problems (:func:`get`, :func:`names`): ``gaussian`` (N(0, 0.25 I) in 2-D),
-the 2-D grids ``gmm-8x8``, ``gmm-8x4``, ``gmm-6x6``, ``rings``, ``moons``,
-``swissroll``, and ``digits`` / ``digits-gmm`` built on scikit-learn's bundled 8x8
-handwritten digits (imported lazily; no download).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .validate import AysError, check_range
+from ..validate import AysError, check_range
 
-__all__ = [
-    "DIGITS_TEST_FRACTION",
-    "Gaussian",
-    "GaussianMixture",
-    "digits_data",
-    "empirical",
-    "gaussian",
-    "get",
-    "gmm",
-    "grid",
-    "moons",
-    "names",
-    "rings",
-    "swissroll",
-]
+__all__ = ["Gaussian", "GaussianMixture", "empirical", "gaussian", "gmm"]
 
 Tensor = torch.Tensor
 
@@ -487,198 +466,3 @@ def empirical(
         sigma_min=sigma_min,
         sigma_max=sigma_max,
     )
-
-
-# ------------------------------------------------------------- toy geometries
-def grid(rows: int, cols: int, *, name: str | None = None) -> GaussianMixture:
-    """A ``rows × cols`` grid of equal-weight isotropic Gaussians in 2-D (the paper's toy shape).
-
-    Unit scale: the longer side spans [-1, 1], spacing ``h = 2 / (max(rows, cols) - 1)``,
-    the grid centred at 0, std ``0.1 h``. Columns run along the first coordinate, rows
-    along the second. Noise range 0.002..80.
-    """
-    for v, what in ((rows, "rows"), (cols, "cols")):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise AysError(f"{what} must be a positive integer, got {v!r}")
-    if max(rows, cols) < 2:
-        raise AysError("a grid needs at least 2 modes along one side")
-    h = 2.0 / (max(rows, cols) - 1)
-    xs = (torch.arange(cols, dtype=torch.float64) - (cols - 1) / 2) * h
-    ys = (torch.arange(rows, dtype=torch.float64) - (rows - 1) / 2) * h
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    means = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
-    return gmm(means, 0.1 * h, name=name or f"gmm-{rows}x{cols}")
-
-
-def _along_curve(points: Tensor, std: float, name: str) -> GaussianMixture:
-    # Equal weights per component: with centres spaced below ~1.6 std the mixture is a
-    # smooth band (the ripple of a sum of Gaussians spaced h is ~2 exp(-2π² std²/h²)).
-    return gmm(points, std, name=name)
-
-
-def rings(radii: Sequence[float] = (1 / 3, 2 / 3, 1.0), per_unit: int = 96, std: float = 0.04) -> GaussianMixture:
-    """Concentric rings, each approximated by equal small Gaussians on a circle.
-
-    Ring of radius r gets ``round(per_unit * r)`` components, so mass is proportional to
-    circumference (uniform along the rings); 32 + 64 + 96 = 192 components, std 0.04.
-    """
-    pts = []
-    for r in radii:
-        m = max(3, round(per_unit * r))
-        t = torch.arange(m, dtype=torch.float64) * (2 * math.pi / m)
-        pts.append(torch.stack([r * torch.cos(t), r * torch.sin(t)], dim=1))
-    return _along_curve(torch.cat(pts), std, "rings")
-
-
-def moons(per_moon: int = 50, std: float = 0.05) -> GaussianMixture:
-    """Two interleaved half circles (scikit-learn's ``make_moons`` geometry) as a mixture.
-
-    Upper moon ``(cos t, sin t)``, lower ``(1 - cos t, 0.5 - sin t)``, t in [0, π], then
-    centred and scaled by 2/3 so that x spans [-1, 1]; 50 components per moon, std 0.05.
-    """
-    t = torch.linspace(0.0, math.pi, per_moon, dtype=torch.float64)
-    upper = torch.stack([torch.cos(t), torch.sin(t)], dim=1)
-    lower = torch.stack([1.0 - torch.cos(t), 0.5 - torch.sin(t)], dim=1)
-    pts = (torch.cat([upper, lower]) - torch.tensor([0.5, 0.25], dtype=torch.float64)) * (2.0 / 3.0)
-    return _along_curve(pts, std, "moons")
-
-
-def swissroll(n: int = 200, std: float = 0.03) -> GaussianMixture:
-    """A 2-D swiss roll ``t (cos t, sin t) / (4.5π)``, t uniform on [1.5π, 4.5π] (as scikit-learn).
-
-    200 equal components at evenly spaced t, std 0.03; the roll fits in the unit disc.
-    """
-    t = torch.linspace(1.5 * math.pi, 4.5 * math.pi, n, dtype=torch.float64)
-    pts = torch.stack([t * torch.cos(t), t * torch.sin(t)], dim=1) / (4.5 * math.pi)
-    return _along_curve(pts, std, "swissroll")
-
-
-# --------------------------------------------------------------------- digits
-DIGITS_TEST_FRACTION = 0.2
-_DIGITS_SEED = 0
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_permuted() -> Tensor:
-    """All 1,797 digits as ``[N, 1, 8, 8]`` float64 in [-1, 1], in a fixed random order."""
-    try:
-        from sklearn.datasets import load_digits  # lazy: scikit-learn is an optional dependency
-    except ImportError:
-        raise AysError(
-            "the digits problems need scikit-learn (its bundled 8x8 digits data set): pip install 'ays[digits]'"
-        ) from None
-    raw = torch.as_tensor(load_digits().data, dtype=torch.float64)  # [1797, 64], values 0..16
-    x = raw / 8.0 - 1.0
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(_DIGITS_SEED))
-    return x[perm].reshape(-1, 1, 8, 8)
-
-
-def digits_data(split: str = "train", *, dtype: torch.dtype = torch.float32) -> Tensor:
-    """scikit-learn's 8x8 handwritten digits, scaled to [-1, 1], as ``[N, 1, 8, 8]``.
-
-    A fixed permutation (seed 0) splits them: ``"train"`` is the first 80 % (1,437
-    images), ``"test"`` the last 20 % (360), ``"all"`` both in that order (1,797).
-    """
-    if split not in ("train", "test", "all"):
-        raise AysError(f"unknown digits split {split!r}; choose one of: all, test, train")
-    x = _digits_permuted()
-    n_train = math.floor(x.shape[0] * (1.0 - DIGITS_TEST_FRACTION) + 1e-9)
-    part = {"train": x[:n_train], "test": x[n_train:], "all": x}[split]
-    return part.to(dtype).clone()
-
-
-def _loo_log_likelihood(d2: Tensor, std: float) -> float:
-    """Mean leave-one-out log likelihood of a Gaussian kernel density with bandwidth ``std``.
-
-    ``d2`` is the ``[N, d]``-data's ``[N, N]`` squared-distance matrix with ``inf`` on the
-    diagonal; ``d`` is taken as 64 (the digits). ``(1/N) Σ_i log (1/(N-1)) Σ_{j≠i} N(x_i; x_j, std² I)``.
-    """
-    n, d = d2.shape[0], 64
-    lse = torch.logsumexp(d2 * (-0.5 / (std * std)), dim=1)
-    return float(lse.mean()) - math.log(n - 1) - 0.5 * d * math.log(2 * math.pi * std * std)
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_loo_std() -> float:
-    """Bandwidth of the digits kernel density (one Gaussian per training image) that
-    maximises the leave-one-out likelihood: a coarse log grid, then golden section."""
-    x = digits_data("train", dtype=torch.float64).reshape(-1, 64)
-    d2 = torch.cdist(x, x).square()
-    d2.fill_diagonal_(torch.inf)
-    f = lambda log_s: _loo_log_likelihood(d2, 10.0**log_s)
-    grid_pts = [-2.0 + 0.25 * i for i in range(13)]  # 0.01 .. 10
-    vals = [f(g) for g in grid_pts]
-    i = max(range(len(vals)), key=vals.__getitem__)
-    lo, hi = grid_pts[max(i - 1, 0)], grid_pts[min(i + 1, len(grid_pts) - 1)]
-    # Golden-section search on log10(std): the LOO curve is unimodal in the bracket.
-    g = (math.sqrt(5.0) - 1.0) / 2.0
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = f(a), f(b)
-    while hi - lo > 1e-4:
-        if fa >= fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = f(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = f(b)
-    return 10.0 ** ((lo + hi) / 2.0)
-
-
-def _digits() -> GaussianMixture:
-    return empirical(digits_data("train", dtype=torch.float64), name="digits")
-
-
-def _digits_gmm() -> GaussianMixture:
-    train = digits_data("train", dtype=torch.float64)
-    return gmm(train, _digits_loo_std(), name="digits-gmm")
-
-
-def _digits_video() -> GaussianMixture:
-    from .video import digits_video  # lazy: ays.video imports this module
-
-    return digits_video()
-
-
-# ------------------------------------------------------------------- registry
-_PROBLEMS: dict[str, Callable[[], GaussianMixture]] = {
-    "gaussian": lambda: gaussian(0.5, 2, name="gaussian"),
-    "gmm-8x8": lambda: grid(8, 8),
-    "gmm-8x4": lambda: grid(8, 4),
-    "gmm-6x6": lambda: grid(6, 6),
-    "rings": rings,
-    "moons": moons,
-    "swissroll": swissroll,
-    "digits": _digits,
-    "digits-gmm": _digits_gmm,
-    "digits-video": _digits_video,
-}
-
-_GRID = re.compile(r"gmm-(\d+)x(\d+)")
-
-
-def names() -> list[str]:
-    """The names :func:`get` knows (any ``gmm-RxC`` grid is accepted too)."""
-    return sorted(_PROBLEMS)
-
-
-def get(name: str) -> GaussianMixture:
-    """A named problem with its exact denoiser.
-
-    ``gaussian`` (N(0, 0.25 I), 2-D), ``gmm-8x8``/``gmm-8x4``/``gmm-6x6`` (2-D grids,
-    any ``gmm-RxC`` works), ``rings``, ``moons``, ``swissroll``, ``digits`` (empirical
-    distribution of the 1,437 training digits: the memorising denoiser) and
-    ``digits-gmm`` (one Gaussian per training digit, bandwidth by leave-one-out
-    likelihood), ``digits-video`` (1,024 clips of 4 frames 16×16, a training digit moving
-    at a constant velocity: :mod:`ays.video`). All use the EDM noise range 0.002..80.
-    """
-    if not isinstance(name, str):
-        raise AysError(f"problem name must be a string, got {name!r}")
-    make = _PROBLEMS.get(name)
-    if make is not None:
-        return make()
-    m = _GRID.fullmatch(name)
-    if m:
-        return grid(int(m.group(1)), int(m.group(2)))
-    raise AysError(f"unknown problem {name!r}; choose one of: {', '.join(names())}")

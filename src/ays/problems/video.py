@@ -26,8 +26,9 @@ import functools
 
 import torch
 
-from .problems import GaussianMixture, digits_data, empirical
-from .validate import AysError, check_batch, check_steps
+from ..validate import AysError, check_batch, check_steps
+from .digits import digits_data
+from .mixture import GaussianMixture, empirical
 
 __all__ = ["DEFAULT_CLIPS", "FRAMES", "MAX_SPEED", "SIZE", "digits_video", "make_clips", "motion_error", "shift"]
 

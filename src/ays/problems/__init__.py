@@ -1,0 +1,98 @@
+"""Exact problems: data distributions whose ideal denoiser is known in closed form.
+
+Every problem here is an isotropic Gaussian mixture
+
+    p(x0) = Σ_k w_k N(x0; mu_k, s_k² I),     s_k >= 0 (s_k = 0 is a point mass),
+
+so that, in the EDM convention ``x_sigma = x0 + sigma * eps``, the noised marginal is
+again a mixture, ``p_sigma = Σ_k w_k N(mu_k, (s_k² + sigma²) I)``, and the ideal
+denoiser ``D(x, sigma) = E[x0 | x_sigma = x]`` (the posterior mean) is exact:
+
+    r_k(x, sigma) ∝ w_k N(x; mu_k, (s_k² + sigma²) I)              (responsibilities)
+    D(x, sigma)   = Σ_k r_k [mu_k + s_k² / (s_k² + sigma²) (x - mu_k)]
+    ∇ log p_sigma = Σ_k r_k (mu_k - x) / (s_k² + sigma²) = (D - x) / sigma²   (Tweedie)
+
+Schedules and solvers can therefore be judged against the truth (Karras et al. 2022,
+"Elucidating the design space", §2; the toy problems of Align Your Steps, arXiv
+2404.14507, App. D). The empirical distribution of a finite data set (all ``s_k = 0``)
+gives the exact denoiser of a training set.
+
+Named problems (:func:`get`, :func:`names`): ``gaussian`` (N(0, 0.25 I) in 2-D),
+the 2-D grids ``gmm-8x8``, ``gmm-8x4``, ``gmm-6x6``, ``rings``, ``moons``,
+``swissroll``, and ``digits`` / ``digits-gmm`` built on scikit-learn's bundled 8x8
+handwritten digits (imported lazily; no download), and ``digits-video``
+(:mod:`ays.problems.video`).
+
+One module per kind: :mod:`~ays.problems.mixture` (the mixture and its exact
+denoiser), :mod:`~ays.problems.toys`, :mod:`~ays.problems.digits`,
+:mod:`~ays.problems.video`; this module is the registry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from ..validate import AysError
+from .digits import DIGITS_TEST_FRACTION, digits_data, digits_empirical, digits_gmm
+from .mixture import Gaussian, GaussianMixture, empirical, gaussian, gmm
+from .toys import grid, moons, rings, swissroll
+from .video import digits_video
+
+__all__ = [
+    "DIGITS_TEST_FRACTION",
+    "Gaussian",
+    "GaussianMixture",
+    "digits_data",
+    "empirical",
+    "gaussian",
+    "get",
+    "gmm",
+    "grid",
+    "moons",
+    "names",
+    "rings",
+    "swissroll",
+]
+
+# ------------------------------------------------------------------- registry
+_PROBLEMS: dict[str, Callable[[], GaussianMixture]] = {
+    "gaussian": lambda: gaussian(0.5, 2, name="gaussian"),
+    "gmm-8x8": lambda: grid(8, 8),
+    "gmm-8x4": lambda: grid(8, 4),
+    "gmm-6x6": lambda: grid(6, 6),
+    "rings": rings,
+    "moons": moons,
+    "swissroll": swissroll,
+    "digits": digits_empirical,
+    "digits-gmm": digits_gmm,
+    "digits-video": digits_video,
+}
+
+_GRID = re.compile(r"gmm-(\d+)x(\d+)")
+
+
+def names() -> list[str]:
+    """The names :func:`get` knows (any ``gmm-RxC`` grid is accepted too)."""
+    return sorted(_PROBLEMS)
+
+
+def get(name: str) -> GaussianMixture:
+    """A named problem with its exact denoiser.
+
+    ``gaussian`` (N(0, 0.25 I), 2-D), ``gmm-8x8``/``gmm-8x4``/``gmm-6x6`` (2-D grids,
+    any ``gmm-RxC`` works), ``rings``, ``moons``, ``swissroll``, ``digits`` (empirical
+    distribution of the 1,437 training digits: the memorising denoiser) and
+    ``digits-gmm`` (one Gaussian per training digit, bandwidth by leave-one-out
+    likelihood), ``digits-video`` (1,024 clips of 4 frames 16×16, a training digit moving
+    at a constant velocity: :mod:`ays.problems.video`). All use the EDM noise range 0.002..80.
+    """
+    if not isinstance(name, str):
+        raise AysError(f"problem name must be a string, got {name!r}")
+    make = _PROBLEMS.get(name)
+    if make is not None:
+        return make()
+    m = _GRID.fullmatch(name)
+    if m:
+        return grid(int(m.group(1)), int(m.group(2)))
+    raise AysError(f"unknown problem {name!r}; choose one of: {', '.join(names())}")
