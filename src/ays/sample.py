@@ -9,14 +9,13 @@ denoiser call, and refuses to hand back NaN or inf.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from . import solvers
+from ._callable import make_callable
 from .distributed import guard
 from .validate import AysError, check_batch, check_finite, check_sigmas
 
@@ -68,13 +67,4 @@ def sample(
     return check_finite(out, what=f"solver {solver!r}")
 
 
-class _CallableModule(types.ModuleType):
-    """Importing ``ays.sample`` binds the MODULE to ``ays.sample``, shadowing the
-    function that ``ays/__init__`` exports lazily under the same name; making the
-    module callable keeps ``ays.sample(...)`` working either way."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
-        return sample(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, sample)
