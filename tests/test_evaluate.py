@@ -21,6 +21,7 @@ from ays import evaluate as ev
 from ays import metrics
 from ays.analysis import output_variance
 from ays.cli import main
+from ays.evaluate.seeds import seed_generator
 from ays.validate import AysError
 
 C = 0.5
@@ -174,7 +175,7 @@ def test_modes_and_klub_columns() -> None:
     # The KLUB column is the estimator's value for the schedule on the same draws (up to
     # float summation order).
     est = ays.klub(grid.denoiser, grid, torch.tensor(r["sigmas"]), samples=512,
-                   generator=ev._generator(0, "klub"))
+                   generator=seed_generator(0, "klub"))
     assert r["per_seed"]["klub"][0] == pytest.approx(est.total, rel=1e-6)
 
 
