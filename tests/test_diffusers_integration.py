@@ -13,7 +13,7 @@ import torch
 
 import ays
 from ays import schedules as S
-from ays.integrations import exports as E
+from ays.integrations.diffusers import export as DX
 from ays.noise import DiscreteVP, Flow
 from ays.validate import AysError, check_sigmas
 
@@ -154,7 +154,7 @@ def test_unet_schedule_runs_the_same_in_diffusers_loops_and_ays_sample(unet: tor
         ours = ays.sample(denoiser, noise, S.to_sampling(s), solver="euler")
         # EulerDiscrete with custom sigmas, started as its pipelines start: noise · init_noise_sigma,
         # which with "trailing" spacing is sigma_max (ays' start); "leading" would give sqrt(sigma_max² + 1).
-        theirs = _euler_loop(unet, euler, E.to_diffusers(res, euler), noise * float(s[0]), cond, uncond)
+        theirs = _euler_loop(unet, euler, DX.to_diffusers(res, euler), noise * float(s[0]), cond, uncond)
         assert float(euler.init_noise_sigma) == pytest.approx(float(s[0]), rel=1e-6)
         assert _rel(ours, theirs) < RTOL
 
@@ -162,7 +162,7 @@ def test_unet_schedule_runs_the_same_in_diffusers_loops_and_ays_sample(unet: tor
             # DPM-Solver++(2M) in VP space on the exported integer timesteps: its last step is first order,
             # as k-diffusion's and ours. It starts from VP noise, i.e. alpha(s0)·s0·noise.
             dpm = diffusers.DPMSolverMultistepScheduler(**SD)
-            kwargs = E.to_diffusers(res, dpm)
+            kwargs = DX.to_diffusers(res, dpm)
             assert kwargs == {"timesteps": res.timesteps[:-1].tolist()}
             start = noise * float(s[0]) / float((1 + s[0] ** 2) ** 0.5)
             theirs = _euler_loop(unet, dpm, kwargs, start, cond, uncond)
@@ -186,7 +186,7 @@ def test_flow_transformer_schedule_runs_the_same_in_diffusers_loop_and_ays_sampl
 
         noise = _noise()
         ours = ays.sample(denoiser, noise, S.to_sampling(s), solver="euler")
-        kwargs = E.to_diffusers(res, sched)  # undoes the scheduler's shift
+        kwargs = DX.to_diffusers(res, sched)  # undoes the scheduler's shift
         sched.set_timesteps(**kwargs)
         t0 = float(s[0] / (1 + s[0]))
         latents = noise * t0  # the flow state at t0: (1 - t0)·0 + t0·noise, ays' start x = s0·noise scaled by 1/(1+s0)
@@ -209,7 +209,7 @@ def test_stable_diffusion_pipeline_with_a_custom_schedule_matches_ays_sample(pip
         denoiser = AD.denoiser_from_pipeline(pipe, prompts, guidance_scale=GUIDANCE)
         ours = ays.sample(denoiser, noise, S.to_sampling(schedule), solver="euler")
         # trailing spacing: the pipeline's init_noise_sigma is sigma_max, as ays starts
-        out = E.run_diffusers_pipeline(pipe, schedule, prompt=prompts, guidance_scale=GUIDANCE, latents=noise,
+        out = DX.run_diffusers_pipeline(pipe, schedule, prompt=prompts, guidance_scale=GUIDANCE, latents=noise,
                                        output_type="latent")
         assert _rel(ours, out.images) < RTOL
         # the same with DPM-Solver++(2M) swapped in: the pipeline now takes timesteps
@@ -218,11 +218,11 @@ def test_stable_diffusion_pipeline_with_a_custom_schedule_matches_ays_sample(pip
         # It runs the table's levels at the exported timesteps, and starts from VP-space noise
         # (init_noise_sigma = 1): alpha(s0)·s0·noise is ays' start noise·s0 in its space.
         table = AD.noise_from_scheduler(original).sigmas
-        ts = E.to_diffusers("sd15", steps=5, kind="timesteps")["timesteps"]
+        ts = DX.to_diffusers("sd15", steps=5, kind="timesteps")["timesteps"]
         on_table = torch.cat([table[ts], torch.zeros(1, dtype=torch.float64)])
         s0 = float(on_table[0])
         try:
-            out = E.run_diffusers_pipeline(pipe, "sd15", steps=5, prompt=prompts, guidance_scale=GUIDANCE,
+            out = DX.run_diffusers_pipeline(pipe, "sd15", steps=5, prompt=prompts, guidance_scale=GUIDANCE,
                                            latents=noise * s0 / (1 + s0**2) ** 0.5, output_type="latent")
         finally:
             pipe.scheduler = original

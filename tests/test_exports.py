@@ -15,8 +15,12 @@ import pytest
 import torch
 
 from ays import schedules as S
+from ays.integrations import a1111 as A1
 from ays.integrations import comfyui, comfyui_node
-from ays.integrations import exports as E
+from ays.integrations import formats as FMT
+from ays.integrations import k_diffusion as KD
+from ays.integrations import resolve as R
+from ays.integrations.diffusers import export as DX
 from ays.noise import DiscreteVP
 from ays.validate import AysError, ScheduleError
 
@@ -44,18 +48,18 @@ def _write_schedule(path: Path, sigmas: torch.Tensor, **extra: object) -> Path:
 def test_diffusers_ays_tables_are_our_published_tables_in_sampling_form(name: str, key: str) -> None:
     from diffusers.schedulers import AysSchedules
 
-    got = E.to_diffusers(name)["sigmas"]
+    got = DX.to_diffusers(name)["sigmas"]
     assert got == pytest.approx(AysSchedules[f"{key}Sigmas"], abs=1e-12)
     if f"{key}Timesteps" in AysSchedules:
-        assert E.to_diffusers(name, kind="timesteps")["timesteps"] == AysSchedules[f"{key}Timesteps"]
+        assert DX.to_diffusers(name, kind="timesteps")["timesteps"] == AysSchedules[f"{key}Timesteps"]
 
 
 def test_published_timesteps_are_nvidias_only_on_sds_noise_table() -> None:
     sd = diffusers.DPMSolverMultistepScheduler(**SD)
-    assert E.to_diffusers("sd15", sd)["timesteps"] == list(S.PUBLISHED_TIMESTEPS["sd15"][:-1])
+    assert DX.to_diffusers("sd15", sd)["timesteps"] == list(S.PUBLISHED_TIMESTEPS["sd15"][:-1])
     # On another noise table the published sigmas are mapped to that table's timesteps.
     other = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
-    ts = E.to_diffusers("sd15", other)["timesteps"]
+    ts = DX.to_diffusers("sd15", other)["timesteps"]
     vp = DiscreteVP(other.alphas_cumprod)
     assert ts == vp.nearest_timestep(S.to_sampling(S.published("sd15"))[:-1].clamp(max=vp.sigma_max)).tolist()
 
@@ -66,7 +70,7 @@ def test_published_timesteps_are_nvidias_only_on_sds_noise_table() -> None:
 def test_euler_discrete_fed_our_sigmas_holds_exactly_our_sampling_schedule() -> None:
     s = _karras(9)
     sched = diffusers.EulerDiscreteScheduler(**SD)
-    kwargs = E.to_diffusers(s, sched)
+    kwargs = DX.to_diffusers(s, sched)
     assert set(kwargs) == {"sigmas"}
     sched.set_timesteps(**kwargs)
     want = S.to_sampling(s)
@@ -79,7 +83,7 @@ def test_euler_discrete_fed_our_sigmas_holds_exactly_our_sampling_schedule() -> 
 def test_timesteps_are_the_rounded_fractional_timesteps_and_round_trip() -> None:
     s = _karras(12)
     sched = diffusers.DPMSolverMultistepScheduler(**SD)
-    ts = E.to_diffusers(s, sched)["timesteps"]
+    ts = DX.to_diffusers(s, sched)["timesteps"]
     assert len(ts) == 12 and all(isinstance(t, int) for t in ts)
     # log-sigma is linear between integer timesteps, so the nearest level in log-sigma
     # is diffusers' own fractional timestep (_sigma_to_t), rounded.
@@ -99,25 +103,26 @@ def test_timesteps_are_the_rounded_fractional_timesteps_and_round_trip() -> None
 def test_timesteps_that_collide_are_refused() -> None:
     s = S.loglinear(200, 0.03, 14.0)  # neighbouring levels closer than one timestep near sigma_max
     with pytest.raises(ScheduleError, match="same timestep"):
-        E.to_diffusers(s, kind="timesteps")
+        DX.to_diffusers(s, kind="timesteps")
 
 
 def test_edm_euler_scheduler_sigmas_argument_is_a_ramp_which_we_invert() -> None:
     s = S.karras(7, 0.002, 80.0, rho=3.0)  # not the scheduler's rho=7: the ramp is not uniform
     sched = diffusers.EDMEulerScheduler()
-    kwargs = E.to_diffusers(s, sched)
+    kwargs = DX.to_diffusers(s, sched)
     sched.set_timesteps(**kwargs)
     torch.testing.assert_close(sched.sigmas, S.to_sampling(s).float(), rtol=2e-6, atol=0)
 
 
 def test_schedulers_without_custom_schedules_are_refused() -> None:
     with pytest.raises(AysError, match="neither custom sigmas nor timesteps"):
-        E.to_diffusers("sd15", diffusers.DDIMScheduler(**SD))
+        DX.to_diffusers("sd15", diffusers.DDIMScheduler(**SD))
     with pytest.raises(AysError, match="does not accept custom sigmas"):
-        E.to_diffusers("sd15", diffusers.DPMSolverMultistepScheduler(**SD), kind="sigmas")
+        DX.to_diffusers("sd15", diffusers.DPMSolverMultistepScheduler(**SD), kind="sigmas")
     with pytest.raises(AysError, match="plain_scheduler"):
-        E.to_diffusers("sd15", diffusers.DPMSolverMultistepScheduler(**SD, use_karras_sigmas=True))
-    ok = E.to_diffusers("sd15", E.plain_scheduler(diffusers.DPMSolverMultistepScheduler(**SD, use_karras_sigmas=True)))
+        DX.to_diffusers("sd15", diffusers.DPMSolverMultistepScheduler(**SD, use_karras_sigmas=True))
+    karras = diffusers.DPMSolverMultistepScheduler(**SD, use_karras_sigmas=True)
+    ok = DX.to_diffusers("sd15", DX.plain_scheduler(karras))
     assert ok["timesteps"] == list(S.PUBLISHED_TIMESTEPS["sd15"][:-1])
 
 
@@ -125,7 +130,7 @@ def test_a_scheduler_config_dict_works_like_the_scheduler() -> None:
     sched = diffusers.EulerDiscreteScheduler(**SD)
     config = json.loads(sched.to_json_string())  # as in a scheduler_config.json
     assert config["_class_name"] == "EulerDiscreteScheduler"
-    assert E.to_diffusers("sdxl", config) == E.to_diffusers("sdxl", sched)
+    assert DX.to_diffusers("sdxl", config) == DX.to_diffusers("sdxl", sched)
 
 
 # ----------------------------------------------------------------------------- flow matching
@@ -139,7 +144,7 @@ def _flow_t(s: torch.Tensor) -> torch.Tensor:
 def test_flow_scheduler_ends_on_our_flow_times_after_its_own_shift(shift: float) -> None:
     s = S.karras(6, 0.01, 200.0)
     sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
-    kwargs = E.to_diffusers(s, sched)
+    kwargs = DX.to_diffusers(s, sched)
     assert len(kwargs["sigmas"]) == 6  # n values, the scheduler appends the 0
     sched.set_timesteps(**kwargs)
     torch.testing.assert_close(sched.sigmas.double(), _flow_t(s), rtol=2e-6, atol=1e-7)
@@ -154,20 +159,20 @@ def test_dynamic_shifting_needs_mu_or_a_plain_scheduler() -> None:
     s = S.karras(5, 0.01, 200.0)
     sched = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="exponential")
     with pytest.raises(AysError, match="mu"):
-        E.to_diffusers(s, sched)
+        DX.to_diffusers(s, sched)
     mu = 0.7
-    sched.set_timesteps(**E.to_diffusers(s, sched, mu=mu), mu=mu)
+    sched.set_timesteps(**DX.to_diffusers(s, sched, mu=mu), mu=mu)
     torch.testing.assert_close(sched.sigmas.double(), _flow_t(s), rtol=2e-6, atol=1e-7)
-    plain = E.plain_scheduler(sched)
+    plain = DX.plain_scheduler(sched)
     assert plain.config.use_dynamic_shifting is False and sched.config.use_dynamic_shifting is True
-    plain.set_timesteps(**E.to_diffusers(s, plain), mu=mu)  # mu is ignored once the shift is off
+    plain.set_timesteps(**DX.to_diffusers(s, plain), mu=mu)  # mu is ignored once the shift is off
     torch.testing.assert_close(plain.sigmas.double(), _flow_t(s), rtol=2e-6, atol=1e-7)
 
 
 def test_unipc_with_flow_sigmas_ends_on_our_flow_times() -> None:
     s = S.karras(5, 0.01, 200.0)
     sched = diffusers.UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=5.0, prediction_type="flow_prediction")
-    sched.set_timesteps(**E.to_diffusers(s, sched))
+    sched.set_timesteps(**DX.to_diffusers(s, sched))
     torch.testing.assert_close(sched.sigmas.double(), _flow_t(s), rtol=2e-6, atol=1e-7)
 
 
@@ -193,14 +198,14 @@ def _a1111(table: list[float], n: int) -> np.ndarray:
 @pytest.mark.parametrize("name", ["sd15", "sdxl"])
 @pytest.mark.parametrize("n", [1, 2, 5, 10, 11, 20, 32])
 def test_a1111_matches_its_source_and_keeps_sigma_min_before_the_zero(name: str, n: int) -> None:
-    got = E.to_a1111(name, n)
+    got = A1.to_a1111(name, n)
     assert got.dtype == torch.float32 and got.shape == (n + 1,) and got[-1] == 0
     assert got[-2].item() == pytest.approx(S.PUBLISHED[name][-1], rel=1e-6)
     np.testing.assert_allclose(got.numpy(), _a1111(list(S.PUBLISHED[name]), n), rtol=1e-6)
 
 
 def test_a1111_and_diffusers_differ_by_the_last_level() -> None:
-    a1111, diff = E.to_a1111("sd15", 10), torch.tensor(E.to_diffusers("sd15")["sigmas"])
+    a1111, diff = A1.to_a1111("sd15", 10), torch.tensor(DX.to_diffusers("sd15")["sigmas"])
     assert a1111.shape == diff.shape and a1111[-2] > 0.02 and diff[-2] > 0.1  # 0.029 vs 0.152
 
 
@@ -243,17 +248,17 @@ def _comfy_ksampler(table: list[float], steps: int, denoise: float) -> np.ndarra
 @pytest.mark.parametrize("denoise", [1.0, 0.99, 0.75, 0.5, 0.33, 0.15])
 def test_comfyui_truncation_matches_its_source(steps: int, denoise: float) -> None:
     table = list(S.PUBLISHED["sdxl"])
-    got = E.truncate("sdxl", denoise, steps, convention="comfyui")
+    got = R.truncate("sdxl", denoise, steps, convention="comfyui")
     assert got.shape == (steps + 1,)  # KSampler always runs `steps` steps
     np.testing.assert_allclose(got.float().numpy(), _comfy_ksampler(table, steps, denoise), rtol=1e-6)
-    np.testing.assert_allclose(E.to_comfyui("sdxl", steps, denoise=denoise).numpy(),
+    np.testing.assert_allclose(comfyui.to_comfyui("sdxl", steps, denoise=denoise).numpy(),
                                _comfy_ksampler(table, steps, denoise), rtol=1e-6)
     want = _comfy_ays_node(table, steps, denoise)
     if want.size < 2:
         with pytest.raises(AysError, match="no step"):
-            E.truncate("sdxl", denoise, steps, convention="comfyui_ays")
+            R.truncate("sdxl", denoise, steps, convention="comfyui_ays")
     else:
-        got = E.truncate("sdxl", denoise, steps, convention="comfyui_ays")
+        got = R.truncate("sdxl", denoise, steps, convention="comfyui_ays")
         np.testing.assert_allclose(got.float().numpy(), want, rtol=1e-6)
 
 
@@ -267,10 +272,10 @@ def test_diffusers_strength_matches_the_img2img_pipelines(steps: int, strength: 
         ("diffusers", StableDiffusionImg2ImgPipeline, diffusers.EulerDiscreteScheduler(**SD)),
         ("diffusers_flow", FluxImg2ImgPipeline, diffusers.FlowMatchEulerDiscreteScheduler()),
     ]:
-        sched.set_timesteps(**E.to_diffusers(s, sched))
+        sched.set_timesteps(**DX.to_diffusers(s, sched))
         _, run = pipeline.get_timesteps(types.SimpleNamespace(scheduler=sched), steps, strength, "cpu")
         begin = sched._begin_index
-        got = E.truncate(s, strength, convention=convention)
+        got = R.truncate(s, strength, convention=convention)
         assert got.numel() - 1 == run
         want = sched.sigmas[begin:].double()
         if convention == "diffusers_flow":
@@ -281,7 +286,7 @@ def test_diffusers_strength_matches_the_img2img_pipelines(steps: int, strength: 
 def test_truncate_refuses_denoise_outside_0_1() -> None:
     for bad in (0.0, -0.5, 1.5, float("nan")):
         with pytest.raises(AysError, match="denoise"):
-            E.truncate("sd15", bad)
+            R.truncate("sd15", bad)
 
 
 # ----------------------------------------------------------------------------- ComfyUI node
@@ -310,15 +315,15 @@ def test_comfyui_node_is_self_contained_and_loads_a_schedule_file(tmp_path: Path
     assert torch.equal(own, S.to_sampling(s).float())
     for steps, denoise in [(10, 1.0), (17, 1.0), (12, 0.6), (5, 0.3)]:
         (got,) = node.get_sigmas(str(path), steps, denoise, "sigma")
-        torch.testing.assert_close(got, E.to_comfyui(path, steps, denoise=denoise), rtol=0, atol=0)
+        torch.testing.assert_close(got, comfyui.to_comfyui(path, steps, denoise=denoise), rtol=0, atol=0)
     (flow,) = node.get_sigmas(str(path), 0, 1.0, "flow")
-    torch.testing.assert_close(flow, E.to_comfyui(path, model_sampling="flow"), rtol=0, atol=0)
+    torch.testing.assert_close(flow, comfyui.to_comfyui(path, model_sampling="flow"), rtol=0, atol=0)
     # a schedule optimised for a flow model says so in its settings; "auto" follows it
     flow_path = _write_schedule(tmp_path / "f.json", s, settings={"noise": {"kind": "Flow", "shift": 3.0}})
     (auto_flow,) = node.get_sigmas(str(flow_path), 0, 1.0, "auto")
     torch.testing.assert_close(auto_flow, flow, rtol=0, atol=0)
-    torch.testing.assert_close(E.to_comfyui(flow_path), flow, rtol=0, atol=0)
-    assert E.to_diffusers(flow_path)["sigmas"] == pytest.approx(_flow_t(s)[:-1].tolist())
+    torch.testing.assert_close(comfyui.to_comfyui(flow_path), flow, rtol=0, atol=0)
+    assert DX.to_diffusers(flow_path)["sigmas"] == pytest.approx(_flow_t(s)[:-1].tolist())
     (empty,) = node.get_sigmas(str(path), 10, 0.0, "sigma")
     assert empty.numel() == 0  # ComfyUI's own answer to denoise 0
     with pytest.raises(ValueError, match="does not exist"):
@@ -348,7 +353,7 @@ def test_write_node_installs_into_custom_nodes(tmp_path: Path) -> None:
 
 def test_comfyui_flow_sigmas_are_flow_times() -> None:
     s = S.karras(6, 0.01, 100.0)
-    got = E.to_comfyui(s, model_sampling="flow")
+    got = comfyui.to_comfyui(s, model_sampling="flow")
     torch.testing.assert_close(got.double(), _flow_t(s).float().double(), rtol=0, atol=0)
     assert got[-1] == 0 and torch.all(got[:-1] < 1)
 
@@ -357,7 +362,7 @@ def test_comfyui_flow_sigmas_are_flow_times() -> None:
 
 
 def test_k_diffusion_sigmas_are_float32_sampling_form() -> None:
-    got = E.to_k_diffusion("sdxl", 12)
+    got = KD.to_k_diffusion("sdxl", 12)
     assert got.dtype == torch.float32 and got.shape == (13,) and got[-1] == 0
     assert torch.equal(got, S.to_sampling(S.published("sdxl", 12)).float())
 
@@ -391,18 +396,18 @@ def _gaussian_model(x: torch.Tensor, sigma: torch.Tensor, *, c: float) -> torch.
 def test_k_diffusion_sampler_fed_our_sigmas_matches_ays_sample_euler() -> None:
     import ays
 
-    sigmas = E.to_k_diffusion(S.kl_optimal(12, 0.002, 80.0, c=0.5))
+    sigmas = KD.to_k_diffusion(S.kl_optimal(12, 0.002, 80.0, c=0.5))
     noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
     extra = {"c": 0.5}
     theirs = _sample_euler(_gaussian_model, noise * sigmas[0], sigmas, extra_args=extra)
-    ours = ays.sample(E.from_k_diffusion_model(_gaussian_model, extra), noise, sigmas, solver="euler")
+    ours = ays.sample(KD.from_k_diffusion_model(_gaussian_model, extra), noise, sigmas, solver="euler")
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     # Euler on Gaussian data has a closed form: x_n = x_0 · prod (c² + s_{i+1} s_i) / (c² + s_i²).
     s = sigmas.double()
     factor = torch.prod((0.25 + s[1:] * s[:-1]) / (0.25 + s[:-1] ** 2))
     torch.testing.assert_close(ours.double(), noise.double() * s[0] * factor, rtol=1e-5, atol=1e-6)
     # and our solver under k-diffusion's signature (as ComfyUI's KSAMPLER calls samplers)
-    sampler = E.k_diffusion_sampler("euler")
+    sampler = KD.k_diffusion_sampler("euler")
     steps: list[int] = []
     out = sampler(_gaussian_model, noise * sigmas[0], sigmas, extra_args=extra, callback=lambda d: steps.append(d["i"]),
                   disable=True)
@@ -419,7 +424,7 @@ def test_from_k_diffusion_model_binds_extra_args() -> None:
         calls.append(cond)
         return x * cond
 
-    d = E.from_k_diffusion_model(model, {"cond": torch.tensor(0.5)})
+    d = KD.from_k_diffusion_model(model, {"cond": torch.tensor(0.5)})
     assert torch.equal(d(torch.ones(2, 3), torch.ones(2)), torch.full((2, 3), 0.5))
     assert len(calls) == 1
 
@@ -430,37 +435,37 @@ def test_from_k_diffusion_model_binds_extra_args() -> None:
 def test_resolve_accepts_tensors_names_files_and_results(tmp_path: Path) -> None:
     s = _karras(6)
     path = _write_schedule(tmp_path / "s.json", s, timesteps=[999, 800, 600, 400, 200, 100, 0])
-    assert torch.equal(E.resolve_schedule(s), s)
-    assert torch.equal(E.resolve_schedule(s.tolist()), s)
-    assert torch.equal(E.resolve_schedule(str(path)), s)
-    assert torch.equal(E.resolve_schedule(path), s)
-    assert torch.equal(E.resolve_schedule("sd15", 14), S.published("sd15", 14))
-    assert torch.equal(E.resolve_schedule(types.SimpleNamespace(sigmas=s)), s)
-    assert torch.equal(E.resolve_schedule(s, 9), S.interpolate(s, 9))
+    assert torch.equal(R.resolve_schedule(s), s)
+    assert torch.equal(R.resolve_schedule(s.tolist()), s)
+    assert torch.equal(R.resolve_schedule(str(path)), s)
+    assert torch.equal(R.resolve_schedule(path), s)
+    assert torch.equal(R.resolve_schedule("sd15", 14), S.published("sd15", 14))
+    assert torch.equal(R.resolve_schedule(types.SimpleNamespace(sigmas=s)), s)
+    assert torch.equal(R.resolve_schedule(s, 9), S.interpolate(s, 9))
     # file timesteps are used for a timesteps export at their own step count
-    assert E.to_diffusers(path, kind="timesteps")["timesteps"] == [999, 800, 600, 400, 200, 100]
+    assert DX.to_diffusers(path, kind="timesteps")["timesteps"] == [999, 800, 600, 400, 200, 100]
 
 
 def test_resolve_errors_name_the_fault(tmp_path: Path) -> None:
     with pytest.raises(AysError, match="unknown schedule 'sd3'"):
-        E.resolve_schedule("sd3")
+        R.resolve_schedule("sd3")
     with pytest.raises(AysError, match="does not exist"):
-        E.resolve_schedule(tmp_path / "missing.json")
+        R.resolve_schedule(tmp_path / "missing.json")
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(AysError, match="not valid JSON"):
-        E.resolve_schedule(tmp_path / "x.json")
+        R.resolve_schedule(tmp_path / "x.json")
     (tmp_path / "y.json").write_text(json.dumps({"format": "ays-schedule/1", "sigmas": [1.0, 2.0]}))
     with pytest.raises(AysError, match="decreasing"):
-        E.resolve_schedule(tmp_path / "y.json")
+        R.resolve_schedule(tmp_path / "y.json")
     with pytest.raises(ScheduleError, match="ends in 0"):
-        E.resolve_schedule(S.to_sampling(_karras(5)), 7)
+        R.resolve_schedule(S.to_sampling(_karras(5)), 7)
     with pytest.raises(ScheduleError, match="sigma_min > 0"):
-        E.to_a1111(S.to_sampling(_karras(5)), 5)
+        A1.to_a1111(S.to_sampling(_karras(5)), 5)
 
 
 @pytest.mark.parametrize("fmt", ["diffusers", "comfyui", "a1111", "kdiffusion"])
 def test_render_is_json_of_each_export(fmt: str) -> None:
-    value = json.loads(E.render("sd15", fmt))
+    value = json.loads(FMT.render("sd15", fmt))
     values = value["sigmas"] if fmt == "diffusers" else value
     assert len(values) == 11 and values[-1] == 0 and values[0] == pytest.approx(14.615, rel=1e-6)
     assert all(math.isfinite(v) for v in values)

@@ -69,9 +69,9 @@ def render(sigmas: torch.Tensor, fmt: str, name: str) -> str:
 
         doc = OptimizeResult(sigmas=sigmas, steps=len(sigmas) - 1, solver="any", method=name).to_dict()
         return json.dumps(doc, indent=2)
-    from ..integrations import exports
+    from ..integrations import formats
 
-    return exports.render(sigmas, fmt)
+    return formats.render(sigmas, fmt)
 
 
 @click.command()

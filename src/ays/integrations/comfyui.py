@@ -5,7 +5,7 @@ ComfyUI samples with a ``SIGMAS`` tensor (float32, decreasing, ending in 0); its
 (:mod:`ays.integrations.comfyui_node`, self-contained: json + torch) reads an
 ``ays-schedule/1`` file and outputs SIGMAS with ``steps``/``denoise`` inputs
 following ComfyUI's ``BasicScheduler``. :func:`write_node` copies it into a
-ComfyUI installation; :func:`ays.integrations.exports.to_comfyui` gives the same
+ComfyUI installation; :func:`to_comfyui` gives the same
 SIGMAS in Python.
 """
 
@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from ..io import atomic_write_text
 from ..validate import AysError
-from .exports import to_comfyui
+from .resolve import ScheduleLike, as_sigma_or_flow, resolve, truncate
 
 __all__ = ["NODE_PACKAGE", "node_source", "to_comfyui", "write_node"]
 
@@ -50,3 +52,19 @@ def write_node(directory: str | os.PathLike[str], *, overwrite: bool = True) -> 
     except OSError as e:
         raise AysError(f"cannot create {str(package)!r}: {e.strerror or e}") from None
     return atomic_write_text(target, node_source())
+
+
+def to_comfyui(schedule: ScheduleLike, steps: int | None = None, *, denoise: float = 1.0,
+               model_sampling: str = "auto") -> torch.Tensor:
+    """A ComfyUI ``SIGMAS`` value (float32, ending in 0), for ``SamplerCustom`` and friends.
+
+    ``denoise < 1`` truncates as ComfyUI's ``BasicScheduler``/``KSampler`` do (see
+    :func:`truncate`). ``model_sampling="flow"`` gives the flow times ``t`` that ComfyUI
+    uses as SIGMAS for flow-matching models (SD3, Flux, Wan: ``CONST`` sampling,
+    ``timestep = 1000·t``); ComfyUI's shift only shapes its own schedules, so no
+    shift is involved here. ``"auto"`` (default) takes "flow" for schedules optimised
+    with :class:`ays.noise.Flow` (recorded in the schedule file) and "sigma" otherwise.
+    """
+    res = resolve(schedule)  # interpolated once, inside truncate: the longer denoise schedule comes from the source
+    sampling = truncate(res, denoise, steps, convention="comfyui")
+    return as_sigma_or_flow(sampling, model_sampling, res).to(torch.float32)

@@ -5,7 +5,7 @@ This file is copied into ComfyUI's ``custom_nodes`` folder by
 so that ComfyUI can load it whether or not ays is installed there. Use its SIGMAS
 output with ``SamplerCustom`` / ``SamplerCustomAdvanced``.
 
-Conventions (the same as ``ays.integrations.exports``):
+Conventions (the same as ``ays.integrations.comfyui.to_comfyui``):
 
 - ``steps`` = 0 keeps the file's own step count; other values interpolate the
   schedule log-linearly in sigma against a uniform index (NVIDIA's recipe for the

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..denoisers import CFGDenoiser, ModelDenoiser, prediction_name
-from ..noise import EDM, DiscreteVP, Flow, NoiseSchedule
-from ..validate import AysError, check_batch, check_positive
+from ...denoisers import CFGDenoiser, ModelDenoiser, prediction_name
+from ...noise import EDM, DiscreteVP, Flow, NoiseSchedule
+from ...validate import AysError, check_batch, check_positive
 
 __all__ = [
     "ConditionedModel",
