@@ -1,0 +1,174 @@
+"""Tiny random diffusers pipelines of every family ays supports, built locally from configs.
+
+Nothing is downloaded: the networks are random, the tokenizers are built from a letter
+vocabulary written here (a CLIP BPE tokenizer with no merges, a T5 unigram tokenizer),
+and each pipeline is saved with ``save_pretrained`` as users have theirs. Shapes are as
+small as the layers allow (4 latent channels, 16 px images, 8x8 latents) so that a
+whole command-line run takes a second or two on one core.
+
+``build(family, folder)`` writes one folder; the ``tiny_pipeline`` fixture of
+``tests/test_families.py`` builds each once per session.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FAMILIES = ("sd15", "sd2v", "sdxl", "sd3", "sd3_no_t5", "flux", "flux_schnell")
+#: Image side length in pixels each tiny pipeline samples at by default (VAE factor 2: 8x8 latents).
+RESOLUTION = 16
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
+
+
+def clip_tokenizer(folder: Path, max_length: int = 8) -> Any:
+    """A CLIP tokenizer over single letters (no BPE merges): every word is spelled out."""
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    vocab.update({c: i + 2 for i, c in enumerate(LETTERS)})
+    vocab.update({c + "</w>": i + 2 + len(LETTERS) for i, c in enumerate(LETTERS)})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                      model_max_length=max_length)
+
+
+def t5_tokenizer(max_length: int = 8) -> Any:
+    """A T5 (unigram) tokenizer over single letters."""
+    import transformers
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    vocab += [(c, -2.0) for c in LETTERS] + [("\u2581" + c, -1.5) for c in LETTERS]
+    return transformers.T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
+def _clip_config(**kw: Any) -> Any:
+    import transformers
+
+    cfg = dict(vocab_size=2 + 2 * len(LETTERS), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+               num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+               projection_dim=16)
+    cfg.update(kw)
+    return transformers.CLIPTextConfig(**cfg)
+
+
+def _t5_encoder(d_model: int = 16) -> Any:
+    import transformers
+
+    return transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=4 + 2 * len(LETTERS), d_model=d_model, d_ff=24, d_kv=8, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+
+
+def _vae(shift_factor: float | None = None, scaling_factor: float = 0.5) -> Any:
+    import diffusers
+
+    return diffusers.AutoencoderKL(
+        block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=RESOLUTION, scaling_factor=scaling_factor, shift_factor=shift_factor,
+    ).eval()
+
+
+def _unet(cross_attention_dim: int, **kw: Any) -> Any:
+    import diffusers
+
+    return diffusers.UNet2DConditionModel(
+        block_out_channels=(16, 32), layers_per_block=1, sample_size=RESOLUTION // 2, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim, norm_num_groups=8, attention_head_dim=4, **kw,
+    ).eval()
+
+
+def _sd(folder: Path, prediction: str) -> Any:
+    import diffusers
+    import transformers
+
+    encoder = transformers.CLIPTextModel(_clip_config()).eval()
+    scheduler = diffusers.EulerDiscreteScheduler(**SD_BETAS, prediction_type=prediction,
+                                                 timestep_spacing="trailing")
+    return diffusers.StableDiffusionPipeline(
+        vae=_vae(), text_encoder=encoder, tokenizer=clip_tokenizer(folder / "_tok"), unet=_unet(16),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def _sdxl(folder: Path) -> Any:
+    import diffusers
+    import transformers
+
+    enc1 = transformers.CLIPTextModel(_clip_config()).eval()
+    enc2 = transformers.CLIPTextModelWithProjection(_clip_config(hidden_size=16, projection_dim=8)).eval()
+    # cross attention sees both encoders' hidden states side by side; the added embedding sees
+    # the 6 size/crop ids (8 channels each) and the second encoder's pooled projection.
+    unet = _unet(32, addition_embed_type="text_time", addition_time_embed_dim=8,
+                 projection_class_embeddings_input_dim=6 * 8 + 8)
+    scheduler = diffusers.EulerDiscreteScheduler(**SD_BETAS, timestep_spacing="trailing")
+    tok = clip_tokenizer(folder / "_tok")
+    return diffusers.StableDiffusionXLPipeline(vae=_vae(), text_encoder=enc1, text_encoder_2=enc2, tokenizer=tok,
+                                               tokenizer_2=tok, unet=unet, scheduler=scheduler)
+
+
+def _sd3(folder: Path, with_t5: bool) -> Any:
+    import diffusers
+    import transformers
+
+    enc1 = transformers.CLIPTextModelWithProjection(_clip_config(projection_dim=8)).eval()
+    enc2 = transformers.CLIPTextModelWithProjection(_clip_config(projection_dim=8)).eval()
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=RESOLUTION // 2, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=16,
+        out_channels=4, pos_embed_max_size=RESOLUTION // 2).eval()
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    tok = clip_tokenizer(folder / "_tok")
+    return diffusers.StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=_vae(shift_factor=0.1), text_encoder=enc1, tokenizer=tok,
+        text_encoder_2=enc2, tokenizer_2=tok, text_encoder_3=_t5_encoder(32) if with_t5 else None,
+        tokenizer_3=t5_tokenizer() if with_t5 else None)
+
+
+def _flux(folder: Path, guidance: bool) -> Any:
+    import diffusers
+    import transformers
+
+    clip = transformers.CLIPTextModel(_clip_config()).eval()
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, guidance_embeds=guidance,
+        axes_dims_rope=(2, 2, 4)).eval()
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=4,
+        max_image_seq_len=64)
+    return diffusers.FluxPipeline(scheduler=scheduler, vae=_vae(shift_factor=0.1), text_encoder=clip,
+                                  tokenizer=clip_tokenizer(folder / "_tok"), text_encoder_2=_t5_encoder(16),
+                                  tokenizer_2=t5_tokenizer(), transformer=transformer)
+
+
+def make(family: str, folder: Path, seed: int = 0) -> Any:
+    """The tiny pipeline of ``family`` (one of :data:`FAMILIES`), random weights from ``seed``."""
+    torch.manual_seed(seed)
+    builders = {"sd15": lambda: _sd(folder, "epsilon"), "sd2v": lambda: _sd(folder, "v_prediction"),
+                "sdxl": lambda: _sdxl(folder), "sd3": lambda: _sd3(folder, True),
+                "sd3_no_t5": lambda: _sd3(folder, False), "flux": lambda: _flux(folder, True),
+                "flux_schnell": lambda: _flux(folder, False)}
+    pipe = builders[family]()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build(family: str, folder: Path, seed: int = 0) -> Path:
+    """Save the tiny pipeline of ``family`` to ``folder / family`` and return that path."""
+    out = folder / family
+    make(family, folder, seed).save_pretrained(out)
+    if family == "sd3_no_t5":
+        # As SD3 folders without T5 are published: the component is listed, as null.
+        index = json.loads((out / "model_index.json").read_text())
+        index.update(text_encoder_3=[None, None], tokenizer_3=[None, None])
+        (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out
