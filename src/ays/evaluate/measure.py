@@ -26,13 +26,7 @@ from ..validate import AysError
 from .seeds import seed_generator
 
 __all__ = [
-    "METRICS",
-    "SeedContext",
-    "check_metrics",
-    "default_metrics",
-    "measure",
-    "metric_columns",
-    "metric_columns_in",
+    "METRICS", "SeedContext", "check_metrics", "default_metrics", "measure", "metric_columns", "metric_columns_in",
 ]
 
 Tensor = torch.Tensor
