@@ -9,13 +9,14 @@ denoiser call, and refuses to hand back NaN or inf.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from . import solvers
 from ._callable import make_callable
+from .data import bind, check_cond
 from .distributed import guard
 from .validate import AysError, check_batch, check_finite, check_sigmas
 
@@ -32,6 +33,7 @@ def sample(
     generator: torch.Generator | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     noise_sampler: Callable[[float, float], Tensor] | None = None,
+    cond: Mapping[str, Tensor] | None = None,
     **options: Any,
 ) -> Tensor:
     """Draw samples: ``solver(denoiser, noise * sigmas[0], sigmas, ...)``.
@@ -47,6 +49,8 @@ def sample(
         callback: called once per step with ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}``.
         noise_sampler: ``noise_sampler(sigma, sigma_next) -> Tensor`` replacing the
             generator for every noise draw (k-diffusion's convention).
+        cond: per-row conditioning, each tensor with the noise's batch first: the denoiser
+            is called as ``denoiser(x, sigma, **cond)`` (k-diffusion's ``extra_args``).
         **options: the solver's own options (see ``ays.solvers.info(solver).options``).
 
     Raises:
@@ -60,9 +64,11 @@ def sample(
     check_batch(noise, name="noise")
     if not torch.isfinite(noise).all():
         raise AysError("noise holds NaN or inf")
+    rows = check_cond({} if cond is None else cond, noise.shape[0], what="cond")
     x = noise * float(s[0])
     # Every denoiser output is checked, so a NaN is reported at the noise level where it arose.
-    checked = guard(denoiser, what=f"solver {solver!r} returned NaN or inf: the denoiser's output is not finite")
+    what = f"solver {solver!r} returned NaN or inf: the denoiser's output is not finite"
+    checked = guard(bind(denoiser, rows), what=what)
     out = fn(checked, x, s, generator=generator, callback=callback, noise_sampler=noise_sampler, **options)
     return check_finite(out, what=f"solver {solver!r}")
 

@@ -18,6 +18,7 @@ import torch
 
 from .. import schedules as _schedules
 from .. import solvers as _solvers
+from ..data import Cond, Conditioned, draw, event_shape, take
 from ..validate import AysError, check_batch, check_range, check_steps
 from .measure import METRICS, SeedContext, check_metrics, default_metrics, measure, metric_columns
 from .schedule_specs import named_schedules, resolve_schedule
@@ -68,35 +69,40 @@ class _Counted:
         self.calls = 0
         self.rows = 0
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
         self.calls += 1
         self.rows += int(x.shape[0])
-        return self.fn(x, sigma)
+        return self.fn(x, sigma, **cond)
 
 
-def _draw(problem: Any, n: int, generator: torch.Generator) -> Tensor:
+def _data_of(problem: Any) -> Any:
+    """What :func:`ays.data.draw` takes: a problem's ``sample``, or the data itself."""
     fn = getattr(problem, "sample", None)
-    fn = fn if callable(fn) else problem
-    if not callable(fn):
-        raise AysError(f"problem must have .sample(n, generator) or be a data callable, got {type(problem).__name__}")
-    x = fn(n, generator)
+    if callable(fn):
+        return fn
+    if callable(problem) or isinstance(problem, (torch.Tensor, Conditioned, tuple)):
+        return problem
+    raise AysError(f"problem must have .sample(n, generator) or be data (ays.data), got {type(problem).__name__}")
+
+
+def _draw(problem: Any, n: int, generator: torch.Generator) -> tuple[Tensor, Cond]:
+    x, cond = draw(_data_of(problem), n, generator)
     check_batch(x, name="problem samples")
-    if x.shape[0] != n:
-        raise AysError(f"problem.sample({n}, ...) returned {x.shape[0]} samples")
-    return x
+    return x, cond
 
 
 def _event_shape(problem: Any, generator: torch.Generator) -> tuple[int, ...]:
     shape = getattr(problem, "shape", None)
     if isinstance(shape, tuple) and shape:
         return tuple(int(s) for s in shape)
-    return tuple(_draw(problem, 1, generator).shape[1:])
+    return event_shape(_data_of(problem), generator)
 
 
-def _sample_chunk(denoiser: Denoiser, noise: Tensor, sigmas: Tensor, solver: str, g: torch.Generator) -> Tensor:
+def _sample_chunk(denoiser: Denoiser, noise: Tensor, sigmas: Tensor, solver: str, g: torch.Generator,
+                  cond: Cond) -> Tensor:
     from ..sample import sample
 
-    return sample(denoiser, noise, _schedules.to_sampling(sigmas), solver=solver, generator=g)
+    return sample(denoiser, noise, _schedules.to_sampling(sigmas), solver=solver, generator=g, cond=cond)
 
 
 def evaluate(
@@ -191,7 +197,10 @@ def evaluate(
         for seed in range(n_seeds):
             g_noise = seed_generator(seed, "noise")
             noise = torch.randn(n_samples, *shape, generator=g_noise, dtype=torch.float64).to(dtype)
-            reference = _draw(problem, n_ref, seed_generator(seed, "reference"))
+            reference, _ = _draw(problem, n_ref, seed_generator(seed, "reference"))
+            # Conditioned data: each noise row gets the conditioning of a data row of its own,
+            # the same for every schedule (common random numbers).
+            _, cond = _draw(problem, n_samples, seed_generator(seed, "conditioning"))
             ctx = SeedContext(problem, reference, seed, denoiser, klub_samples, problem)
             for key, sigmas in table.items():
                 _, solver, n = key
@@ -201,7 +210,8 @@ def evaluate(
                 g = seed_generator(seed, "solver")
                 start = time.perf_counter()
                 parts = [
-                    _sample_chunk(counted, noise[i : i + rows_per_pass], sigmas, solver, g)
+                    _sample_chunk(counted, noise[i : i + rows_per_pass], sigmas, solver, g,
+                                  take(cond, slice(i, i + rows_per_pass)))
                     for i in range(0, n_samples, rows_per_pass)
                 ]
                 cost[key]["seconds"] += time.perf_counter() - start
