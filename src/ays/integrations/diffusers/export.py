@@ -247,10 +247,14 @@ def to_diffusers(schedule: ScheduleLike, scheduler_or_config: Any = None, kind: 
     elif kind == "flow":
         t = Flow().t(evals)
         if scheduler is not None:
-            t = _flow_unshift(t, scheduler, mu)
+            # every shift maps t = 1 to itself: keep a level that is pure noise in float32 at exactly 1
+            t = torch.where(t.float() == 1.0, torch.ones_like(t), _flow_unshift(t, scheduler, mu))
         # UniPC/DPM-Solver (use_flow_sigmas) do arithmetic on the argument itself: they need an array.
         flow_sigmas = scheduler is not None and _config(scheduler).get("use_flow_sigmas")
-        out = {"sigmas": t.numpy() if flow_sigmas else t.tolist()}
+        # Schedulers hold sigmas in float32: give the float32 values, in their shortest decimals, so the
+        # pure-noise level (ays' 1e8, t = 1 - 1e-8) reads t = 1.0, as the scheduler will hold it.
+        t32 = t.to(torch.float32).numpy()
+        out = {"sigmas": t32 if flow_sigmas else [float(str(v)) for v in t32]}
     else:  # edm
         if scheduler is None:
             raise AysError("kind='edm' needs the EDMEulerScheduler (its sigma_min, sigma_max and rho)")
