@@ -6,7 +6,9 @@ A schedule file is JSON (DESIGN.md, "Schedule file")::
      "sigma_min": ..., "sigma_max": ..., "method": ..., "klub": ..., "created": ISO-8601,
      "ays_version": ..., "timesteps": [...] (discrete-time models only)}
 
-plus the optional keys ``klub_stderr``, ``calls``, ``settings`` and ``history``
+plus the optional keys ``klub_stderr``, ``calls``, ``settings``, ``history`` and ``model_info``
+(what a model integration records: e.g. ``family``, ``noise``, ``shift``, ``resolution``,
+``guidance_scale`` of a diffusers pipeline)
 that :meth:`OptimizeResult.save` adds. Floats are written with ``repr``, so
 the sigmas read back bit for bit. :func:`load_schedule` refuses anything that is
 not such a file (bad JSON, another format, a schedule that is not strictly
@@ -67,6 +69,8 @@ class OptimizeResult:
     settings: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
     created: str | None = None
+    #: what a model integration records about the model (family, noise, shift, resolution, guidance, ...)
+    model_info: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         # The history can hold hundreds of schedules: keep the summary readable.
@@ -106,6 +110,8 @@ class OptimizeResult:
             doc["timesteps"] = [int(t) for t in self.timesteps.tolist()]
         doc["calls"] = int(self.calls)
         doc["settings"] = self.settings
+        if self.model_info is not None:
+            doc["model_info"] = self.model_info
         doc["history"] = self.history
         return doc
 
@@ -131,6 +137,13 @@ def _opt_str(doc: dict[str, Any], key: str, path: Any) -> str | None:
     v = doc.get(key)
     if v is not None and not isinstance(v, str):
         raise _fail(path, f"{key!r} must be a string, got {v!r}")
+    return v
+
+
+def _opt_dict(doc: dict[str, Any], key: str, path: Any) -> dict[str, Any] | None:
+    v = doc.get(key)
+    if v is not None and not isinstance(v, dict):
+        raise _fail(path, f"{key!r} must be an object, got {v!r}")
     return v
 
 
@@ -186,6 +199,7 @@ def from_dict(doc: Any, path: Any = "<dict>") -> OptimizeResult:
         settings=settings,
         model=_opt_str(doc, "model", path),
         created=_opt_str(doc, "created", path),
+        model_info=_opt_dict(doc, "model_info", path),
     )
 
 
