@@ -407,3 +407,23 @@ def test_python_snippet(block: Block, workdir: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("HOME", str(workdir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     runpy.run_path(str(script), run_name="__main__")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "BENCHMARKS.md"], ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_links_resolve(page: Path) -> None:
+    # Every relative link of a page names a file that exists and, after '#', one of its headings.
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        assert file.exists(), f"{page.name}: link to a missing file {target!r}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", file.read_text(), flags=re.S), flags=re.M)
+            assert anchor in {_anchor(h) for h in headings}, f"{page.name}: no heading for {target!r}"
