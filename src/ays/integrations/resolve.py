@@ -70,6 +70,8 @@ class ResolvedSchedule:
     timesteps: Tensor | None = None
     name: str | None = None  #: the published table's name, for those
     noise: str | None = None
+    #: what the source recorded about its model (a schedule file's ``model_info``), else None
+    info: Mapping[str, Any] | None = None
 
     @property
     def is_flow(self) -> bool:
@@ -94,7 +96,8 @@ def read_schedule_file(path: str | os.PathLike[str]) -> ResolvedSchedule:
     from ..optimize.result import load_schedule
 
     result = load_schedule(path)
-    return ResolvedSchedule(result.sigmas, result.timesteps, noise=_noise_kind(result.settings))
+    return ResolvedSchedule(result.sigmas, result.timesteps, noise=_noise_kind(result.settings),
+                            info=result.model_info)
 
 
 def _noise_kind(settings: Any) -> str | None:
@@ -146,7 +149,8 @@ def resolve(schedule: ScheduleLike, steps: int | None = None) -> ResolvedSchedul
             ts = torch.cat([ts, ts.new_zeros(1)])
         if ts is not None and ts.numel() != sig.numel():
             ts = None
-        res = ResolvedSchedule(sig, ts, noise=_noise_kind(getattr(schedule, "settings", None)))
+        res = ResolvedSchedule(sig, ts, noise=_noise_kind(getattr(schedule, "settings", None)),
+                               info=getattr(schedule, "model_info", None))
     else:
         res = ResolvedSchedule(check_sigmas(schedule))
     if steps is None or steps == res.steps:
@@ -156,7 +160,7 @@ def resolve(schedule: ScheduleLike, steps: int | None = None) -> ResolvedSchedul
             "cannot interpolate a schedule that already ends in 0 (its last noise level is lost); "
             "pass the schedule as produced (ending at sigma_min > 0)"
         )
-    return ResolvedSchedule(schedules.interpolate(res.sigmas, steps), None, res.name, res.noise)
+    return ResolvedSchedule(schedules.interpolate(res.sigmas, steps), None, res.name, res.noise, res.info)
 
 
 def resolve_schedule(schedule: ScheduleLike, steps: int | None = None) -> Tensor:

@@ -30,7 +30,6 @@ diffusers is imported only inside this module (optional extra ``ays[diffusers]``
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,9 @@ __all__ = [
     "denoiser_from_pipeline",
     "encode_prompts",
     "latents_from_images",
-    "load_diffusers_job",
     "noise_from_scheduler",
     "prediction_from_scheduler",
+    "read_latents",
 ]
 
 Tensor = torch.Tensor
@@ -371,17 +370,11 @@ def latents_from_images(vae: Any, images: Any, *, generator: torch.Generator | N
     return torch.cat(out)
 
 
-def _load_latents(path: Path, pipe: Any) -> Tensor:
-    """A latent tensor from a ``.pt``/``.safetensors`` file, or a folder of images encoded by the VAE."""
-    if path.is_dir():
-        from PIL import Image
-
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-        if not files:
-            raise AysError(f"no images (.png, .jpg, .webp) in {str(path)!r}")
-        if getattr(pipe, "vae", None) is None:
-            raise AysError("the pipeline has no VAE to encode the images with")
-        return latents_from_images(pipe.vae, [Image.open(f) for f in files])
+def read_latents(path: Path) -> Tensor:
+    """A latent tensor from a ``.pt``/``.safetensors`` file (a tensor, or a dict with ``latents``)."""
+    if not path.is_file():
+        raise AysError(f"latents {str(path)!r} do not exist" if not path.exists() else
+                       f"latents {str(path)!r} must be a .pt/.safetensors file; for a folder of images use --images")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -400,44 +393,3 @@ def _load_latents(path: Path, pipe: Any) -> Tensor:
     if not torch.isfinite(latents).all():
         raise AysError(f"latents in {str(path)!r} hold NaN or inf")
     return latents
-
-
-def load_diffusers_job(
-    path_or_id: str | os.PathLike[str],
-    prompts: Sequence[str] | None,
-    guidance_scale: float,
-    latents_path: str | os.PathLike[str],
-    *,
-    negative_prompt: str = "",
-    device: str | torch.device | None = None,
-    torch_dtype: torch.dtype | None = None,
-) -> tuple[nn.Module, Tensor, NoiseSchedule]:
-    """``(denoiser, data, noise)`` for ``ays optimize --diffusers PATH``: a local pipeline folder only.
-
-    The pipeline is loaded with ``local_files_only=True`` (ays never downloads);
-    ``latents_path`` is a tensor file (``.pt``/``.safetensors``, ``[N, C, H, W]``
-    latents already scaled) or a folder of images that the pipeline's VAE encodes.
-    """
-    diffusers = _require_diffusers()
-    folder = Path(path_or_id).expanduser()
-    if not folder.is_dir():
-        raise AysError(f"{str(path_or_id)!r} is not a local folder: give the path of a saved diffusers pipeline "
-                       "(ays loads local files only and never downloads)")
-    if not (folder / "model_index.json").is_file():
-        raise AysError(f"{str(folder)!r} has no model_index.json: not a diffusers pipeline folder")
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
-    try:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), **kwargs)
-    except (OSError, ValueError) as e:
-        raise AysError(f"cannot load the diffusers pipeline from {str(folder)!r}: {e}") from None
-    if device is not None:
-        pipe = pipe.to(device)
-    latents_file = Path(latents_path).expanduser()
-    if not latents_file.exists():
-        raise AysError(f"latents {str(latents_path)!r} do not exist")
-    data = _load_latents(latents_file, pipe)
-    denoiser = denoiser_from_pipeline(pipe, list(prompts) if prompts else None, guidance_scale=guidance_scale,
-                                      negative_prompt=negative_prompt)
-    return denoiser, data, noise_from_scheduler(pipe.scheduler)

@@ -208,14 +208,21 @@ def to_diffusers(schedule: ScheduleLike, scheduler_or_config: Any = None, kind: 
       ``{"sigmas": tensor of n ramp values}`` that reproduce ``s_0 .. s_{n-1}``.
     - ``"auto"``: chosen from the scheduler (:func:`diffusers_kind`); ``"sigmas"`` without one.
 
-    Without a scheduler, ``"timesteps"`` uses SD's noise table (1000 steps, scaled-linear
-    betas 0.00085..0.012) and ``"flow"`` assumes no shift. With ``verify`` (default), the
-    result is checked on a copy of the scheduler: its ``.sigmas`` after ``set_timesteps``
+    Without a scheduler, a schedule file from ``ays optimize --diffusers`` brings its model's
+    scheduler config and ``mu`` (``model_info``); otherwise ``"timesteps"`` uses SD's noise
+    table (1000 steps, scaled-linear betas 0.00085..0.012) and ``"flow"`` assumes no shift.
+    With ``verify`` (default), the result is checked on a copy of the scheduler: its ``.sigmas`` after ``set_timesteps``
     must equal the schedule (float32), else :class:`AysError`.
     """
     check_choice(kind, DIFFUSERS_KINDS, what="diffusers kind")
-    scheduler = _scheduler_from(scheduler_or_config)
     res = resolve(schedule, steps)
+    recorded = res.info or {}
+    if scheduler_or_config is None and isinstance(recorded.get("scheduler"), Mapping):
+        # a schedule file made by `ays optimize --diffusers`: its model's scheduler and mu
+        scheduler_or_config = recorded["scheduler"]
+    if mu is None and isinstance(recorded.get("mu"), (int, float)):
+        mu = float(recorded["mu"])
+    scheduler = _scheduler_from(scheduler_or_config)
     if kind == "auto":
         if scheduler is None:
             kind = "flow" if res.is_flow else "sigmas"

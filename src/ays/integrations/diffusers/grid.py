@@ -1,0 +1,76 @@
+"""``ays sample --diffusers DIR --schedule FILE``: the schedule beside the scheduler's default, as a picture.
+
+The look users take before they trust a schedule: for each prompt, the pipeline's own
+output with its default schedule and with the ays schedule, at the same step count, from
+the same initial noise (one seed), at the resolution and guidance the schedule was made for
+(the schedule file records them). Both runs are the pipeline's own ``__call__``; the ays
+one goes through :func:`~ays.integrations.diffusers.run_diffusers_pipeline`, which checks
+that the scheduler lands on the schedule's levels.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ...validate import AysError
+from .export import run_diffusers_pipeline
+from .family import family_of
+from .pipeline import load_pipeline
+
+__all__ = ["sample_grid"]
+
+
+def _recorded(schedule: str | os.PathLike[str]) -> dict[str, Any]:
+    from ...optimize.result import load_schedule
+
+    result = load_schedule(schedule)
+    return {"steps": result.steps, **(getattr(result, "model_info", None) or {})}
+
+
+def sample_grid(model: str | os.PathLike[str], schedule: str | os.PathLike[str], prompts: Sequence[str],
+                out: str | os.PathLike[str], *, seed: int = 0, guidance_scale: float | None = None,
+                negative_prompt: str | None = None, resolution: tuple[int, int] | None = None,
+                device: str | None = None) -> dict[str, Any]:
+    """Write a PNG: one row per prompt, columns "default" and "ays"; returns what was run."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from ...io import atomic_write_bytes
+
+    if not prompts:
+        raise AysError("ays sample --diffusers needs --prompt (one or more)")
+    info = _recorded(schedule)
+    pipe = load_pipeline(model, device=device)
+    family = family_of(pipe)
+    if info.get("family") not in (None, family.name):
+        raise AysError(f"the schedule was made for a {info['family']} model, but {str(model)!r} is {family.name}")
+    res = family.check_resolution(resolution or tuple(info.get("resolution") or family.default_resolution()))
+    scale = guidance_scale if guidance_scale is not None else info.get("guidance_scale")
+    scale = family.default_guidance() if scale is None else float(scale)
+    negative = negative_prompt if negative_prompt is not None else info.get("negative_prompt")
+    kwargs: dict[str, Any] = {"prompt": list(prompts), "guidance_scale": scale, "height": res[0], "width": res[1],
+                              "output_type": "pil"}
+    if negative and family.uses_cfg(scale):
+        kwargs["negative_prompt"] = negative
+    steps = int(info["steps"])
+    with torch.no_grad():
+        default = pipe(num_inference_steps=steps, generator=torch.Generator(family.device).manual_seed(seed),
+                       **kwargs).images
+        ours = run_diffusers_pipeline(pipe, schedule, generator=torch.Generator(family.device).manual_seed(seed),
+                                      **kwargs).images
+    w, h = default[0].size
+    label = 14
+    grid = Image.new("RGB", (2 * w, len(prompts) * h + label), "white")
+    draw = ImageDraw.Draw(grid)
+    for col, name in enumerate((f"default {steps} steps", f"ays {steps} steps")):
+        draw.text((col * w + 2, 1), name, fill="black")
+    for row, (a, b) in enumerate(zip(default, ours)):
+        grid.paste(a, (0, label + row * h))
+        grid.paste(b, (w, label + row * h))
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    atomic_write_bytes(out, buf.getvalue())
+    return {"steps": steps, "resolution": list(res), "guidance_scale": scale, "prompts": len(prompts)}

@@ -1,0 +1,128 @@
+"""``ays optimize --diffusers DIR``: a pipeline folder and the user's data, as one job.
+
+The job holds the family's denoiser ``D(x, σ, **cond)`` (guided as the pipeline guides),
+the data with each row's own caption conditioning (:mod:`.data`), the noise
+parametrisation and range of the model, the pipeline's default schedule (the
+optimiser's start: for flow models it carries the scheduler's shift), and what the
+schedule file records about the model (:meth:`Family.info`).
+
+Exactly one data source: ``images`` (a captioned folder), ``latents`` with ``captions``
+(or one ``prompt`` for every row), or prompts alone (the model's own samples).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ...data import Conditioned
+from ...noise import NoiseSchedule
+from ...validate import AysError
+from . import data as D
+from .denoiser import PipelineDenoiser
+from .family import Family, family_of
+from .pipeline import load_pipeline
+
+__all__ = ["DiffusersJob", "load_diffusers_job", "parse_resolution"]
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class DiffusersJob:
+    denoiser: PipelineDenoiser
+    data: Conditioned
+    noise: NoiseSchedule
+    family: Family
+    resolution: tuple[int, int]
+    guidance_scale: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.noise.sigma_min)
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.noise.sigma_max)
+
+    def init(self, steps: int) -> Tensor | None:
+        """The pipeline's default schedule for ``steps`` (None: ays' default start for this noise)."""
+        return self.family.default_schedule(steps, self.resolution)
+
+
+def parse_resolution(value: str | int | Sequence[int] | None) -> tuple[int, int] | None:
+    """``512``, ``"512"`` or ``"768x512"`` (height x width) -> ``(height, width)``."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            raise AysError(f"--resolution must look like 512 or 768x512 (height x width), got {value!r}") from None
+    else:
+        nums = [int(v) for v in value]
+    if len(nums) == 1:
+        nums *= 2
+    if len(nums) != 2 or min(nums) <= 0:
+        raise AysError(f"--resolution must be one or two positive sizes, got {value!r}")
+    return nums[0], nums[1]
+
+
+def load_diffusers_job(
+    path: str | os.PathLike[str],
+    *,
+    prompts: Sequence[str] = (),
+    prompts_file: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | None = None,
+    latents: str | os.PathLike[str] | None = None,
+    captions: str | os.PathLike[str] | None = None,
+    resolution: str | int | Sequence[int] | None = None,
+    guidance_scale: float | None = None,
+    negative_prompt: str | None = None,
+    sample_steps: int = 50,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    torch_dtype: torch.dtype | None = None,
+) -> DiffusersJob:
+    """The denoiser, conditioned data and noise of a local pipeline folder, for :func:`ays.optimize`."""
+    all_prompts = list(prompts) + (D.read_lines(prompts_file, "prompts") if prompts_file is not None else [])
+    if images is not None and (all_prompts or latents is not None or captions is not None):
+        raise AysError("--images brings its own captions: give it without --prompt/--prompts/--latents/--captions")
+    if captions is not None and latents is None:
+        raise AysError("--captions goes with --latents (one caption per latent row)")
+    if images is None and latents is None and not all_prompts:
+        raise AysError("--diffusers needs data: --images DIR (captioned images), --prompts FILE or --prompt "
+                       "(the model's own samples), or --latents FILE --captions FILE")
+    pipe = load_pipeline(path, device=device, torch_dtype=torch_dtype)
+    family = family_of(pipe)
+    res = parse_resolution(resolution)
+    if latents is not None:
+        rows = D.read_lines(captions, "captions") if captions is not None else all_prompts
+        if not rows:
+            raise AysError("--latents needs --captions FILE (one caption per row), or one --prompt for all rows")
+        data = D.from_latents(family, latents, rows, res and family.check_resolution(res), negative_prompt)
+        res = (data.x.shape[2] * family.vae_scale, data.x.shape[3] * family.vae_scale)
+        source: dict[str, Any] = {"source": "latents"}
+    else:
+        res = family.check_resolution(res or family.default_resolution())
+        if images is not None:
+            data = D.from_images(family, images, res, negative_prompt)
+            source = {"source": "images"}
+        else:
+            data, cached = D.model_samples(family, path, all_prompts, res, steps=sample_steps, seed=seed,
+                                           guidance_scale=guidance_scale, negative_prompt=negative_prompt)
+            source = {"source": "model samples", "sample_steps": int(sample_steps), "seed": int(seed),
+                      "cached": cached}
+    scale = family.default_guidance() if guidance_scale is None else float(guidance_scale)
+    denoiser = family.denoiser(guidance_scale=scale, negative_prompt=negative_prompt, resolution=res)
+    info = family.info(res, scale, negative_prompt)
+    info["data"] = {**source, "rows": len(data)}
+    return DiffusersJob(denoiser, data, family.noise(res), family, res, scale, info)
