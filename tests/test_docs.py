@@ -427,3 +427,19 @@ def test_links_resolve(page: Path) -> None:
         if anchor:
             headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", file.read_text(), flags=re.S), flags=re.M)
             assert anchor in {_anchor(h) for h in headings}, f"{page.name}: no heading for {target!r}"
+
+
+def test_cli_reference_names_every_subcommand_and_option() -> None:
+    # docs/cli.md is the reference: a subcommand or option the code has and the page does not fails.
+    import click
+
+    from ays.cli import cli
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None and f"## `ays {name}`" in text, f"docs/cli.md has no section for ays {name}"
+        options = {o for p in command.params for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]}
+        missing = sorted(o for o in options if o.startswith("--") and o != "--help" and o not in text)
+        assert not missing, f"docs/cli.md does not describe ays {name} {', '.join(missing)}"
