@@ -1,0 +1,152 @@
+"""LD3 (Tong et al., ICLR 2025) under ays.optimize: the learnt schedule against brute force on Gaussian data.
+
+For data N(0, c²) every solver is linear, so the student's sample from the start z' is A(σ)·z'
+and the exact teacher's is E·z, E = c·T/sqrt(c² + T²). The teacher-matching loss of a schedule
+is then a closed form of A, found here by running the registry solver, and its minimiser over
+a fine grid of levels is the oracle the learnt schedule must hit within the grid's spacing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ays import analysis, schedules, solvers
+from ays.cli import main
+from ays.klub import seed_for
+from ays.optimize import optimize
+from ays.optimize.ld3 import BACKWARD_FACTOR, logits_for, project, schedule_from_logits
+from ays.validate import AysError
+from gaussian import gaussian_data, gaussian_denoiser
+
+C, HI, LO = 0.5, 80.0, 0.002
+E = C * HI / math.sqrt(C * C + HI * HI)
+DEN, DATA = gaussian_denoiser(C), gaussian_data(C, 1)
+
+
+def scale(inner: list[float]) -> float:
+    """A: the Euler sample from z = 1 on [T, *inner, 0], by the registry solver."""
+    x = solvers.get("euler")(DEN, torch.full((1, 1), HI, dtype=torch.float64), torch.tensor([HI, *inner, 0.0]))
+    return float(x)
+
+
+def train_noise(seed: int, samples: int, valid: int) -> torch.Tensor:
+    """The training noises the method draws (its documented seed derivation)."""
+    g = torch.Generator().manual_seed(seed_for(seed, "ld3", "noise"))
+    return torch.randn((samples, 1), generator=g, dtype=torch.float64)[: samples - valid, 0]
+
+
+def relaxed_loss(a: float, z: torch.Tensor, r: float) -> float:
+    """min over |z' − z| <= r of mean (A z' − E z)²: each |A z − E z| shrinks by A r, not below 0."""
+    return float(((a - E) * z).abs().sub(a * r).clamp_min(0).square().mean())
+
+
+def test_parametrisation_is_a_decreasing_schedule_with_fixed_ends():
+    n = 6
+    assert torch.allclose(schedule_from_logits(torch.zeros(n, dtype=torch.float64), LO, HI),
+                          schedules.loglinear(n, LO, HI), rtol=1e-12)
+    theta = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    s = schedule_from_logits(theta, LO, HI)
+    assert float(s[0]) == HI and float(s[-1]) == LO and bool(torch.all(s[1:] < s[:-1]))
+    k = schedules.karras(n, LO, HI)
+    assert torch.allclose(schedule_from_logits(logits_for(k), LO, HI), k, rtol=1e-12)
+
+
+def test_projection_keeps_rows_inside_the_ball():
+    z = torch.zeros(3, 2, dtype=torch.float64)
+    moved = torch.tensor([[3.0, 4.0], [0.1, 0.0], [0.0, -2.0]], dtype=torch.float64)
+    p = project(moved, z, 1.0)
+    assert torch.allclose(p, torch.tensor([[0.6, 0.8], [0.1, 0.0], [0.0, -1.0]], dtype=torch.float64))
+
+
+def test_two_steps_without_relaxation_is_plain_teacher_matching():
+    res = optimize(DEN, DATA, steps=2, solver="euler", method="ld3", seed=0, radius=0.0)
+    grid = torch.logspace(math.log10(LO), math.log10(HI), 801, dtype=torch.float64)[1:-1]
+    loss = torch.tensor([(scale([float(s)]) - E) ** 2 for s in grid])
+    best = float(grid[int(loss.argmin())])
+    spacing = float(grid[1] / grid[0])
+    assert 1 / spacing <= float(res.sigmas[1]) / best <= spacing
+    assert all(h["shift"] == 0.0 for h in res.history if "shift" in h)  # r = 0: the starts never move
+
+
+def test_three_steps_match_a_brute_force_grid_search():
+    res = optimize(DEN, DATA, steps=3, solver="euler", method="ld3", seed=0, radius=0.0)
+    grid = torch.logspace(math.log10(LO), math.log10(HI), 121, dtype=torch.float64)[1:-1].tolist()
+    _, a, b = min(((scale([grid[a], grid[b]]) - E) ** 2, a, b) for a in range(len(grid)) for b in range(a))
+    spacing = grid[1] / grid[0]
+    for got, want in zip(res.sigmas[1:3].tolist(), (grid[a], grid[b])):
+        assert 1 / spacing <= got / want <= spacing
+
+
+def test_soft_teacher_forcing_minimises_the_relaxed_objective_inside_the_ball():
+    r, seed = 0.3, 1
+    res = optimize(DEN, DATA, steps=2, solver="euler", method="ld3", seed=seed, radius=r)
+    z = train_noise(seed, 100, 50)
+    grid = torch.logspace(math.log10(LO), math.log10(HI), 801, dtype=torch.float64)[1:-1]
+    loss = torch.tensor([relaxed_loss(scale([float(s)]), z, r) for s in grid])
+    best = float(grid[int(loss.argmin())])
+    spacing = float(grid[1] / grid[0])
+    assert 1 / spacing <= float(res.sigmas[1]) / best <= spacing
+    shifts = [h["shift"] for h in res.history if "shift" in h]
+    assert 0 < max(shifts) <= r * (1 + 1e-9)  # the starts moved, and stayed in the ball
+
+
+@pytest.mark.parametrize("steps", [3, 4])
+def test_beats_karras_on_the_exact_output_kl_for_euler(steps):
+    # For Euler the student's scale A stays below E < c/T·T: matching the teacher better is a
+    # larger output variance, still below c², so a smaller KL.
+    res = optimize(DEN, DATA, steps=steps, solver="euler", method="ld3", seed=0)
+    kl = analysis.output_kl("euler", schedules.to_sampling(res.sigmas), C)
+    assert kl < analysis.output_kl("euler", schedules.to_sampling(schedules.karras(steps, LO, HI)), C)
+
+
+@pytest.mark.parametrize("radius", [0.0, 0.01])
+def test_calls_count_forward_and_backward_passes(radius):
+    kw = dict(steps=3, solver="euler", teacher_samples=10, valid_samples=4, batch=2, epochs=2, teacher_steps=8)
+    res = optimize(DEN, DATA, method="ld3", early_stopping=False, radius=radius, **kw)
+    train = 2 * 6 * 3  # epochs × training noises × student calls
+    teacher = 10 * 8
+    validation = (2 * 3) * 4 * 3  # every step (3 per epoch) runs the 4 held-out noises
+    accept = train if radius > 0 else 0  # moved starts are re-run before they are kept
+    last = res.history[-1]
+    assert last["forward"] == teacher + train + accept + validation
+    assert last["backward"] == train
+    assert res.calls == last["forward"] + BACKWARD_FACTOR * last["backward"]
+    assert res.settings["options"]["backward_factor"] == 2
+
+
+def test_feature_loss_reaches_the_objective():
+    seen = []
+
+    def identity(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape)
+        return x
+
+    # one epoch of one batch: the recorded training loss is that of the initial schedule
+    kw = dict(steps=3, solver="dpmpp_2m", teacher_samples=8, valid_samples=4, batch=4, epochs=1, seed=2)
+    plain = optimize(DEN, DATA, method="ld3", **kw)
+    feat = optimize(DEN, DATA, method="ld3", features=identity, **kw)
+    assert seen and torch.equal(plain.sigmas, feat.sigmas)
+    assert feat.settings["options"]["features"].endswith("identity")
+    tripled = optimize(DEN, DATA, method="ld3", features=lambda x: 3 * x, **kw)
+    assert tripled.history[0]["train_loss"] == pytest.approx(9 * plain.history[0]["train_loss"], rel=1e-9)
+
+
+def test_bad_options_and_the_command_line(tmp_path, capsys):
+    with pytest.raises(AysError, match=r"unknown option.*bogus"):
+        optimize(DEN, DATA, method="ld3", bogus=1)
+    with pytest.raises(AysError, match="valid_samples"):
+        optimize(DEN, DATA, method="ld3", teacher_samples=10, valid_samples=10)
+    with pytest.raises(AysError, match="features"):
+        optimize(DEN, DATA, method="ld3", features="lpips")
+    out = tmp_path / "s.json"
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", "gaussian", "--method", "ld3", "--solver", "dpmpp_2m_sde", "--steps", "3",
+              "-O", "teacher_samples=6", "-O", "valid_samples=2", "-O", "epochs=1", "-q", "-o", str(out)])
+    assert exc.value.code == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["method"] == "ld3" and len(doc["sigmas"]) == 4
+    assert doc["settings"]["options"]["student_solver"] == "dpmpp_2m"
