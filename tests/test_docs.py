@@ -29,6 +29,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,8 @@ SMALL_PYTHON: dict[str, str] = {
 # user's module is found from the working directory is a property of the process.
 IN_A_PROCESS = ("mypkg.",)
 
-TIMEOUT_S = 60  # a command run as written that needs longer belongs in SMALL
+TIMEOUT_S = 60  # of one command in its own process
+AS_WRITTEN_S = 20  # a command run as written that takes longer belongs in SMALL
 
 
 # ----------------------------------------------------------------------------- reading the pages
@@ -381,7 +383,10 @@ def test_command(cmd: Command, workdir: Path, monkeypatch: pytest.MonkeyPatch,
                  capsys: pytest.CaptureFixture[str]) -> None:
     argv = as_run(cmd.command)
     assert argv is not None
+    start = time.perf_counter()
     done = run(argv, workdir) if in_a_process(argv) else run_here(argv, workdir, monkeypatch, capsys)
+    seconds = time.perf_counter() - start
+    assert argv != cmd.command or seconds < AS_WRITTEN_S, f"{cmd.id}: {seconds:.0f} s as written: add it to SMALL"
     assert done.returncode == 0, f"{cmd.id}: {argv}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     if cmd.output:
         # As written, every line shown must appear; on small settings the numbers differ, so the
