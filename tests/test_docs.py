@@ -351,6 +351,9 @@ def test_the_pages_are_read() -> None:
     assert demo and demo[0].output[0].startswith("ays demo: gmm-8x8")
     assert strip_comment('ays x --prompt "a # b"   # note') == 'ays x --prompt "a # b"'
     assert len(UNIQUE) >= 20 and len(SNIPPETS) >= 5
+    # Every block says what it is: run (bash, console, python) or a sketch (text); no block escapes.
+    untagged = [f"{b.page}:{b.line}" for b in BLOCKS if b.lang not in ("bash", "console", "python", "text")]
+    assert not untagged, f"code blocks without bash/console/python/text: {untagged}"
 
 
 def test_every_command_is_run() -> None:
