@@ -1,4 +1,4 @@
-"""Small denoising networks for the toy problems: an MLP for points, a conv net for 8×8 images.
+"""Small denoising networks: an MLP for points, a conv net for 8×8 images, a UNet for 28×28 MNIST.
 
 These are the raw networks ``F`` of the EDM parametrisation (Karras et al. 2022,
 "Elucidating the Design Space of Diffusion-Based Generative Models", eq. 7):
@@ -10,7 +10,7 @@ so every network here has the signature ``net(x_in, c_noise) -> F`` with
 (EDM uses ``c_noise = ln(sigma) / 4``). The preconditioning itself lives in
 :class:`ays.denoisers.EDMPrecond`; :mod:`ays.train` fits these networks.
 
-Both networks are deliberately tiny (about 110k-170k parameters, files under 700 kB), so that
+The first two are deliberately tiny (about 110k-170k parameters, files under 700 kB), so that
 they train in minutes on a laptop CPU and evaluate in microseconds per sample:
 they are the "trained models" on which the schedule optimiser is evaluated, as
 in the toy experiments of Align Your Steps (Sabour et al. 2024, Table 4).
@@ -19,6 +19,9 @@ in the toy experiments of Align Your Steps (Sabour et al. 2024, Table 4).
   width ~128, each conditioned on the noise level by an added embedding.
 - :class:`ConvNet` for ``1×8×8`` images (``digits``): a two-resolution U-Net
   (8×8 and 4×4) of residual conv blocks with GroupNorm and a noise embedding.
+- :class:`UNet` for ``1×28×28`` images (``mnist``): three resolutions (28, 14, 7) of the
+  same residual blocks with multi-head self-attention at the lowest one; 0.56 M parameters
+  as shipped (``benchmarks/train_mnist.py``, about 35 minutes on one CPU core).
 
 The noise level enters through :class:`SinusoidalEmbedding`, fixed (parameter
 free) sinusoidal features of ``c_noise`` at log-spaced frequencies, the
@@ -318,7 +321,7 @@ def names() -> list[str]:
 
 
 def build(name: str, *, seed: int = 0, **kwargs: Any) -> nn.Module:
-    """Construct network ``name`` (``"mlp"`` or ``"conv"``) with weights drawn from ``seed``.
+    """Construct network ``name`` (``"mlp"``, ``"conv"`` or ``"unet"``) with weights drawn from ``seed``.
 
     PyTorch's layer initialisers draw from the global generator; the draw happens
     inside :func:`torch.random.fork_rng`, seeded with ``seed``, so the result is
