@@ -33,6 +33,8 @@ class Job:
     label: str = ""
     sigma_min: float | None = None
     sigma_max: float | None = None
+    init: Any = None  #: steps -> the model's own default schedule (diffusers pipelines), else None
+    info: dict[str, Any] | None = None  #: ``model_info`` for the schedule file (diffusers pipelines)
 
 
 def _entry_point(spec: str) -> Job:
@@ -87,8 +89,10 @@ def load_job(target: str | None, model: str = "exact", diffusers: str | None = N
             raise AysError("give either a problem / entry point or --diffusers, not both")
         from ..integrations.diffusers import load_diffusers_job
 
-        denoiser, data, noise = load_diffusers_job(diffusers, list(prompts) or None, guidance_scale, latents)
-        return Job(denoiser, data, noise, label=os.path.basename(os.path.normpath(diffusers)))
+        job = load_diffusers_job(diffusers, prompts=prompts, latents=latents, guidance_scale=guidance_scale,
+                                 **diffusers_data_options())
+        return Job(job.denoiser, job.data, job.noise, label=os.path.basename(os.path.normpath(diffusers)),
+                   sigma_min=job.sigma_min, sigma_max=job.sigma_max, init=job.init, info=job.info)
     if target is None:
         raise AysError("name a problem (see `ays optimize --help`), an entry point module:function, or --diffusers")
     if ":" in target and not os.path.exists(target):
@@ -101,6 +105,22 @@ def load_job(target: str | None, model: str = "exact", diffusers: str | None = N
                sigma_min=problem.sigma_min, sigma_max=problem.sigma_max)
 
 
+#: the --diffusers data options, passed through the commands untouched (click ``expose_value=False``)
+DIFFUSERS_DATA_OPTIONS = ("prompts_file", "images", "captions", "resolution", "negative_prompt")
+
+
+def _keep_diffusers_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"ays.diffusers.{param.name}"] = value
+    return value
+
+
+def diffusers_data_options() -> dict[str, Any]:
+    """The values of the --diffusers data options of the running command (all None outside one)."""
+    ctx = click.get_current_context(silent=True)
+    meta = {} if ctx is None else ctx.meta
+    return {name: meta.get(f"ays.diffusers.{name}") for name in DIFFUSERS_DATA_OPTIONS}
+
+
 def model_options(f: Any) -> Any:
     """The click options shared by commands that need a model and its data."""
     opts = [
@@ -110,11 +130,22 @@ def model_options(f: Any) -> Any:
                           "network) or a file written by `ays train`."),
         click.option("--diffusers", type=click.Path(), default=None,
                      help="A local diffusers pipeline folder to optimise instead of a problem."),
-        click.option("--prompt", "prompts", multiple=True, help="Prompt(s) for --diffusers (repeatable)."),
-        click.option("--guidance-scale", type=float, default=1.0, show_default=True,
-                     help="Classifier-free guidance scale for --diffusers (the schedule is for this scale)."),
+        click.option("--prompt", "prompts", multiple=True,
+                     help="Prompt(s) for --diffusers (repeatable): the model's own samples of them are the data; "
+                          "with --latents, every row's caption; for ays sample, the grid's rows."),
+        click.option("--guidance-scale", type=float, default=None,
+                     help="Guidance scale for --diffusers, as the pipeline takes it (default: the pipeline's own); "
+                          "the schedule is for this scale."),
         click.option("--latents", type=click.Path(), default=None,
-                     help="For --diffusers: a .pt/.safetensors latent tensor or a folder of images."),
+                     help="For --diffusers: a .pt/.safetensors latent tensor [N, C, h, w], with --captions."),
+        *[click.option(flag, name, default=None, expose_value=False, callback=_keep_diffusers_option, help=text)
+          for flag, name, text in (
+              ("--prompts", "prompts_file", "For --diffusers: a prompt file (one a line); the model's own "
+                                            "samples of them are the data (cached on disk)."),
+              ("--images", "images", "For --diffusers: a folder of captioned images (metadata.jsonl or NAME.txt)."),
+              ("--captions", "captions", "For --diffusers --latents: a caption file, one line per latent row."),
+              ("--resolution", "resolution", "For --diffusers: the image size, 1024 or HxW (default: the model's)."),
+              ("--negative-prompt", "negative_prompt", "For --diffusers: the negative prompt of guidance."))],
     ]
     for opt in reversed(opts):
         f = opt(f)

@@ -65,6 +65,8 @@ def run_optimize(job: Any, *, out: str | None, checkpoint: str | None, resume: b
         click.echo(f"ays: interrupted{hint}", err=True)
         sys.exit(130)
     bar.close()
+    if getattr(job, "info", None):
+        result.model_info = job.info  # the schedule file records the model it was made for
     if out is not None:
         from ..distributed import is_rank_zero
 
@@ -162,6 +164,10 @@ def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tu
     kwargs["sigma_min"] = sigma_min if sigma_min is not None else job.sigma_min
     kwargs["sigma_max"] = sigma_max if sigma_max is not None else job.sigma_max
     kwargs["method"] = method
+    if getattr(job, "init", None) is not None and sigma_min is None and sigma_max is None:
+        init = job.init(steps)  # the pipeline's own default schedule: flow models from t = 1, with their shift
+        if init is not None:
+            kwargs.update(init=init, sigma_min=float(init[-1]), sigma_max=float(init[0]))
     kwargs.update(parse_options(opts))
     result = run_optimize(job, out=out, checkpoint=checkpoint, resume=resume, quiet=quiet, **kwargs)
     if not is_rank_zero():

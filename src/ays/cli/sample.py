@@ -45,6 +45,16 @@ def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple
         check_writable(out, what="--out")
     if plot is not None:
         check_writable(plot, what="--plot", create_parents=True)
+    if diffusers is not None:
+        # the pipeline's own runs, its default schedule beside this one, from the same noise: a PNG grid
+        from ..integrations.diffusers.grid import sample_grid
+        from ._job import diffusers_data_options
+
+        grid, extra = plot or "ays-grid.png", diffusers_data_options()
+        sample_grid(diffusers, schedule_name, list(prompts), grid, seed=seed, guidance_scale=guidance_scale,
+                    negative_prompt=extra["negative_prompt"], resolution=extra["resolution"])
+        click.echo(f"wrote {grid}", err=True)
+        return
     job = load_job(target, model, diffusers, prompts, guidance_scale, latents)
     lo = sigma_min if sigma_min is not None else job.sigma_min
     hi = sigma_max if sigma_max is not None else job.sigma_max

@@ -71,6 +71,10 @@ def render(sigmas: torch.Tensor, fmt: str, name: str) -> str:
         return json.dumps(doc, indent=2)
     from ..integrations import formats
 
+    if os.path.isfile(name):  # a schedule file: the export keeps its model's parametrisation (flow time, shift)
+        from ..integrations.resolve import resolve as resolve_source
+
+        return formats.render(resolve_source(name, len(sigmas) - 1), fmt)
     return formats.render(sigmas, fmt)
 
 
@@ -86,8 +90,10 @@ def render(sigmas: torch.Tensor, fmt: str, name: str) -> str:
                    "diffusers/comfyui/a1111/kdiffusion: what each consumer takes.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to this file (atomically) instead of stdout.")
+@click.option("--for", "for_model", type=click.Path(), default=None, metavar="DIR",
+              help="A diffusers pipeline folder: the export for its scheduler, checked to land on the schedule.")
 def schedule(name: str, steps: int | None, sigma_min: float | None, sigma_max: float | None,
-             opts: tuple[str, ...], fmt: str, output: str | None) -> None:
+             opts: tuple[str, ...], fmt: str, output: str | None, for_model: str | None) -> None:
     """Print or export the schedule NAME: a heuristic (karras, loglinear, time_uniform,
     vp, polyexponential, kl_optimal, beta), a published AYS table (sd15, sdxl, svd,
     deepfloyd_if) or a saved ays-schedule/1 JSON file.
@@ -98,7 +104,14 @@ def schedule(name: str, steps: int | None, sigma_min: float | None, sigma_max: f
     ays schedule kl_optimal -n 8 --sigma-min 0.002 --sigma-max 80 -O c=0.5
     """
     sigmas = resolve(name, steps, sigma_min, sigma_max, parse_options(opts))
-    text = render(sigmas, fmt, name)
+    if for_model is not None:
+        from ..integrations.diffusers.verify import export_for
+
+        kwargs, note = export_for(name if os.path.isfile(name) else sigmas, for_model, len(sigmas) - 1)
+        text = json.dumps(kwargs)
+        click.echo(note, err=True)
+    else:
+        text = render(sigmas, fmt, name)
     if output is None:
         click.echo(text)
     else:
