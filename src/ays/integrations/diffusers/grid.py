@@ -18,6 +18,7 @@ from typing import Any
 from ...validate import AysError
 from .export import run_diffusers_pipeline
 from .family import family_of
+from .job import parse_resolution
 from .pipeline import load_pipeline
 
 __all__ = ["sample_grid"]
@@ -32,7 +33,7 @@ def _recorded(schedule: str | os.PathLike[str]) -> dict[str, Any]:
 
 def sample_grid(model: str | os.PathLike[str], schedule: str | os.PathLike[str], prompts: Sequence[str],
                 out: str | os.PathLike[str], *, seed: int = 0, guidance_scale: float | None = None,
-                negative_prompt: str | None = None, resolution: tuple[int, int] | None = None,
+                negative_prompt: str | None = None, resolution: str | int | tuple[int, int] | None = None,
                 device: str | None = None) -> dict[str, Any]:
     """Write a PNG: one row per prompt, columns "default" and "ays"; returns what was run."""
     import torch
@@ -47,7 +48,8 @@ def sample_grid(model: str | os.PathLike[str], schedule: str | os.PathLike[str],
     family = family_of(pipe)
     if info.get("family") not in (None, family.name):
         raise AysError(f"the schedule was made for a {info['family']} model, but {str(model)!r} is {family.name}")
-    res = family.check_resolution(resolution or tuple(info.get("resolution") or family.default_resolution()))
+    asked = parse_resolution(resolution)
+    res = family.check_resolution(asked or tuple(info.get("resolution") or family.default_resolution()))
     scale = guidance_scale if guidance_scale is not None else info.get("guidance_scale")
     scale = family.default_guidance() if scale is None else float(scale)
     negative = negative_prompt if negative_prompt is not None else info.get("negative_prompt")
@@ -61,6 +63,10 @@ def sample_grid(model: str | os.PathLike[str], schedule: str | os.PathLike[str],
                        **kwargs).images
         ours = run_diffusers_pipeline(pipe, schedule, generator=torch.Generator(family.device).manual_seed(seed),
                                       **kwargs).images
+    # tiles of at least 128 px, so that the labels fit above small (test-sized) images
+    zoom = max(1, -(-128 // default[0].size[0]))
+    default, ours = ([im.resize((im.width * zoom, im.height * zoom), Image.Resampling.NEAREST) for im in ims]
+                     for ims in (default, ours))
     w, h = default[0].size
     label = 14
     grid = Image.new("RGB", (2 * w, len(prompts) * h + label), "white")

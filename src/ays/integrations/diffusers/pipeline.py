@@ -8,9 +8,11 @@ as users load them (``from_pretrained(..., text_encoder_3=None)``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,26 @@ def _absent_optional(folder: Path, index: dict[str, Any], diffusers: Any) -> dic
     return out
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No loading bars from diffusers and transformers: ays' own progress bar is the one users read."""
+    import diffusers.utils.logging as dlog
+
+    try:
+        import transformers.utils.logging as tlog
+    except ImportError:  # pragma: no cover - transformers comes with every text-to-image pipeline
+        tlog = None
+    dlog.disable_progress_bar()
+    if tlog is not None:
+        tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.enable_progress_bar()
+        if tlog is not None:
+            tlog.enable_progress_bar()
+
+
 def load_pipeline(path: str | os.PathLike[str], *, device: str | torch.device | None = None,
                   torch_dtype: torch.dtype | None = None) -> Any:
     """``DiffusionPipeline.from_pretrained(folder, local_files_only=True)``, optional parts absent as None."""
@@ -68,10 +90,11 @@ def load_pipeline(path: str | os.PathLike[str], *, device: str | torch.device | 
     kwargs: dict[str, Any] = {"local_files_only": True, **_absent_optional(folder, index, diffusers)}
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
-    try:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), **kwargs)
-    except (OSError, ValueError, TypeError) as e:
-        raise AysError(f"cannot load the diffusers pipeline from {str(folder)!r}: {e}") from None
+    with _quiet_loading():
+        try:
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), **kwargs)
+        except (OSError, ValueError, TypeError) as e:
+            raise AysError(f"cannot load the diffusers pipeline from {str(folder)!r}: {e}") from None
     if device is not None:
         pipe = pipe.to(device)
     if hasattr(pipe, "set_progress_bar_config"):
