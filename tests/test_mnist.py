@@ -63,11 +63,11 @@ def test_exact_denoiser_is_the_posterior_mean_over_the_train_images() -> None:
 
 
 def test_unet_shape_and_edm_preconditioning_returns_x_as_sigma_vanishes() -> None:
-    net = nets.build("unet", seed=1, widths=(8, 16, 16), heads=2)
-    with torch.no_grad():  # a non-zero output layer, so that F != 0 and the limit is not trivial
-        net.out.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(2))
+    net = nets.build("unet", seed=1, widths=(8, 16, 16), heads=2).requires_grad_(False)
+    # A non-zero output layer (it starts at zero), so that F != 0 and the limit is not trivial.
+    net.out.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(2))
     x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(3))
-    f = net(x, torch.zeros(3)).detach()
+    f = net(x, torch.zeros(3))
     assert f.shape == x.shape and float(f.abs().max()) > 0
     d = EDMPrecond(net, 0.9)
     # D - x = c_out F + (c_skip - 1) x, with c_out ≈ sigma and c_skip - 1 ≈ -sigma²/sd²: O(sigma).
