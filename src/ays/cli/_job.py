@@ -51,6 +51,9 @@ def _entry_point(spec: str) -> Job:
             sys.modules[mod_spec.name] = module
             mod_spec.loader.exec_module(module)
         else:
+            # As `python -m` and `torchrun -m` do: the working directory's packages are importable.
+            if "" not in sys.path and os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
             module = importlib.import_module(target)
     except ImportError as e:
         raise AysError(f"cannot import {target!r} for entry point {spec!r}: {e}") from None
@@ -129,7 +132,7 @@ def model_options(f: Any) -> Any:
                      help="For a named problem: 'exact' (closed-form denoiser), 'trained' (shipped "
                           "network) or a file written by `ays train`."),
         click.option("--diffusers", type=click.Path(), default=None,
-                     help="A local diffusers pipeline folder to optimise instead of a problem."),
+                     help="A local diffusers pipeline folder: the model, instead of PROBLEM or module:function."),
         click.option("--prompt", "prompts", multiple=True,
                      help="Prompt(s) for --diffusers (repeatable): the model's own samples of them are the data; "
                           "with --latents, every row's caption; for ays sample, the grid's rows."),
