@@ -29,7 +29,7 @@ import torch
 from ..io import atomic_write_json, read_json
 from ..validate import AysError, ScheduleError, check_sigmas
 
-__all__ = ["FORMAT", "OptimizeResult", "load_schedule"]
+__all__ = ["FORMAT", "OptimizeResult", "exact_ends", "load_schedule"]
 
 #: The value of the ``"format"`` key of a schedule file.
 FORMAT = "ays-schedule/1"
@@ -71,6 +71,9 @@ class OptimizeResult:
     created: str | None = None
     #: what a model integration records about the model (family, noise, shift, resolution, guidance, ...)
     model_info: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.sigmas = exact_ends(self.sigmas, self.settings)
 
     def __repr__(self) -> str:
         # The history can hold hundreds of schedules: keep the summary readable.
@@ -118,6 +121,26 @@ class OptimizeResult:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the ``ays-schedule/1`` JSON file atomically (temp file, fsync, rename)."""
         atomic_write_json(path, self.to_dict())
+
+
+def exact_ends(sigmas: Tensor, settings: dict[str, Any]) -> Tensor:
+    """``sigmas`` with its ends set to the ``sigma_max``/``sigma_min`` of ``settings`` where they differ by rounding.
+
+    The methods work in log-sigma, so an end comes back as ``exp(log(80)) = 79.99999999999997``;
+    the file keeps the range that was asked for. Ends further off (relative 1e-9) are left alone.
+    """
+    out = sigmas
+    for index, key in ((0, "sigma_max"), (-1, "sigma_min")):
+        want = settings.get(key) if isinstance(settings, dict) else None
+        if not isinstance(out, Tensor) or out.numel() < 2 or isinstance(want, bool):
+            return out
+        if not isinstance(want, (int, float)) or not math.isfinite(want) or want <= 0:
+            continue
+        have = float(out[index])
+        if have != want and math.isclose(have, want, rel_tol=1e-9):
+            out = out.clone() if out is sigmas else out
+            out[index] = want
+    return out
 
 
 def _fail(path: Any, why: str) -> AysError:
