@@ -59,6 +59,7 @@ import importlib.resources
 import io
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -251,9 +252,15 @@ class TrainResult:
         config = {**self.config, "final_loss": self.final_loss(), "loss_block": block, "loss_curve": means, **extra}
         return save_model(path, self.denoiser, config)
 
-    def plot(self, path: str | os.PathLike[str], *, title: str | None = None, floor: float | None = None) -> str:
+    def final_loss_stderr(self, window: int = 1000) -> float:
+        """Standard error of :meth:`final_loss` (steps' losses taken as independent draws)."""
+        tail = self.losses[-window:]
+        return float(tail.std()) / math.sqrt(tail.numel()) if tail.numel() > 1 else float("nan")
+
+    def plot(self, path: str | os.PathLike[str], *, title: str | None = None, floor: float | None = None,
+             floor_stderr: float | None = None) -> str:
         """Save the loss curve as an image (see :func:`plot_loss`)."""
-        return plot_loss(self.losses, path, title=title, floor=floor)
+        return plot_loss(self.losses, path, title=title, floor=floor, floor_stderr=floor_stderr)
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -459,8 +466,7 @@ def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file (pickle, zip, EOF, runtime)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AysError(f"{path}: not a readable ays model file ({reason[:200]})") from None
+        raise AysError(f"{path}: not a readable ays model file ({_load_failure(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise AysError(f"{path}: not an ays model file (format {got!r}, expected {FORMAT!r})")
@@ -468,6 +474,26 @@ def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(payload.get(key), kind):
             raise AysError(f"{path}: damaged ays model file ({key!r} missing or of the wrong type)")
     return payload
+
+
+def _load_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words, whole.
+
+    torch's own message advises loading with ``weights_only=False``; that never applies
+    here (an ays model file holds only tensors and plain data), so it is left out.
+    """
+    text = str(e).strip()
+    if isinstance(e, EOFError) or not text:
+        return "the file is empty or cut short"
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found:
+            return f"it holds a Python object ({found.group(1)}) that an ays model file never does"
+        return "it is not a file written by torch.save"
+    if "zip archive" in text or "central directory" in text:
+        return "its zip archive is damaged or cut short"
+    first = text.splitlines()[0]
+    return first.split(". ")[0].rstrip(".")
 
 
 def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -524,10 +550,12 @@ def plot_loss(
     window: int | None = None,
     title: str | None = None,
     floor: float | None = None,
+    floor_stderr: float | None = None,
 ) -> str:
     """Save the training loss curve (log scale; raw and a moving average) to ``path`` atomically.
 
-    ``floor``, when given, is drawn as the loss of the ideal denoiser (:func:`ideal_loss`).
+    ``floor``, when given, is drawn as the loss of the ideal denoiser (:func:`ideal_loss`);
+    with ``floor_stderr``, as the Monte Carlo estimate it is: a band of ± 2 standard errors.
     """
     import matplotlib  # loads only here, when a plot is drawn
 
@@ -547,7 +575,12 @@ def plot_loss(
     try:
         ax.plot(steps.numpy(), y.numpy(), lw=0.5, alpha=0.3, color="C0", label="minibatch")
         ax.plot(steps[w - 1 :].numpy(), smooth.numpy(), lw=1.5, color="C0", label=f"mean of {w} steps")
-        if floor is not None:
+        if floor is not None and floor_stderr is not None:
+            lo, hi = float(floor) - 2 * float(floor_stderr), float(floor) + 2 * float(floor_stderr)
+            ax.axhspan(lo, hi, color="C3", alpha=0.15, lw=0)
+            ax.axhline(float(floor), color="C3", ls="--", lw=1.0,
+                       label=f"ideal denoiser, estimate {float(floor):.4f} ± {2 * float(floor_stderr):.4f} (2 s.e.)")
+        elif floor is not None:
             ax.axhline(float(floor), color="C3", ls="--", lw=1.0, label=f"ideal denoiser ({float(floor):.4f})")
         ax.set_yscale("log")
         ax.set_xlabel("step")

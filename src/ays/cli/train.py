@@ -109,11 +109,13 @@ def train(problem: str, steps: int, batch_size: int | None, lr: float, seed: int
     seconds = time.perf_counter() - start
     path = result.save(out, problem=problem, shape=list(prob.shape), command=command, seconds=round(seconds, 1),
                        parameters=nets.num_parameters(net))
-    click.echo(f"saved {path}: {name} network, {nets.num_parameters(net)} parameters, "
-               f"final loss {result.final_loss():.4f} (mean of the last {min(1000, steps)} steps), {seconds:.0f} s")
+    click.echo(f"saved {path}: {name} network, {nets.num_parameters(net)} parameters, final loss "
+               f"{result.final_loss():.4f} ± {result.final_loss_stderr():.4f} (mean ± standard error of the last "
+               f"{min(1000, steps)} steps), {seconds:.0f} s")
     if plot:
-        # The exact denoiser's loss (the floor) is drawn for scale; a few seconds at most.
-        floor, _ = training.ideal_loss(prob, result.config["sigma_data"], samples=16384)
+        # The exact denoiser's loss (the floor) is drawn for scale, as the Monte Carlo estimate it is:
+        # ideal_loss's default draws, a few seconds at most.
+        floor, floor_se = training.ideal_loss(prob, result.config["sigma_data"])
         result.plot(plot, title=f"{problem}: {name} network, {steps} steps, batch {batch_size}, lr {lr:g}",
-                    floor=floor)
-        click.echo(f"saved {plot} (ideal denoiser's loss {floor:.4f})")
+                    floor=floor, floor_stderr=floor_se)
+        click.echo(f"saved {plot} (ideal denoiser's loss, a Monte Carlo estimate: {floor:.4f} ± {floor_se:.4f})")
