@@ -1,0 +1,286 @@
+"""Model families end to end, on tiny random pipelines saved as users have them (tests/tiny_pipelines.py).
+
+For each family (SD 1.5, SD 2 v-prediction, SDXL, SD3 with and without T5, Flux with and
+without the guidance embedding):
+
+- the pipeline's own ``__call__``, fed the exported schedule through its own (shifting)
+  scheduler, lands where ``ays.sample`` lands from the same noise with each row's caption;
+- a flow model's export is in flow time [0, 1] and starts at the pure-noise level t = 1;
+- the data loaders give every row its own caption's conditioning (a shuffled folder keeps
+  each image with its caption), cache the model's own samples, and refuse bad input with
+  exit code 2 and one line;
+- ``ays optimize --diffusers`` runs from a captioned image folder and from a prompt file,
+  and the schedule file carries the model's family, noise, shift, resolution and guidance
+  into ``ays schedule --format`` and ``--for``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import ays
+from ays import schedules as S
+from ays.validate import AysError
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+import tiny_pipelines as T  # noqa: E402  (needs diffusers)
+from ays.integrations.diffusers import (  # noqa: E402
+    PURE_NOISE_SIGMA,
+    family_of,
+    load_pipeline,
+    to_diffusers,
+)
+from ays.integrations.diffusers import data as DD  # noqa: E402
+from ays.integrations.diffusers.flux import pack  # noqa: E402
+
+RES = (T.RESOLUTION, T.RESOLUTION)
+RTOL = 1e-4
+FAMILY = {"sd15": "sd", "sd2v": "sd", "sdxl": "sdxl", "sd3": "sd3", "sd3_no_t5": "sd3", "flux": "flux",
+          "flux_schnell": "flux"}
+CAPTIONS = ["a cat", "a dog", "sky", "a cow"]
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipelines")
+    torch.set_num_threads(1)
+    return {name: T.build(name, root) for name in T.FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four images of different sizes, each with a ``NAME.txt`` caption."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    g = torch.Generator().manual_seed(0)
+    for i, caption in enumerate(CAPTIONS):
+        pixels = torch.randint(0, 256, (18 + 2 * i, 24 - i, 3), generator=g, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(root / f"im{i}.png")
+        (root / f"im{i}.txt").write_text(caption + "\n")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AYS_CACHE", str(tmp_path_factory.getbasetemp() / "ays-cache"))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _perturbed(s: torch.Tensor) -> torch.Tensor:
+    """A schedule that is no pipeline's default: interior levels moved by ±20 % in log sigma."""
+    s = s.clone()
+    for i in range(1, s.numel() - 1):
+        s[i] = s[i] * (1.2 if i % 2 else 0.8)
+    return s
+
+
+# ----------------------------------------------------------------------------- the pipeline's own loop
+
+
+@pytest.mark.parametrize("name", T.FAMILIES)
+def test_pipeline_with_the_exported_schedule_equals_ays_sample(folders: dict[str, Path], name: str) -> None:
+    pipe = load_pipeline(folders[name])
+    family = family_of(pipe)
+    assert family.name == FAMILY[name]
+    prompts, scale = ["a cat", "a dog"], 2.0
+    noise_schedule = family.noise(RES)
+    default = family.default_schedule(4, RES)
+    base = default if default is not None else S.time_uniform(4, noise_schedule.sigma_min, noise_schedule.sigma_max,
+                                                               noise=noise_schedule)
+    s = _perturbed(base)
+    flow = family.prediction() == "flow"
+    mu = family.mu(RES) if flow else None
+    kwargs = to_diffusers(s, pipe.scheduler, mu=mu)  # the pipeline's own scheduler: its shift undone
+    if flow:
+        t = torch.tensor(kwargs["sigmas"])
+        assert t[0] == 1.0 and s[0] == PURE_NOISE_SIGMA  # pure noise, t = 1
+        assert bool(((t >= 0) & (t <= 1)).all()) and bool((t[1:] < t[:-1]).all())
+    noise = torch.randn(2, *family.latent_shape(RES), generator=torch.Generator().manual_seed(1))
+    denoiser = family.denoiser(guidance_scale=scale, resolution=RES)
+    cond, _ = family.encode(prompts, None, RES)
+    with torch.no_grad():
+        ours = ays.sample(denoiser, noise, S.to_sampling(s), solver="euler", cond=cond)
+        # flow pipelines start from the noise itself (t = 1); trailing-spacing Euler from noise * sigma_max
+        latents = pack(noise) if name.startswith("flux") else noise
+        out = pipe(prompt=prompts, guidance_scale=scale, height=RES[0], width=RES[1], latents=latents,
+                   output_type="latent", **kwargs).images
+    theirs = family.latents_from_output(out, RES)
+    assert _rel(ours, theirs) < RTOL
+
+
+def test_flux_guidance_embedding_and_no_cfg(folders: dict[str, Path]) -> None:
+    """FLUX.1-dev-like: the scale is an input of the one network call; schnell-like: the scale changes nothing."""
+    dev, schnell = (family_of(load_pipeline(folders[n])) for n in ("flux", "flux_schnell"))
+    x, sigma = torch.randn(2, *dev.latent_shape(RES), generator=torch.Generator().manual_seed(0)) * 3, torch.tensor(
+        [3.0, 0.5])
+    for fam, differs in ((dev, True), (schnell, False)):
+        cond, uncond = fam.encode(["a cat", "a dog"], None, RES)
+        assert uncond == {} and not fam.uses_cfg(5.0)
+        with torch.no_grad():
+            a = fam.denoiser(guidance_scale=1.5, resolution=RES)(x, sigma, **cond)
+            b = fam.denoiser(guidance_scale=5.0, resolution=RES)(x, sigma, **cond)
+        assert (not torch.equal(a, b)) == differs
+
+
+def test_flux_shift_follows_the_image_size(folders: dict[str, Path]) -> None:
+    fam = family_of(load_pipeline(folders["flux"]))
+    cfg = fam.scheduler.config
+    small, large = fam.mu((16, 16)), fam.mu((32, 32))
+    # mu is linear in the token count: 16 tokens at 16 px, 64 at 32 px (= max_image_seq_len -> max_shift)
+    slope = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len - cfg.base_image_seq_len)
+    assert small == pytest.approx(cfg.base_shift + slope * (16 - cfg.base_image_seq_len))
+    assert large == pytest.approx(cfg.max_shift)
+    assert fam.info((16, 16), 3.5, None)["shift"]["kind"] == "dynamic"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_image_folder_rows_keep_their_own_captions(folders: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    fam = family_of(load_pipeline(folders["sdxl"]))
+    data = DD.from_images(fam, images, RES)
+    assert data.x.shape == (4, 4, 8, 8)
+    want, _ = fam.encode(CAPTIONS, None, RES)
+    for key in want:
+        torch.testing.assert_close(data.cond[key], want[key].float())
+    # metadata.jsonl in another order: the same (image, caption) pairs, row by row
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    order = [2, 0, 3, 1]
+    for i in order:
+        (meta / f"im{i}.png").write_bytes((images / f"im{i}.png").read_bytes())
+    (meta / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"im{i}.png", "text": CAPTIONS[i]}) + "\n"
+                                                 for i in order))
+    other = DD.from_images(fam, meta, RES)
+    torch.testing.assert_close(other.x, data.x[order])
+    for key in want:
+        torch.testing.assert_close(other.cond[key], data.cond[key][order])
+
+
+def test_images_are_resized_to_cover_and_centre_cropped(images: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    im = DD.load_image(images / "im3.png", (16, 8))  # 24 x 21 (h x w): scaled by 16/24 to 16 x 14, cropped to 8 wide
+    assert im.shape == (3, 16, 8) and im.min() >= -1 and im.max() <= 1
+    src = Image.open(images / "im3.png").convert("RGB")
+    scale = max(16 / src.height, 8 / src.width)
+    resized = src.resize((max(8, round(src.width * scale)), max(16, round(src.height * scale))),
+                         Image.Resampling.BICUBIC)
+    left = (resized.width - 8) // 2
+    want = torch.tensor(np.asarray(resized.crop((left, 0, left + 8, 16))), dtype=torch.float32)
+    torch.testing.assert_close(im.permute(1, 2, 0), want / 127.5 - 1)
+
+
+def test_prompt_samples_are_the_pipelines_own_and_cached(folders: dict[str, Path]) -> None:
+    fam = family_of(load_pipeline(folders["sd3_no_t5"]))
+    prompts = ["a cat", "a dog"]
+    first, cached = DD.model_samples(fam, folders["sd3_no_t5"], prompts, RES, steps=6, seed=3, guidance_scale=2.0)
+    assert not cached
+    with torch.no_grad():
+        own = fam.pipe(prompt=prompts, num_inference_steps=6, guidance_scale=2.0, height=16, width=16,
+                       generator=torch.Generator().manual_seed(3), output_type="latent").images
+    torch.testing.assert_close(first.x, own)
+    again, cached = DD.model_samples(fam, folders["sd3_no_t5"], prompts, RES, steps=6, seed=3, guidance_scale=2.0)
+    assert cached and torch.equal(again.x, first.x)
+    _, cached = DD.model_samples(fam, folders["sd3_no_t5"], prompts, RES, steps=6, seed=4, guidance_scale=2.0)
+    assert not cached  # another seed is another sample set
+
+
+def test_unknown_family_names_what_is_missing(tmp_path: Path) -> None:
+    pipe = diffusers.DDPMPipeline(unet=diffusers.UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), norm_num_groups=4,
+        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2), scheduler=diffusers.DDPMScheduler())
+    with pytest.raises(AysError, match="denoiser_from_parts") as err:
+        family_of(pipe)
+    assert "text_encoder" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from ays.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    out = capsys.readouterr()
+    return int(exit_.value.code or 0), out.out, out.err
+
+
+@pytest.mark.parametrize(("name", "args"), [
+    ("sd15", ["--images", "IMAGES", "--captions", "CAPTIONS"]),  # --captions needs --latents
+    ("sdxl", ["--images", "BARE"]),  # a folder without captions
+    ("sd3", ["--latents", "LATENTS", "--captions", "CAPTIONS"]),  # 3 captions for 4 rows
+    ("flux", ["--prompt", "a cat", "--resolution", "18"]),  # Flux needs multiples of 4 px (VAE 2 x patch 2)
+    ("ddpm", ["--prompt", "a cat"]),  # not a text-to-image family
+])
+def test_bad_input_is_exit_2_and_one_line(folders: dict[str, Path], images: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str], name: str, args: list[str]) -> None:
+    from PIL import Image
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    Image.new("RGB", (16, 16)).save(bare / "x.png")
+    (tmp_path / "captions.txt").write_text("a\nb\nc\n")
+    torch.save(torch.zeros(4, 4, 8, 8), tmp_path / "latents.pt")
+    if name == "ddpm":
+        diffusers.DDPMPipeline(unet=diffusers.UNet2DModel(
+            sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), norm_num_groups=4,
+            down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2),
+            scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    folder = tmp_path / "ddpm" if name == "ddpm" else folders[name]
+    swap = {"IMAGES": str(images), "BARE": str(bare), "CAPTIONS": str(tmp_path / "captions.txt"),
+            "LATENTS": str(tmp_path / "latents.pt")}
+    code, _, err = _run(["optimize", "--diffusers", str(folder), *[swap.get(a, a) for a in args], "--steps", "3",
+                         "--out", str(tmp_path / "s.json"), "-q"], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("ays: "), err
+
+
+def _optimize(folder: Path, data: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    code, _, err = _run(["optimize", "--diffusers", str(folder), *data, "--resolution", "16", "--guidance-scale",
+                         "2", "--steps", "3", "--samples", "8", "--method", "coordinate", "-O", "max_sweeps=1",
+                         "-O", "candidates=3", "--out", str(out), "-q"], capsys)
+    assert code == 0, err
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "sd3", "flux"])
+def test_optimize_command_from_images_and_from_prompts(folders: dict[str, Path], images: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str], name: str) -> None:
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
+    for data in (["--images", str(images)], ["--prompts", str(tmp_path / "prompts.txt")]):
+        doc = _optimize(folders[name], data, tmp_path / "s.json", capsys)
+        info = doc["model_info"]
+        assert info["family"] == FAMILY[name] and info["resolution"] == [16, 16]
+        flow = info["noise"] == "Flow"
+        assert flow == (name in ("sd3", "flux"))
+        assert info["guidance_scale"] == 2.0 and info["data"]["rows"] == (4 if data[0] == "--images" else 2)
+        if flow:
+            assert doc["sigmas"][0] == PURE_NOISE_SIGMA  # starts at pure noise
+    for fmt in ("diffusers", "comfyui"):
+        code, out, err = _run(["schedule", str(tmp_path / "s.json"), "--format", fmt], capsys)
+        assert code == 0, err
+        values = json.loads(out)
+        values = values["sigmas"] if fmt == "diffusers" else values
+        if flow:  # flow times in [0, 1], from t = 1
+            assert values[0] == 1.0 and all(0 <= v <= 1 for v in values)
+        else:
+            assert values[0] == pytest.approx(doc["sigmas"][0])
+    code, out, err = _run(["schedule", str(tmp_path / "s.json"), "--for", str(folders[name])], capsys)
+    assert code == 0 and "checked" in err, err
+    grid = tmp_path / "grid.png"
+    code, _, err = _run(["sample", "--diffusers", str(folders[name]), "--schedule", str(tmp_path / "s.json"),
+                         "--prompt", "a cat", "--prompt", "a dog", "--plot", str(grid)], capsys)
+    assert code == 0 and grid.is_file(), err
