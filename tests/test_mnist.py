@@ -96,6 +96,22 @@ def test_shipped_unet_loads_and_beats_an_untrained_one_on_mnist_fd() -> None:
     assert good < 0.25 * bad
 
 
+def test_shipped_unet_denoises_held_out_digits_better_than_the_best_linear_denoiser() -> None:
+    model = train.pretrained("mnist")
+    tr = mnist_data("train", dtype=torch.float64).reshape(4000, -1)
+    te = mnist_data("test", dtype=torch.float64).reshape(1000, -1)[:200]
+    for sigma in (0.2, 1.0):
+        x = te + sigma * torch.randn(te.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        # Wiener filter m + (C + σ² I)⁻¹ C (x - m), C and m of the train split: the least-squares
+        # denoiser among those affine in x (C and its resolvent commute).
+        m, c = tr.mean(0), torch.cov(tr.T, correction=0)
+        linear = m + torch.linalg.solve(c + sigma**2 * torch.eye(784, dtype=torch.float64), c @ (x - m).T).T
+        with torch.no_grad():
+            net = model(x.float().reshape(-1, 1, 28, 28), torch.full((200,), sigma)).reshape(200, -1).double()
+        mse_net, mse_linear = float((net - te).square().mean()), float((linear - te).square().mean())
+        assert mse_net < 0.6 * mse_linear < 0.6 * min(sigma**2, float((m - te).square().mean()))
+
+
 def test_shipped_classifier_has_its_stated_accuracy_and_fd_orders_sets() -> None:
     assert MNIST_CLASSIFIER_PATH.stat().st_size < 1_000_000
     model, meta = load_mnist_classifier()
