@@ -5,7 +5,6 @@ does with the same schedule and noise."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from ays.validate import AysError, check_sigmas
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 AD = pytest.importorskip("ays.integrations.diffusers")
+import tiny_pipelines as T  # noqa: E402  (needs diffusers)
 
 SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
 RTOL = 1e-4
@@ -62,31 +62,9 @@ def transformer() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def pipe(unet: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """StableDiffusionPipeline from tiny parts, with a CLIP tokenizer built from a local letter vocabulary."""
-    folder = tmp_path_factory.mktemp("tokenizer")
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    vocab.update({c: i + 2 for i, c in enumerate(letters)})
-    vocab.update({c + "</w>": i + 2 + len(letters) for i, c in enumerate(letters)})
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=12)
-    torch.manual_seed(1)
-    encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=12, bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=16,
-    )).eval()
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
-    ).eval()
-    scheduler = diffusers.EulerDiscreteScheduler(**SD, timestep_spacing="trailing")
-    p = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    p.set_progress_bar_config(disable=True)
-    return p
+def pipe(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The tiny SD 1.5 pipeline of tests/tiny_pipelines.py (a CLIP tokenizer over a local letter vocabulary)."""
+    return T.make("sd15", tmp_path_factory.mktemp("sd15"))
 
 
 def _noise(n: int = 3, seed: int = 1) -> torch.Tensor:
@@ -144,7 +122,7 @@ def test_unet_schedule_runs_the_same_in_diffusers_loops_and_ays_sample(unet: tor
                                       uncond={"encoder_hidden_states": uncond}, guidance_scale=GUIDANCE)
     noise_schedule = AD.noise_from_scheduler(euler)
     with torch.no_grad():
-        res = ays.optimize(denoiser, _data(), steps=4, noise=noise_schedule, **FAST)
+        res = ays.optimize(denoiser, _data(), steps=4, noise=noise_schedule, **FAST, method="coordinate")
         # A valid schedule on the model's own levels, over its whole range.
         s = check_sigmas(res.sigmas, steps=4, allow_final_zero=False)
         assert res.timesteps is not None and res.timesteps[0] == 999 and res.timesteps[-1] == 0
@@ -180,7 +158,8 @@ def test_flow_transformer_schedule_runs_the_same_in_diffusers_loop_and_ays_sampl
     cond = {"encoder_hidden_states": _embeds(2, 5), "pooled_projections": torch.randn(2, 8)}
     denoiser = AD.denoiser_from_parts(transformer, sched, cond=cond)
     with torch.no_grad():
-        res = ays.optimize(denoiser, _data(), steps=4, noise=noise_schedule, sigma_min=0.01, sigma_max=100.0, **FAST)
+        res = ays.optimize(denoiser, _data(), steps=4, noise=noise_schedule, sigma_min=0.01, sigma_max=100.0, **FAST,
+                           method="coordinate")
         s = check_sigmas(res.sigmas, steps=4, allow_final_zero=False)
         assert (s[0].item(), s[-1].item()) == (100.0, 0.01)
 
@@ -268,18 +247,22 @@ def test_load_diffusers_job_from_a_local_folder(pipe, tmp_path: Path) -> None:  
     pipe.save_pretrained(folder)
     latents = _data()[:4]
     torch.save(latents, tmp_path / "latents.pt")
-    denoiser, data, noise = AD.load_diffusers_job(folder, ["a cat"], 2.0, tmp_path / "latents.pt")
-    assert torch.equal(data, latents) and isinstance(noise, DiscreteVP)
+    # one prompt captions every latent row
+    job = AD.load_diffusers_job(folder, prompts=["a cat"], guidance_scale=2.0, latents=tmp_path / "latents.pt")
+    assert torch.equal(job.data.x, latents) and isinstance(job.noise, DiscreteVP)
     with torch.no_grad():
         reference = AD.denoiser_from_pipeline(pipe, ["a cat"], guidance_scale=2.0)
         x, sigma = _noise(2) * 2.0, torch.tensor([2.0, 0.3])
-        torch.testing.assert_close(denoiser(x, sigma), reference(x, sigma))
+        rows = {k: v[:2] for k, v in job.data.cond.items()}
+        torch.testing.assert_close(job.denoiser(x, sigma, **rows), reference(x, sigma))
     with pytest.raises(AysError, match="not a local folder"):
-        AD.load_diffusers_job(tmp_path / "nope", None, 1.0, tmp_path / "latents.pt")
+        AD.load_diffusers_job(tmp_path / "nope", prompts=["a"], latents=tmp_path / "latents.pt")
     with pytest.raises(AysError, match=r"model_index\.json"):
-        AD.load_diffusers_job(tmp_path, None, 1.0, tmp_path / "latents.pt")
+        AD.load_diffusers_job(tmp_path, prompts=["a"], latents=tmp_path / "latents.pt")
     with pytest.raises(AysError, match="do not exist"):
-        AD.load_diffusers_job(folder, None, 1.0, tmp_path / "missing.pt")
+        AD.load_diffusers_job(folder, prompts=["a"], latents=tmp_path / "missing.pt")
+    with pytest.raises(AysError, match="needs data"):
+        AD.load_diffusers_job(folder)
 
 
 def test_ays_optimize_command_runs_a_local_diffusers_folder(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
