@@ -39,6 +39,7 @@ import torch
 
 from ays import metrics, problems, schedules
 from ays.io import atomic_write_json, atomic_write_text
+from ays.klub import table as T
 from ays.optimize import dp as D
 from ays.optimize import optimize
 from ays.optimize import select as S
@@ -165,7 +166,7 @@ def run_problem(name: str, mode: str, steps_list: list[int], seed: int, log: Any
 
     # Shared by the dp/ays cells: one table, one evidence set.
     t = time.time()
-    table = D.build_table(prob.denoiser, prob.sample, D.log_grid(lo, hi, 128), chains=n_table, seed=seed)
+    table = T.build_table(prob.denoiser, prob.sample, T.log_grid(lo, hi, 128), chains=n_table, seed=seed)
     t_table = time.time() - t
     dopt, sopt = S.parse_options({"select_samples": n_select, **(select_options or {})})
     t = time.time()

@@ -11,7 +11,8 @@ import torch
 
 from ays import problems
 from ays.klub import KlubDraws, gaussian_klub, gaussian_klub_optimal, interval_klub
-from ays.klub_solver import gaussian_klub as gaussian_klub_2m
+from ays.klub import table as T
+from ays.klub.solver import gaussian_klub as gaussian_klub_2m
 from ays.noise import DiscreteVP
 from ays.optimize import dp as D
 from ays.optimize import optimize
@@ -87,8 +88,8 @@ def test_dp_refuses_too_many_steps():
 # ------------------------------------------------------------- quadrature
 def test_quadrature_is_exact_when_the_proposal_scale_is_the_data_scale():
     # For N(0, c²I) and proposal scale c, r(t) = M/ψ is constant: product integration is exact.
-    grid = D.log_grid(0.002, 80.0, 40)
-    k = D.quadrature(exact_mean_sq(grid, 0.5, 3), grid, c=0.5)
+    grid = T.log_grid(0.002, 80.0, 40)
+    k = T.quadrature(exact_mean_sq(grid, 0.5, 3), grid, c=0.5)
     for a, b in [(0, 39), (3, 4), (10, 30), (0, 1), (38, 39)]:
         exact = float(gaussian_klub(torch.stack([grid[b], grid[a]]), 0.5, 3))
         assert float(k[a, b]) == pytest.approx(exact, rel=1e-9)
@@ -99,8 +100,8 @@ def test_quadrature_converges_at_second_order_otherwise():
     errors, sizes = [], [17, 33, 65, 129]
     lo, hi = 0.01, 10.0
     for size in sizes:
-        grid = D.log_grid(lo, hi, size)
-        k = D.quadrature(exact_mean_sq(grid, 0.3, 2), grid, c=0.5)
+        grid = T.log_grid(lo, hi, size)
+        k = T.quadrature(exact_mean_sq(grid, 0.3, 2), grid, c=0.5)
         exact = float(gaussian_klub(torch.tensor([hi, lo]), 0.3, 2))
         errors.append(abs(float(k[0, -1]) - exact) / exact)
     slope = (math.log(errors[-1]) - math.log(errors[0])) / (math.log(sizes[-1] - 1) - math.log(sizes[0] - 1))
@@ -111,8 +112,8 @@ def test_quadrature_converges_at_second_order_otherwise():
 # ------------------------------------------------------------- the table
 def test_table_matches_gaussian_closed_form_and_dp_finds_its_optimum():
     c, dim = 0.4, 2
-    grid = D.log_grid(0.002, 80.0, 96)
-    tab = D.build_table(gaussian_denoiser(c), gaussian_data(c, dim), grid, chains=4096, seed=0)
+    grid = T.log_grid(0.002, 80.0, 96)
+    tab = T.build_table(gaussian_denoiser(c), gaussian_data(c, dim), grid, chains=4096, seed=0)
     assert tab.calls == 4096 * 96 and tab.chains == 4096
     # M itself: every entry within a few percent of the exact value (4096 chains)
     exact = exact_mean_sq(grid, c, dim)
@@ -130,12 +131,12 @@ def test_table_matches_gaussian_closed_form_and_dp_finds_its_optimum():
 
 def test_table_agrees_with_the_paper_estimator_within_monte_carlo_error():
     prob = problems.gmm(torch.tensor([[-1.0, 0.0], [1.0, 0.3], [0.0, 1.2]]), 0.15)
-    grid = D.log_grid(0.01, 10.0, 65)
+    grid = T.log_grid(0.01, 10.0, 65)
     pairs = [(0, 64), (10, 40), (30, 50), (50, 64), (5, 20)]
     # table error from the spread of independent tables
     vals = []
     for seed in range(4):
-        tab = D.build_table(prob.denoiser, prob.sample, grid, chains=1024, seed=seed)
+        tab = T.build_table(prob.denoiser, prob.sample, grid, chains=1024, seed=seed)
         k = tab.klub(0.5)
         vals.append(torch.stack([k[a, b] for a, b in pairs]))
     vals = torch.stack(vals)
@@ -154,7 +155,7 @@ def test_streaming_chunks_bound_memory_and_count_calls():
         calls.append(x.shape[0])
         return gaussian_denoiser(0.5)(x, s)
 
-    tab = D.build_table(den, gaussian_data(0.5, 3), D.log_grid(0.01, 5.0, 10), chains=23, seed=0, chunk=5,
+    tab = T.build_table(den, gaussian_data(0.5, 3), T.log_grid(0.01, 5.0, 10), chains=23, seed=0, chunk=5,
                         batch_size=12)
     assert tab.chains == 23 and tab.chunks == 5 and tab.calls == 230 == sum(calls)
     assert max(calls) <= 12

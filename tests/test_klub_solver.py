@@ -9,10 +9,11 @@ import pytest
 import torch
 from scipy import integrate
 
-from ays import klub_solver as KS
 from ays import solvers
 from ays.klub import estimate_schedule, interval_klub
 from ays.klub import gaussian_klub as gaussian_klub_ddim
+from ays.klub import solver as KS
+from ays.klub import table as T
 from ays.optimize import dp as D
 from ays.validate import AysError
 from gaussian import gaussian_data, gaussian_denoiser
@@ -154,9 +155,9 @@ def test_monte_carlo_matches_the_gaussian_closed_form():
 
 def test_solver_table_objective_beats_the_ddim_schedule_for_the_2m_bound():
     c, dim = 0.5, 2
-    grid = D.log_grid(0.002, 80.0, 121)
+    grid = T.log_grid(0.002, 80.0, 121)
     m = c**4 * dim * (1 / (grid[:, None] ** 2 + c * c) - 1 / (grid[None, :] ** 2 + c * c)).abs()
-    tab = D.KlubTable(grid, m * 1000.0, chains=1000)
+    tab = T.KlubTable(grid, m * 1000.0, chains=1000)
     s_2m, cost = D.schedules_from_table(tab, 8, objective="solver", solver="dpmpp_2m_sde", c=c)[8]
     s_dd, _ = D.schedules_from_table(tab, 8, objective="ddim", c=c)[8]
     exact_2m = float(KS.gaussian_klub(s_2m, c, dim, solver="dpmpp_2m_sde"))

@@ -27,7 +27,6 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     # whether the submodule has been imported or not (``ays.klub(...)`` and ``ays.klub.KlubDraws``).
     "sample": ("ays.sample", None),
     "klub": ("ays.klub", None),
-    "klub_solver": ("ays.klub_solver", None),
     "optimize": ("ays.optimize", None),
     "OptimizeResult": ("ays.optimize", "OptimizeResult"),
     "load_schedule": ("ays.optimize", "load_schedule"),

@@ -1,35 +1,14 @@
-"""The global optimiser: one table of KLUB costs on a fine grid, then an exact dynamic programme.
+"""The global optimiser: an exact dynamic programme over the KLUB table of a fine grid.
 
-**The table.** Take a fine grid of noise levels ``g_0 = sigma_min < g_1 < ... < g_{G−1} = sigma_max``
-(log-spaced; a discrete-time model's own levels). Every chain is one nested forward
-path through the whole grid,
-
-    x_{g_0} = x0 + g_0 z_0,    x_{g_{j+1}} = x_{g_j} + sqrt(g_{j+1}² − g_j²) z_{j+1},
-
-so for every pair ``t = g_k < b = g_j`` the chain holds ``x_t`` and ``x_b = x_t + sqrt(b² − t²) z``
-with exactly the joint law of the KLUB (AYS Eq. 8). The denoiser runs once per grid
-point per chain (``G·S`` rows) and the table keeps the ``G × G`` matrix of mean squared
-differences ``M[k, j] = E||D(x_{g_k}, g_k) − D(x_{g_j}, g_j)||²`` — accumulated chunk by
-chunk, so at most ``[chunk, G, d]`` outputs are ever held. Everything below (every
-step count, the DDIM and the solver-aware bounds) is read from that one matrix.
-
-**The cost of an interval** ``[g_a, g_b]`` is ``∫ t⁻³ M(t, g_b) dt``, known only at the grid
-points. Product integration: write ``M(t, b) = ψ(t, b)·r(t)`` with the paper's proposal
-shape ``ψ(t, b) = 1/(t² + c²) − 1/(b² + c²)`` (for data ``N(0, c²I)``, ``r ≡ c⁴d`` exactly), take
-``r`` piecewise linear between grid points (trapezoid; on the last cell below ``b``,
-where ``r(b) = 0/0``, the value at its lower end) and integrate ``t⁻³ψ(t, b)`` over each cell
-exactly with the closed-form mass of :func:`ays.klub.proposal_normalizer`:
-
-    K[a, b] = Σ_{k=a}^{b−1} (Z(g_k, b) − Z(g_{k+1}, b)) · r̄_k(b),    r_k(b) = M[k, b]/ψ(g_k, b).
-
-It is consistent (the trapezoid error vanishes as the grid is refined, the Monte Carlo
-error as the chains grow), exact for Gaussian data whose scale is the proposal's ``c``,
-and its value on an interval estimates the same quantity as :func:`ays.klub.interval_klub`.
+**The table** (:mod:`ays.klub.table`): nested forward chains over a fine grid ``g_0 < ... < g_{G−1}``
+give ``M[k, j] = E||D(x_{g_k}, g_k) − D(x_{g_j}, g_j)||²`` for every pair of grid levels, and its
+quadrature ``K[a, b]`` the estimated KLUB of every grid interval ``[g_a, g_b]``. Everything below
+(every step count, the DDIM and the solver-aware bounds) is read from that one table.
 
 **The programme.** With ``K`` the cost of every grid interval, the schedule of exactly
 ``n`` steps from ``sigma_max`` to ``sigma_min`` minimising the total is found by dynamic
 programming in ``O(n·G²)`` (:func:`dp_paths`; all step counts up to ``n`` at once). For
-the solver-aware bound of DPM-Solver++(2M) (:mod:`ays.klub_solver`) a step's cost
+the solver-aware bound of DPM-Solver++(2M) (:mod:`ays.klub.solver`) a step's cost
 depends on the previous level too,
 
     cost(a, b; p) = K[a, b] + β(a, b, p)² · ½(g_a⁻² − g_b⁻²) · M[b, p],
@@ -37,62 +16,45 @@ depends on the previous level too,
 so the state is the last interval and the programme is ``O(n·G³)``
 (:func:`dp_paths_extrapolated`; the grid is thinned to ``solver_grid`` levels for it). The
 cross term ``−2β∫t⁻³E<u, v>`` vanishes for the ideal denoiser (martingale property, see
-:mod:`ays.klub_solver`); ``cross=True`` estimates it from the same table, by polarisation,
+:mod:`ays.klub.solver`); ``cross=True`` estimates it from the same table, by polarisation,
 ``2∫t⁻³E<u, v> = (K[a, p] − K[b, p]) − K[a, b] − ½(g_a⁻² − g_b⁻²)M[b, p]``.
 
-Randomness: chunk ``k`` of chains draws from :func:`ays.klub.seed_for` ``(seed, "dp", k)``, so
-a run resumed from its checkpoint (written after every chunk) ends with the same table.
+A run checkpoints its table after every chunk of chains and, resumed, ends with the same table.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 
-from .. import klub as _klub
-from .. import klub_solver
-from ..klub import Data, Denoiser, _data_sample, proposal_normalizer, seed_for
-from ..validate import AysError, check_positive, check_range, check_sigmas, check_steps
+from ..klub import KlubDraws, estimate_schedule
+from ..klub import solver as klub_solver
+from ..klub.table import KlubTable, build_table, log_grid
+from ..validate import AysError, check_positive, check_sigmas, check_steps
 from .checkpoint import load_state, save_state
 from .result import OptimizeResult
 from .task import Task, register
 
 __all__ = [
     "DPOptions",
-    "KlubTable",
-    "build_table",
     "dp",
     "dp_paths",
     "dp_paths_extrapolated",
     "extrapolation_penalty",
     "grid_for",
-    "log_grid",
-    "quadrature",
     "schedules_from_table",
 ]
 
 Tensor = torch.Tensor
 
-#: float64 numbers of the ``[chunk, G, d]`` block of denoiser outputs held at once.
-_BLOCK_ELEMENTS = 1 << 22
-
 
 # --------------------------------------------------------------------------
 # Grids
 # --------------------------------------------------------------------------
-
-
-def log_grid(sigma_min: float, sigma_max: float, size: int) -> Tensor:
-    """``size`` levels uniform in log-sigma from ``sigma_min`` to ``sigma_max`` (increasing, float64)."""
-    lo, hi = check_range(sigma_min, sigma_max)
-    size = check_steps(size, name="grid", minimum=2)
-    g = torch.exp(torch.linspace(math.log(lo), math.log(hi), size, dtype=torch.float64))
-    g[0], g[-1] = lo, hi
-    return g
 
 
 def grid_for(task: Task, size: int) -> Tensor:
@@ -110,186 +72,6 @@ def grid_for(task: Task, size: int) -> Tensor:
     if ts.numel() > size:
         ts = torch.unique(space.index(log_grid(task.sigma_min, task.sigma_max, size)))
     return space.level(ts).to(torch.float64)
-
-
-# --------------------------------------------------------------------------
-# The table
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class KlubTable:
-    """Sums of squared denoiser differences over nested chains on a grid.
-
-    ``grid`` [G] increasing float64; ``sums[k, j] = Σ_chains ||D(x_{g_k}, g_k) − D(x_{g_j}, g_j)||²``
-    (float64, symmetric, zero diagonal); ``chains`` counted; ``calls`` denoiser rows spent.
-    """
-
-    grid: Tensor
-    sums: Tensor
-    chains: int = 0
-    calls: int = 0
-    chunks: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return int(self.grid.numel())
-
-    @property
-    def mean_sq(self) -> Tensor:
-        """``M[k, j] = E||D_k − D_j||²`` (float64 [G, G])."""
-        if self.chains == 0:
-            raise AysError("the table holds no chains yet")
-        return self.sums / self.chains
-
-    def klub(self, c: float = 0.5) -> Tensor:
-        """``K[a, b]``: the estimated KLUB of every grid interval ``[g_a, g_b]`` (a < b; 0 elsewhere)."""
-        return quadrature(self.mean_sq, self.grid, c)
-
-    def subset(self, index: Tensor) -> KlubTable:
-        """The table restricted to the grid points ``index`` (increasing)."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        return KlubTable(self.grid[idx], self.sums[idx][:, idx], self.chains, self.calls, self.chunks)
-
-
-def _chunk_rows(chains: int, size: int, numel: int, chunk: int | None) -> int:
-    if chunk is not None:
-        return min(chains, check_steps(chunk, name="chunk"))
-    return max(1, min(chains, _BLOCK_ELEMENTS // max(1, size * numel)))
-
-
-def _accumulate_chunk(
-    denoiser: Denoiser, data: Data, grid: Tensor, n: int, generator: torch.Generator, batch_size: int
-) -> tuple[Tensor, int]:
-    """One chunk of ``n`` nested chains: their contribution to ``sums`` and the rows spent."""
-    x0 = _data_sample(data, n, generator)
-    dev, dt = x0.device, x0.dtype
-    size = grid.numel()
-    steps = torch.sqrt(torch.cat([grid[:1] ** 2, (grid[1:] - grid[:-1]) * (grid[1:] + grid[:-1])]))
-    outs = torch.empty((n, size, x0[0].numel()), dtype=torch.float64, device=dev)
-    x = x0
-    # Walk up the grid; a batch packs whole levels of the chunk while it fits in batch_size rows.
-    levels_per_call = max(1, batch_size // n)
-    pending: list[tuple[int, Tensor]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        xs = torch.cat([p[1] for p in pending])
-        sig = torch.cat([torch.full((n,), float(grid[j]), dtype=dt, device=dev) for j, _ in pending])
-        out = _klub._call(denoiser, xs, sig).reshape(len(pending), n, -1)
-        for i, (j, _) in enumerate(pending):
-            outs[:, j] = out[i].to(torch.float64)
-        pending.clear()
-
-    for j in range(size):
-        z = torch.randn(x0.shape, generator=generator, dtype=dt, device=generator.device).to(dev)
-        x = x + float(steps[j]) * z
-        if n > batch_size:  # a chunk wider than a batch: split rows
-            for r0 in range(0, n, batch_size):
-                r1 = min(n, r0 + batch_size)
-                sig = torch.full((r1 - r0,), float(grid[j]), dtype=dt, device=dev)
-                outs[r0:r1, j] = _klub._call(denoiser, x[r0:r1], sig).reshape(r1 - r0, -1).to(torch.float64)
-        else:
-            pending.append((j, x))
-            if len(pending) >= levels_per_call:
-                flush()
-    flush()
-    # Centre on the top level: squared norms stay of the size of the differences near the top,
-    # where the differences are smallest, so the Gram form loses no digits there.
-    y = outs - outs[:, -1:, :]
-    sq = (y * y).sum(dim=2)  # [n, G]
-    gram = torch.einsum("ckd,cjd->kj", y, y)
-    s = sq.sum(dim=0)
-    part = s[:, None] + s[None, :] - 2.0 * gram
-    part.fill_diagonal_(0.0)
-    return part.clamp_min(0.0).cpu(), n * size
-
-
-def build_table(
-    denoiser: Denoiser,
-    data: Data,
-    grid: Tensor | Sequence[float],
-    chains: int = 4096,
-    seed: int = 0,
-    batch_size: int | None = None,
-    chunk: int | None = None,
-    table: KlubTable | None = None,
-    on_chunk: Callable[[KlubTable], None] | None = None,
-) -> KlubTable:
-    """Run ``chains`` nested forward chains over ``grid`` and accumulate the table (module docstring).
-
-    Chunk ``k`` draws from ``seed_for(seed, "dp", k)``; pass a partial ``table`` to continue
-    it (resume). ``on_chunk(table)`` is called after every chunk (checkpoints, progress).
-    """
-    g = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
-    if g.numel() < 2 or not torch.all(g[1:] > g[:-1]) or g[0] <= 0 or not torch.isfinite(g).all():
-        raise AysError("the grid must hold at least 2 strictly increasing positive noise levels")
-    chains = check_steps(chains, name="samples", minimum=2)
-    batch = _klub.DEFAULT_BATCH_SIZE if batch_size is None else check_steps(batch_size, name="batch_size")
-    probe = _data_sample(data, 1, torch.Generator().manual_seed(seed_for(seed, "dp", "probe")))
-    rows = _chunk_rows(chains, g.numel(), probe[0].numel(), chunk)
-    if table is None:
-        table = KlubTable(g.clone(), torch.zeros(g.numel(), g.numel(), dtype=torch.float64))
-    elif not torch.equal(table.grid, g):
-        raise AysError("the partial table was made on another grid")
-    n_chunks = -(-chains // rows)
-    for k in range(table.chunks, n_chunks):
-        n = min(rows, chains - k * rows)
-        gen = torch.Generator().manual_seed(seed_for(seed, "dp", k))
-        part, calls = _accumulate_chunk(denoiser, data, g, n, gen, batch)
-        table.sums += part
-        table.chains += n
-        table.calls += calls
-        table.chunks = k + 1
-        if on_chunk is not None:
-            on_chunk(table)
-    return table
-
-
-# --------------------------------------------------------------------------
-# Quadrature
-# --------------------------------------------------------------------------
-
-
-def _psi(t: Tensor, b: Tensor, c: float) -> Tensor:
-    c2 = c * c
-    return (b - t) * (b + t) / ((t * t + c2) * (b * b + c2))
-
-
-def quadrature(mean_sq: Tensor, grid: Tensor, c: float = 0.5) -> Tensor:
-    """``K[a, b] ≈ ∫_{g_a}^{g_b} t⁻³ M(t, g_b) dt`` for every grid pair a < b (module docstring).
-
-    ``mean_sq`` [G, G] holds ``M`` at the grid points (only ``k < j`` entries are read).
-    Returns float64 [G, G], zero on and below the diagonal.
-    """
-    g = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
-    m = torch.as_tensor(mean_sq, dtype=torch.float64)
-    size = g.numel()
-    if m.shape != (size, size):
-        raise AysError(f"mean_sq must be [{size}, {size}], got {tuple(m.shape)}")
-    c = check_positive(c, name="c")
-    k_idx, b_idx = torch.triu_indices(size, size, offset=1)
-    upper = torch.zeros(size, size, dtype=torch.bool)
-    upper[k_idx, b_idx] = True
-    zmat = torch.zeros(size, size, dtype=torch.float64)
-    zmat[k_idx, b_idx] = proposal_normalizer(g[k_idx], g[b_idx], c)
-    psi = torch.ones(size, size, dtype=torch.float64)
-    psi[k_idx, b_idx] = _psi(g[k_idx], g[b_idx], c)
-    r = torch.where(upper, m / psi, torch.zeros_like(m))
-    # Cell [g_k, g_{k+1}] below b: its exact proposal mass, times r averaged over its ends
-    # (the last cell, whose upper end is b itself, takes r at its lower end).
-    z_next = torch.zeros_like(zmat)
-    z_next[:-1] = zmat[1:]
-    mass = torch.where(upper, zmat - z_next, torch.zeros_like(zmat))
-    r_next = torch.zeros_like(r)
-    r_next[:-1] = r[1:]
-    last = torch.zeros(size, size, dtype=torch.bool)
-    last[torch.arange(size - 1), torch.arange(1, size)] = True
-    rbar = torch.where(last, r, 0.5 * (r + r_next))
-    cells = mass * rbar
-    return torch.flip(torch.cumsum(torch.flip(cells, [0]), 0), [0]) * upper
 
 
 # --------------------------------------------------------------------------
@@ -452,7 +234,7 @@ def schedules_from_table(
     """Optimal schedules (float64, decreasing, ``sigma_max`` → ``sigma_min``) for each step count.
 
     ``objective="ddim"``: the paper's bound, ``O(n·G²)``; ``"solver"``: the bound of
-    ``solver`` (:mod:`ays.klub_solver`), ``O(n·G³)`` on at most ``solver_grid`` levels
+    ``solver`` (:mod:`ays.klub.solver`), ``O(n·G³)`` on at most ``solver_grid`` levels
     (every other level dropped until it fits, ends kept). Returns ``{n: (sigmas, cost)}``.
     """
     if objective not in ("ddim", "solver"):
@@ -564,8 +346,8 @@ def final_estimate(task: Task, sigmas: Tensor, opt: DPOptions) -> tuple[float | 
     """The paper's KLUB of ``sigmas`` on fresh draws ``(seed, "final")``: (total, stderr, calls)."""
     if opt.final_samples == 0:
         return None, None, 0
-    draws = _klub.KlubDraws.from_seed(task.data, max(2, opt.final_samples), task.seed, "final")
-    est = _klub.estimate_schedule(task.denoiser, draws, sigmas, c=opt.c, batch_size=task.batch_size)
+    draws = KlubDraws.from_seed(task.data, max(2, opt.final_samples), task.seed, "final")
+    est = estimate_schedule(task.denoiser, draws, sigmas, c=opt.c, batch_size=task.batch_size)
     return est.total, est.total_stderr, est.calls
 
 

@@ -10,26 +10,13 @@ a nested forward chain (``x_b`` reuses ``x_t``). The schedule's KLUB is the sum
 over its intervals; it bounds the path-space KL between the true reverse SDE and
 the one stochastic DDIM solves exactly.
 
-Importance sampling (the paper's proposal, ``c = 0.5`` for every data set):
-
-    π(t) ∝ f(t) = t⁻³ · (1/(t² + c²) − 1/(b² + c²))   on [a, b],
-
-and a draw ``t ~ π`` gets the weight ``Z / (1/(t² + c²) − 1/(b² + c²))``, ``Z`` being
-π's normaliser. ``Z`` is elementary. Substituting ``v = 1/t²`` (so ``t⁻³dt = −dv/2``)
-and then ``v = 1/b² + s`` gives ``f`` the form ``s / ((1 + c²/b²)(1 + c²/b² + c²s))``, whence
-
-    Z(a, b) = h(x_ab) / (2c⁴),   h(x) = x − log(1 + x),
-    x_ab = c²(1/a² − 1/b²) / (1 + c²/b²) = c²(b² − a²) / (a²(b² + c²)).
-
-The same formula with ``a`` replaced by ``t`` is the mass of ``[t, b]``, so the CDF is
-``P(τ ≤ t) = 1 − h(x(t)) / h(x_ab)`` and the inverse-CDF sampler solves
-``h(x) = u·h(x_ab)`` for ``x`` (Newton, float64, vectorised; ``h`` is convex and
-increasing) and maps back with ``t² = c²b² / (c² + x(b² + c²))``. Written this
-way nothing cancels, even for intervals a hair wide.
+Importance sampling: ``t`` is drawn from the paper's proposal ``π(t) ∝ t⁻³ψ(t, b)``,
+``ψ(t, b) = 1/(t² + c²) − 1/(b² + c²)`` (:mod:`ays.klub.proposal`), and weighted by ``Z(a, b)/ψ(t, b)``.
 
 For Gaussian data ``N(0, c²I)`` with the exact denoiser,
 ``E||D(x_t,t) − D(x_b,b)||² = c⁴·d·(1/(t² + c²) − 1/(b² + c²))``, so the interval's KLUB is
-``c⁴·d·Z_c(a, b) = (d/2)·h(x_ab)`` in closed form (:func:`gaussian_klub`). Writing
+``c⁴·d·Z_c(a, b) = (d/2)·h(x_ab)`` in closed form (:func:`gaussian_klub`; ``h``, ``x_ab`` as in
+:mod:`ays.klub.proposal`). Writing
 ``W = 1 + c²/σ²`` the schedule's KLUB is ``(d/2)·Σ(r_i − 1 − log r_i)`` with
 ``r_i = W_{i+1}/W_i``; the logs telescope, so the minimiser makes ``W`` geometric
 in the step index (:func:`gaussian_klub_optimal`), which is the recursion of
@@ -45,16 +32,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from . import distributed as _dist
-from .validate import AysError, check_positive, check_sigmas, check_steps
+from .. import distributed as _dist
+from ..validate import AysError, check_positive, check_range, check_sigmas, check_steps
+from .proposal import _check_interval, _f64, _h, _x_of, proposal_normalizer, proposal_sample
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -67,10 +52,6 @@ __all__ = [
     "gaussian_klub_optimal",
     "interval_klub",
     "klub",
-    "proposal_cdf",
-    "proposal_density",
-    "proposal_normalizer",
-    "proposal_sample",
     "seed_for",
 ]
 
@@ -80,112 +61,6 @@ Data = Tensor | Callable[[int, torch.Generator], Tensor]
 
 #: Denoiser rows per call when the caller gives no ``batch_size``.
 DEFAULT_BATCH_SIZE = 8192
-
-# u is drawn in [U_MIN, 1]: u = 0 would put t exactly at b, where the weight is
-# 0/0 (the squared difference vanishes with the density).
-_U_MIN = 2.0**-53
-
-
-# --------------------------------------------------------------------------
-# The proposal pi(t) ∝ t^-3 (1/(t²+c²) - 1/(b²+c²)) on [a, b]
-# --------------------------------------------------------------------------
-
-
-def _f64(x: Tensor | float | Sequence[float]) -> Tensor:
-    return torch.as_tensor(x, dtype=torch.float64)
-
-
-def _h(x: Tensor) -> Tensor:
-    """``h(x) = x − log(1 + x)`` for x ≥ 0, accurate to the last bits also for tiny x."""
-    small = x < 1e-3
-    xs = torch.where(small, x, torch.zeros_like(x))
-    # Taylor series: cancellation-free where x - log1p(x) would lose digits.
-    series = xs**2 * (0.5 - xs * (1 / 3 - xs * (0.25 - xs * (0.2 - xs / 6))))
-    return torch.where(small, series, x - torch.log1p(x))
-
-
-def _x_of(t: Tensor, b: Tensor, c: float) -> Tensor:
-    """``x(t) = c²(b² − t²) / (t²(b² + c²))``: the mass coordinate of the proposal."""
-    c2 = c * c
-    return c2 * (b - t) * (b + t) / (t * t * (b * b + c2))
-
-
-def _check_interval(a: Tensor, b: Tensor) -> None:
-    if not (torch.all(torch.isfinite(a)) and torch.all(torch.isfinite(b))):
-        raise AysError("interval ends must be finite")
-    if torch.any(a <= 0):
-        raise AysError("interval lower ends must be > 0")
-    if torch.any(a >= b):
-        raise AysError("every interval needs lower end < upper end")
-
-
-def proposal_normalizer(a: Tensor | float, b: Tensor | float, c: float = 0.5) -> Tensor:
-    """Closed-form ``Z(a, b) = ∫_a^b t⁻³(1/(t² + c²) − 1/(b² + c²)) dt = h(x_ab) / (2c⁴)``.
-
-    Broadcasts over ``a`` and ``b``; float64.
-    """
-    a, b = torch.broadcast_tensors(_f64(a), _f64(b))
-    c = check_positive(c, name="c")
-    _check_interval(a, b)
-    return _h(_x_of(a, b, c)) / (2 * c**4)
-
-
-def proposal_density(t: Tensor | float, a: Tensor | float, b: Tensor | float, c: float = 0.5) -> Tensor:
-    """The normalised proposal density ``π(t)`` on ``[a, b]`` (0 outside)."""
-    t, a, b = torch.broadcast_tensors(_f64(t), _f64(a), _f64(b))
-    z = proposal_normalizer(a, b, c)
-    g = (b - t) * (b + t) / ((t * t + c * c) * (b * b + c * c))
-    inside = (t >= a) & (t <= b)
-    return torch.where(inside, g / t**3 / z, torch.zeros_like(t))
-
-
-def proposal_cdf(t: Tensor | float, a: Tensor | float, b: Tensor | float, c: float = 0.5) -> Tensor:
-    """``P(τ ≤ t) = 1 − h(x(t)) / h(x(a))`` for the proposal on ``[a, b]``."""
-    t, a, b = torch.broadcast_tensors(_f64(t), _f64(a), _f64(b))
-    c = check_positive(c, name="c")
-    _check_interval(a, b)
-    tc = torch.minimum(torch.maximum(t, a), b)
-    return 1 - _h(_x_of(tc, b, c)) / _h(_x_of(a, b, c))
-
-
-def _solve_h(y: Tensor) -> Tensor:
-    """Solve ``h(x) = y`` for x ≥ 0 (y > 0), vectorised Newton in float64.
-
-    ``x0 = y + sqrt(2y)`` lies above the root (h(x0) ≥ y for every y > 0) and h is
-    convex and increasing, so Newton's iterates fall monotonically onto the root:
-    no bracketing, no oscillation. Three or four steps reach the 1e-12 relative
-    tolerance (h itself is good to ~1e-13 where the series hands over to log1p).
-    """
-    x = y + torch.sqrt(2 * y)
-    for _ in range(60):
-        step = (_h(x) - y) * (1 + x) / x.clamp_min(1e-300)
-        x_new = (x - step).clamp_min(0.0)
-        done = bool(torch.all(step.abs() <= 1e-12 * x_new))
-        x = x_new
-        if done:
-            break
-    return x
-
-
-def proposal_sample(u: Tensor, a: Tensor | float, b: Tensor | float, c: float = 0.5) -> tuple[Tensor, Tensor]:
-    """Inverse-CDF draws from the proposal: ``u`` in (0, 1] -> ``(t, b² − t²)``.
-
-    ``u = 1`` gives ``t = a``; ``u -> 0`` gives ``t -> b``. The second value,
-    ``b² − t²``, is computed without cancellation (it sets the weight and the
-    noise added in the forward chain). Broadcasts over ``u``, ``a``, ``b``.
-    """
-    u, a, b = torch.broadcast_tensors(_f64(u), _f64(a), _f64(b))
-    c = check_positive(c, name="c")
-    _check_interval(a, b)
-    c2 = c * c
-    x = _solve_h(u.clamp(_U_MIN, 1.0) * _h(_x_of(a, b, c)))
-    b2 = b * b
-    denom = c2 + x * (b2 + c2)
-    t = torch.sqrt(c2 * b2 / denom)
-    gap = b2 * x * (b2 + c2) / denom  # b² − t², exactly as algebra gives it
-    # Round-off must not push t out of [a, b].
-    return torch.minimum(torch.maximum(t, a), b), gap
-
 
 # --------------------------------------------------------------------------
 # Draws (common random numbers)
@@ -489,8 +364,6 @@ def gaussian_klub_optimal(steps: int, sigma_min: float, sigma_max: float, c: flo
     ``t_i = c·sqrt(t_{i−1}t_{i+1} / (sqrt((t_{i−1}² + c²)(t_{i+1}² + c²)) − t_{i−1}t_{i+1}))``,
     i.e. ``W_i² = W_{i−1}W_{i+1}``, solved.
     """
-    from .validate import check_range
-
     steps = check_steps(steps)
     lo, hi = check_range(sigma_min, sigma_max)
     c = check_positive(c, name="c")
@@ -502,12 +375,3 @@ def gaussian_klub_optimal(steps: int, sigma_min: float, sigma_max: float, c: flo
     s[0], s[-1] = hi, lo
     return check_sigmas(s, allow_final_zero=False)
 
-
-# ``ays.klub`` is both this module and its main function: once the submodule is
-# imported, Python binds the module to ``ays.klub``, so the module forwards calls.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> KlubEstimate:
-        return klub(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

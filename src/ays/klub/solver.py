@@ -77,20 +77,17 @@ from typing import Any
 
 import torch
 
-from .klub import (
+from ..validate import AysError, check_choice, check_positive, check_sigmas, check_steps
+from .estimator import (
     DEFAULT_BATCH_SIZE,
     Data,
     Denoiser,
     KlubDraws,
     KlubEstimate,
-    proposal_normalizer,
-    proposal_sample,
     seed_for,
 )
-from .klub import (
-    gaussian_klub as _gaussian_klub_ddim,
-)
-from .validate import AysError, check_choice, check_positive, check_sigmas, check_steps
+from .estimator import gaussian_klub as _gaussian_klub_ddim
+from .proposal import _f64, proposal_normalizer, proposal_sample
 
 __all__ = [
     "EXTRAPOLATING",
@@ -117,10 +114,6 @@ def bound_of(solver: str) -> str:
     if not isinstance(solver, str):
         raise AysError(f"solver must be a name, got {solver!r}")
     return "2m" if solver in EXTRAPOLATING else "ddim"
-
-
-def _f64(x: Tensor | float | Sequence[float]) -> Tensor:
-    return torch.as_tensor(x, dtype=torch.float64)
 
 
 def _phi2_ratio(H: Tensor) -> Tensor:
