@@ -18,8 +18,9 @@ Conventions that matter when comparing with a diffusers loop:
   fractional timestep of ``sigma`` (log-sigma interpolation, as EulerDiscrete's
   custom sigmas do). Flow models see ``x/(1 + sigma) = (1 - t)·x0 + t·eps`` and
   ``t = sigma/(1 + sigma)``, times 1000 for SD3-style transformers.
-- One schedule serves many prompts: row ``i`` of any batch is conditioned on
-  prompt ``i mod P``, so an optimisation over a data batch averages over prompts.
+- Bound prompts spread over a batch: row ``i`` is conditioned on prompt ``i mod P``. That
+  suits sampling; for optimisation, data rows carry their own captions' conditioning
+  (:mod:`.family`, :mod:`.data`), as the KLUB's expectation over (image, caption) needs.
 - Pipelines start from ``noise · scheduler.init_noise_sigma``; for EulerDiscrete
   with ``timestep_spacing="leading"`` that is ``sqrt(sigma_max² + 1)``, not
   ``sigma_max`` (ays starts from ``noise · sigma_max``).
@@ -260,8 +261,9 @@ def encode_prompts(pipe: Any, prompts: Sequence[str], negative_prompt: str | Seq
             args[name] = None
     missing = [k for k in args if k not in params]
     if missing:
-        raise AysError(f"{type(pipe).__name__}.encode_prompt takes no {', '.join(missing)}; pass prompt_embeds= "
-                       "(and the other conditioning) with denoiser_from_parts instead")
+        raise AysError(f"{type(pipe).__name__}.encode_prompt takes no {', '.join(missing)}: use "
+                       "ays.integrations.diffusers.family_of(pipe).denoiser(...) for SDXL, SD3 and Flux, or pass "
+                       "prompt_embeds= (and the other conditioning) with denoiser_from_parts")
     with torch.no_grad():
         out = encode(**args)
     if not isinstance(out, tuple) or len(out) not in (2, 4):
@@ -273,7 +275,8 @@ def encode_prompts(pipe: Any, prompts: Sequence[str], negative_prompt: str | Seq
     if len(out) == 4:
         if "pooled_projections" not in inspect.signature(net.forward).parameters:
             raise AysError(f"{type(net).__name__} needs more conditioning than prompt embeddings (e.g. SDXL's "
-                           "time ids); build it with denoiser_from_parts(cond=..., uncond=...)")
+                           "time ids): use ays.integrations.diffusers.family_of(pipe).denoiser(...), or "
+                           "denoiser_from_parts(cond=..., uncond=...)")
         cond["pooled_projections"], uncond["pooled_projections"] = out[2], out[3]
     return cond, uncond
 

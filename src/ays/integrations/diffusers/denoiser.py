@@ -76,7 +76,8 @@ class PipelineDenoiser(nn.Module):
         if set(cond) != set(self.uncond):
             raise AysError(f"conditioning keys {sorted(cond)} differ from the negative prompt's {sorted(self.uncond)}")
         s = batch_sigma(x, sigma).to(device=x.device, dtype=work_dtype(x))
-        both = {k: torch.cat([spread(self.uncond, batch)[k].to(x.device), cond[k]]) for k in cond}
+        negative = spread(self.uncond, batch)
+        both = {k: torch.cat([negative[k].to(x.device), cond[k]]) for k in cond}
         d_uncond, d_cond = self.inner(torch.cat([x, x]), torch.cat([s, s]), **both).chunk(2)
         return d_uncond + self.scale * (d_cond - d_uncond)
 
