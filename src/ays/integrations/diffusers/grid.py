@@ -43,6 +43,8 @@ def sample_grid(model: str | os.PathLike[str], schedule: str | os.PathLike[str],
 
     if not prompts:
         raise AysError("ays sample --diffusers needs --prompt (one or more)")
+    if not os.path.isfile(schedule):
+        raise AysError(f"ays sample --diffusers needs --schedule FILE, an ays-schedule/1 file (got {str(schedule)!r})")
     info = _recorded(schedule)
     pipe = load_pipeline(model, device=device)
     family = family_of(pipe)
