@@ -66,7 +66,8 @@ def main() -> None:
                     for h in ("karras", "loglinear")}
             for radius in radii:
                 res = ays.optimize(prob.denoiser, prob.sample, steps=steps, solver=solver, seed=0,
-                                   samples=args.samples, max_sweeps=args.sweeps, patience=10**6, radius=radius)
+                                   samples=args.samples, max_sweeps=args.sweeps, patience=10**6, radius=radius,
+        method="coordinate")
                 for b in budgets:
                     n, w = score(prob, solver, budget_schedule(res.history, b), noise, ref)
                     won = all(n < bn and w < bw for bn, bw in base.values())

@@ -165,7 +165,7 @@ def main() -> None:
         _sync(device)
         start = time.perf_counter()
         res = ays.optimize(denoiser, data, steps=10, sigma_min=lo, sigma_max=hi, samples=args.opt_samples,
-                           max_sweeps=args.sweeps, seed=0, **batch)
+                           max_sweeps=args.sweeps, seed=0, **batch, method="coordinate")
         _sync(device)
         opt_s = time.perf_counter() - start
 

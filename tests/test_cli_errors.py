@@ -36,7 +36,7 @@ _CASES: list[tuple[str, ...]] = [
     ("schedule", "DIR"),
     ("schedule", "karras", "--sigma-min", "-1", "--sigma-max", "80"),
     ("schedule", "karras", "--sigma-min", "nan", "--sigma-max", "80"),
-    ("schedule", "karras", "--sigma-min", "0.002"),
+    ("schedule", "karras", "--sigma-min", "100"),  # above EDM's default sigma_max of 80
     ("schedule", "karras", "--sigma-min", "80", "--sigma-max", "1"),
     ("schedule", "sdxl", "-O", "rho"),
     ("schedule", "karras", "--sigma-min", "0.002", "--sigma-max", "80", "-O", "nosuch=1"),

@@ -45,7 +45,8 @@ def test_published_schedule_in_sampling_form_ends_in_zero(capsys: pytest.Capture
     [
         (["schedule", "nope"], "unknown schedule 'nope'"),
         (["schedule", "karras", "-n", "0", "--sigma-min", "1", "--sigma-max", "2"], "steps must be at least 1"),
-        (["schedule", "karras", "-n", "3", "--sigma-min", "2", "--sigma-max", "1"], "sigma_min must be below"),
+        (["schedule", "karras", "-n", "3", "--sigma-min", "2", "--sigma-max", "1"],
+         "--sigma-min must be below --sigma-max"),
         (["schedule", "karras", "-n", "x"], "'x' is not a valid integer"),
         (["schedule", "karras", "-n", "3", "--sigma-min", "1", "--sigma-max", "2", "-O", "rho"], "KEY=VALUE"),
         (["schedule", "missing.json"], "missing.json"),

@@ -53,11 +53,12 @@ _COMMON = textwrap.dedent(
         sig = schedules.karras(5, 0.002, 80.0)
         est = ays.klub(den, data, sig, samples=257, generator=torch.Generator().manual_seed(7), batch_size=40)
         ckpt = os.path.join(outdir, "ckpt.json")
-        res = ays.optimize(den, data, steps=4, samples=129, seed=5, max_sweeps=3, checkpoint=ckpt, batch_size=64)
+        res = ays.optimize(den, data, steps=4, samples=129, seed=5, max_sweeps=3, checkpoint=ckpt, batch_size=64,
+                           method="coordinate")
         res.save(os.path.join(outdir, "schedule.json"))
         # Resuming reads the checkpoint on rank 0 and hands its state to every rank.
         again = ays.optimize(den, data, steps=4, samples=129, seed=5, max_sweeps=3, checkpoint=ckpt, resume=True,
-                             batch_size=64)
+                             batch_size=64, method="coordinate")
         squares = dd.map_ordered(lambda k: torch.tensor([float(k * k)], dtype=torch.float64), range(5))
         if dd.rank() == 1:
             atomic_write_text(os.path.join(outdir, "rank1.txt"), "only rank 0 writes")
@@ -266,14 +267,14 @@ def test_module_activation_estimate_bounds_the_batch():
 
 def test_optimize_takes_dtype_device_and_max_memory():
     kw = dict(steps=3, samples=256, seed=1, max_sweeps=2)
-    ref = ays.optimize(_gauss, _data, **kw)
-    capped = ays.optimize(_gauss, _data, max_memory="32KiB", device="cpu", **kw)
+    ref = ays.optimize(_gauss, _data, **kw, method="coordinate")
+    capped = ays.optimize(_gauss, _data, max_memory="32KiB", device="cpu", **kw, method="coordinate")
     assert torch.equal(capped.sigmas, ref.sigmas) and capped.calls == ref.calls
-    half = ays.optimize(_gauss, _data, dtype="bfloat16", **kw)
+    half = ays.optimize(_gauss, _data, dtype="bfloat16", **kw, method="coordinate")
     assert half.settings["dtype"] == "bfloat16" and "dtype" not in ref.settings
     assert half.sigmas.dtype == torch.float64
     with pytest.raises(AysError, match="unknown dtype"):
-        ays.optimize(_gauss, _data, dtype="int8", **kw)
+        ays.optimize(_gauss, _data, dtype="int8", **kw, method="coordinate")
 
 
 def test_draws_follow_the_data_device_without_changing_the_numbers():

@@ -135,9 +135,9 @@ def test_kill_between_sweeps_and_resume_via_the_api(tmp_path):
 
     ckpt = tmp_path / "c.json"
     with pytest.raises(Stop):
-        ays.optimize(den, data, checkpoint=ckpt, progress=stop_at_third, **kw)
-    resumed = ays.optimize(den, data, checkpoint=ckpt, resume=True, **kw)
-    ref = ays.optimize(den, data, **kw)
+        ays.optimize(den, data, checkpoint=ckpt, progress=stop_at_third, **kw, method="coordinate")
+    resumed = ays.optimize(den, data, checkpoint=ckpt, resume=True, **kw, method="coordinate")
+    ref = ays.optimize(den, data, **kw, method="coordinate")
     assert torch.equal(resumed.sigmas, ref.sigmas) and resumed.history == ref.history and resumed.calls == ref.calls
 
 
@@ -164,7 +164,7 @@ def _checkpoint(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ays.optimize(_gauss, _data, checkpoint=ckpt, progress=stop, **kw)
+        ays.optimize(_gauss, _data, checkpoint=ckpt, progress=stop, **kw, method="coordinate")
     return ckpt, kw
 
 
@@ -174,7 +174,7 @@ def test_damaged_truncated_foreign_or_binary_checkpoints_are_refused(tmp_path):
     doc = json.loads(good)
 
     def resume():
-        return ays.optimize(_gauss, _data, checkpoint=ckpt, resume=True, **kw)
+        return ays.optimize(_gauss, _data, checkpoint=ckpt, resume=True, **kw, method="coordinate")
 
     # One number changed (a bit flip on disk, an edit): the checksum no longer matches.
     doc["state"]["sigmas"][1] *= 1.0000001
@@ -191,7 +191,7 @@ def test_damaged_truncated_foreign_or_binary_checkpoints_are_refused(tmp_path):
     ckpt.write_bytes(os.urandom(64) + b"\xff\xfe")
     with pytest.raises(AysError, match="checkpoint"):
         resume()
-    res = ays.optimize(_gauss, _data, steps=3, samples=64, seed=0, max_sweeps=1)
+    res = ays.optimize(_gauss, _data, steps=3, samples=64, seed=0, max_sweeps=1, method="coordinate")
     res.save(ckpt)
     with pytest.raises(AysError, match="not an ays optimiser checkpoint"):
         resume()
@@ -205,7 +205,7 @@ def test_damaged_truncated_foreign_or_binary_checkpoints_are_refused(tmp_path):
     # The good file still resumes.
     ckpt.rmdir()
     ckpt.write_text(good)
-    assert torch.equal(resume().sigmas, ays.optimize(_gauss, _data, **kw).sigmas)
+    assert torch.equal(resume().sigmas, ays.optimize(_gauss, _data, **kw, method="coordinate").sigmas)
 
 
 # --------------------------------------------------------------------------

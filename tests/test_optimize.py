@@ -47,7 +47,7 @@ def test_oracle_recursion_and_closed_form_agree():
 @pytest.mark.parametrize(("c", "dim", "steps", "samples"), [(0.5, 1, 5, 4096), (1.5, 2, 4, 4096)])
 def test_converges_to_the_analytic_klub_minimiser(c, dim, steps, samples):
     res = optimize(gaussian_denoiser(c), gaussian_data(c, dim), steps=steps, samples=samples,
-                   early_stopping=False, seed=1)
+                   early_stopping=False, seed=1, method="coordinate")
     oracle = fixed_point_oracle(steps, 0.002, 80.0, c)
     rel = (res.sigmas[1:-1] / oracle[1:-1] - 1).abs()
     assert torch.all(rel < 0.03), (res.sigmas, oracle)
@@ -60,7 +60,8 @@ def test_converges_to_the_analytic_klub_minimiser(c, dim, steps, samples):
 def test_each_sweep_lowers_the_klub_on_the_optimisation_draws():
     # Common random numbers make the objective one fixed function: every accepted
     # move lowers it, so the training KLUB never rises within a stage.
-    res = optimize(gaussian_denoiser(1.0), gaussian_data(1.0, 2), steps=6, samples=1024, seed=0, max_sweeps=6)
+    res = optimize(gaussian_denoiser(1.0), gaussian_data(1.0, 2), steps=6, samples=1024, seed=0, max_sweeps=6,
+                   method="coordinate")
     ks = [h["klub"] for h in res.history]
     assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(ks))
     assert ks[-1] < 0.2 * ks[0]  # far better than EDM rho=7
@@ -71,7 +72,8 @@ def test_each_sweep_lowers_the_klub_on_the_optimisation_draws():
 
 def test_hierarchy_freezes_old_points_and_interpolates():
     den, data = gaussian_denoiser(0.5), gaussian_data(0.5, 1)
-    res = optimize(den, data, steps=8, samples=512, base_steps=4, seed=0, max_sweeps=4, refine_sweeps=3)
+    res = optimize(den, data, steps=8, samples=512, base_steps=4, seed=0, max_sweeps=4, refine_sweeps=3,
+                   method="coordinate")
     stages = sorted({h["stage"] for h in res.history})
     assert stages == [0, 1]
     last4 = [h for h in res.history if h["stage"] == 0]
@@ -80,7 +82,8 @@ def test_hierarchy_freezes_old_points_and_interpolates():
     assert res.sigmas[::2].tolist() == best4
     assert torch.all((res.sigmas[1::2] < res.sigmas[:-1:2]) & (res.sigmas[1::2] > res.sigmas[2::2]))
 
-    res6 = optimize(den, data, steps=6, samples=512, base_steps=4, seed=0, max_sweeps=4, refine_sweeps=3)
+    res6 = optimize(den, data, steps=6, samples=512, base_steps=4, seed=0, max_sweeps=4, refine_sweeps=3,
+                    method="coordinate")
     assert res6.sigmas.numel() == 7
     eight = [h for h in res6.history if h["stage"] == 1]
     best8 = torch.tensor(min(eight, key=lambda h: h["heldout"])["sigmas"], dtype=torch.float64)
@@ -90,7 +93,7 @@ def test_hierarchy_freezes_old_points_and_interpolates():
 def test_discrete_time_model_snaps_to_timesteps():
     vp = DiscreteVP.from_betas()
     res = optimize(gaussian_denoiser(0.5), gaussian_data(0.5, 1), steps=6, samples=512, noise=vp, seed=0,
-                   max_sweeps=4)
+                   max_sweeps=4, method="coordinate")
     assert res.timesteps is not None
     assert res.timesteps[0] == vp.num_timesteps - 1 and res.timesteps[-1] == 0
     assert torch.all(res.timesteps[1:] < res.timesteps[:-1])
@@ -102,9 +105,9 @@ def test_discrete_time_model_snaps_to_timesteps():
 
 def test_same_seed_same_schedule_other_seed_other_schedule():
     den, data = gaussian_denoiser(1.0), gaussian_data(1.0, 1)
-    a = optimize(den, data, steps=4, samples=256, seed=5, max_sweeps=3)
-    b = optimize(den, data, steps=4, samples=256, seed=5, max_sweeps=3)
-    c = optimize(den, data, steps=4, samples=256, seed=6, max_sweeps=3)
+    a = optimize(den, data, steps=4, samples=256, seed=5, max_sweeps=3, method="coordinate")
+    b = optimize(den, data, steps=4, samples=256, seed=5, max_sweeps=3, method="coordinate")
+    c = optimize(den, data, steps=4, samples=256, seed=6, max_sweeps=3, method="coordinate")
     assert torch.equal(a.sigmas, b.sigmas) and a.calls == b.calls
     assert not torch.equal(a.sigmas, c.sigmas)
 
@@ -119,7 +122,7 @@ def test_calls_count_denoiser_rows_and_progress_sees_every_sweep():
 
     events: list[dict] = []
     res = optimize(counting, torch.randn(300, 2, generator=torch.Generator().manual_seed(0)), steps=3,
-                   samples=128, max_sweeps=2, batch_size=100, progress=events.append)
+                   samples=128, max_sweeps=2, batch_size=100, progress=events.append, method="coordinate")
     assert res.calls == rows[0]
     sweeps = [e for e in events if e["event"] == "sweep"]
     assert len(sweeps) == len(res.history) and events[-1]["event"] == "done"
@@ -127,7 +130,7 @@ def test_calls_count_denoiser_rows_and_progress_sees_every_sweep():
 
 
 def test_one_step_has_nothing_to_optimise():
-    res = optimize(gaussian_denoiser(1.0), gaussian_data(1.0, 1), steps=1, samples=64)
+    res = optimize(gaussian_denoiser(1.0), gaussian_data(1.0, 1), steps=1, samples=64, method="coordinate")
     assert res.sigmas.tolist() == [80.0, 0.002]
 
 
@@ -139,7 +142,7 @@ class _Stop(KeyboardInterrupt):
 def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, stop_at):
     den, data = gaussian_denoiser(0.5), gaussian_data(0.5, 1)
     kw = dict(steps=6, samples=256, seed=3, base_steps=2, max_sweeps=4, refine_sweeps=3)
-    full = optimize(den, data, **kw)
+    full = optimize(den, data, **kw, method="coordinate")
 
     def interrupt(event):
         if event["event"] == "sweep" and (event["stage"], event["sweep"]) == stop_at:
@@ -147,37 +150,38 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, stop_at):
 
     ckpt = tmp_path / "run.ckpt.json"
     with pytest.raises(_Stop):
-        optimize(den, data, checkpoint=ckpt, progress=interrupt, **kw)
+        optimize(den, data, checkpoint=ckpt, progress=interrupt, **kw, method="coordinate")
     assert json.loads(ckpt.read_text())["state"]["sweep"] == stop_at[1]
-    resumed = optimize(den, data, checkpoint=ckpt, resume=True, **kw)
+    resumed = optimize(den, data, checkpoint=ckpt, resume=True, **kw, method="coordinate")
     assert torch.equal(resumed.sigmas, full.sigmas)
     assert resumed.calls == full.calls
     assert [h["sigmas"] for h in resumed.history] == [h["sigmas"] for h in full.history]
     # Resuming a finished run gives the same result again.
-    again = optimize(den, data, checkpoint=ckpt, resume=True, **kw)
+    again = optimize(den, data, checkpoint=ckpt, resume=True, **kw, method="coordinate")
     assert torch.equal(again.sigmas, full.sigmas)
 
 
 def test_resume_refuses_other_settings(tmp_path):
     den, data = gaussian_denoiser(0.5), gaussian_data(0.5, 1)
     ckpt = tmp_path / "c.json"
-    optimize(den, data, steps=3, samples=64, max_sweeps=1, checkpoint=ckpt)
+    optimize(den, data, steps=3, samples=64, max_sweeps=1, checkpoint=ckpt, method="coordinate")
     with pytest.raises(AysError, match=r"samples: checkpoint has 64, this run has 128"):
-        optimize(den, data, steps=3, samples=128, max_sweeps=1, checkpoint=ckpt, resume=True)
+        optimize(den, data, steps=3, samples=128, max_sweeps=1, checkpoint=ckpt, resume=True, method="coordinate")
     with pytest.raises(AysError, match=r"options\.max_sweeps"):
-        optimize(den, data, steps=3, samples=64, max_sweeps=2, checkpoint=ckpt, resume=True)
+        optimize(den, data, steps=3, samples=64, max_sweeps=2, checkpoint=ckpt, resume=True, method="coordinate")
     ckpt.write_text('{"format": "something-else"}')
     with pytest.raises(AysError, match="not an ays optimiser checkpoint"):
-        optimize(den, data, steps=3, samples=64, max_sweeps=1, checkpoint=ckpt, resume=True)
+        optimize(den, data, steps=3, samples=64, max_sweeps=1, checkpoint=ckpt, resume=True, method="coordinate")
     # A missing checkpoint starts afresh.
-    res = optimize(den, data, steps=3, samples=64, max_sweeps=1, checkpoint=tmp_path / "new.json", resume=True)
+    res = optimize(den, data, steps=3, samples=64, max_sweeps=1, checkpoint=tmp_path / "new.json", resume=True,
+                   method="coordinate")
     assert (tmp_path / "new.json").exists() and res.sigmas.numel() == 4
 
 
 def test_save_load_round_trip(tmp_path):
     vp = DiscreteVP.from_betas()
     res = optimize(gaussian_denoiser(0.5), gaussian_data(0.5, 1), steps=4, samples=128, noise=vp, max_sweeps=2,
-                   model="toy", solver="dpmpp_2m")
+                   model="toy", solver="dpmpp_2m", method="coordinate")
     path = tmp_path / "s.json"
     res.save(path)
     doc = json.loads(path.read_text())
@@ -222,34 +226,35 @@ def test_load_missing_file(tmp_path):
 def test_bad_inputs():
     den, data = gaussian_denoiser(1.0), gaussian_data(1.0, 1)
     with pytest.raises(AysError, match="steps must be at least 1"):
-        optimize(den, data, steps=0)
+        optimize(den, data, steps=0, method="coordinate")
     with pytest.raises(AysError, match="sigma_min must be below sigma_max"):
-        optimize(den, data, sigma_min=5.0, sigma_max=1.0)
+        optimize(den, data, sigma_min=5.0, sigma_max=1.0, method="coordinate")
     with pytest.raises(AysError, match="unknown method 'nope'"):
         optimize(den, data, method="nope")
     with pytest.raises(AysError, match="unknown solver 'nope'"):
-        optimize(den, data, solver="nope")
+        optimize(den, data, solver="nope", method="coordinate")
     with pytest.raises(AysError, match="unknown option"):
-        optimize(den, data, steps=2, samples=16, bogus=1)
+        optimize(den, data, steps=2, samples=16, bogus=1, method="coordinate")
     with pytest.raises(AysError, match="candidates must be odd"):
-        optimize(den, data, steps=2, samples=16, candidates=4)
+        optimize(den, data, steps=2, samples=16, candidates=4, method="coordinate")
     with pytest.raises(AysError, match="resume=True needs a checkpoint"):
-        optimize(den, data, resume=True)
+        optimize(den, data, resume=True, method="coordinate")
     with pytest.raises(AysError, match="samples"):
-        optimize(den, data, samples=1)
+        optimize(den, data, samples=1, method="coordinate")
     with pytest.raises(AysError, match="denoiser"):
-        optimize("not a function", data)
+        optimize("not a function", data, method="coordinate")
     with pytest.raises(AysError, match="init"):
-        optimize(den, data, init=[1.0, 2.0, 3.0])
+        optimize(den, data, init=[1.0, 2.0, 3.0], method="coordinate")
     with pytest.raises(AysError, match="sigma_min"):
-        optimize(den, data, init=[10.0, 1.0, 0.1], sigma_min=0.2)
+        optimize(den, data, init=[10.0, 1.0, 0.1], sigma_min=0.2, method="coordinate")
     with pytest.raises(AysError, match="NaN or inf at sigma="):
-        optimize(lambda x, s: x * float("nan"), data, steps=2, samples=16)
+        optimize(lambda x, s: x * float("nan"), data, steps=2, samples=16, method="coordinate")
 
 
 def test_init_sets_start_and_range():
     init = schedules.loglinear(4, 0.01, 20.0)
-    res = optimize(gaussian_denoiser(1.0), gaussian_data(1.0, 1), steps=4, samples=128, init=init, max_sweeps=1)
+    res = optimize(gaussian_denoiser(1.0), gaussian_data(1.0, 1), steps=4, samples=128, init=init, max_sweeps=1,
+                   method="coordinate")
     assert res.history[0]["sigmas"] == init.tolist()
     assert res.sigmas[0] == 20.0 and res.sigmas[-1] == 0.01
 
@@ -258,7 +263,8 @@ def test_methods_registry_and_callable_package():
     import ays.optimize as package
 
     assert "coordinate" in METHODS
-    res = ays.optimize(gaussian_denoiser(1.0), gaussian_data(1.0, 1), steps=2, samples=32, max_sweeps=1)
+    res = ays.optimize(gaussian_denoiser(1.0), gaussian_data(1.0, 1), steps=2, samples=32, max_sweeps=1,
+                       method="coordinate")
     assert isinstance(res, package.OptimizeResult)
     assert ays.load_schedule is load_schedule
 
@@ -301,7 +307,7 @@ def hook(event):
         os.kill(os.getpid(), signal.SIGKILL)
 
 optimize(den, data, checkpoint=sys.argv[1], progress=hook, steps=6, samples=256, seed=3, base_steps=2,
-         max_sweeps=4, refine_sweeps=3)
+         max_sweeps=4, refine_sweeps=3, method="coordinate")
 """
 
 
@@ -316,5 +322,5 @@ def test_resume_after_sigkill(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["killed.json"]  # no half-written temporary file
     kw = dict(steps=6, samples=256, seed=3, base_steps=2, max_sweeps=4, refine_sweeps=3)
     den, data = gaussian_denoiser(0.5), gaussian_data(0.5, 1)
-    resumed = optimize(den, data, checkpoint=ckpt, resume=True, **kw)
-    assert torch.equal(resumed.sigmas, optimize(den, data, **kw).sigmas)
+    resumed = optimize(den, data, checkpoint=ckpt, resume=True, **kw, method="coordinate")
+    assert torch.equal(resumed.sigmas, optimize(den, data, **kw, method="coordinate").sigmas)

@@ -15,17 +15,23 @@ import time
 import click
 import torch
 
+from ._defaults import DEFAULT_METHOD, DEFAULT_SOLVER, EVAL_SAMPLES, SAMPLES
 from .optimize import run_optimize
+from .schedule import parse_options
 
 
 @click.command()
 @click.option("--problem", default="gmm-8x8", show_default=True, help="A named problem of ays.problems.")
 @click.option("--model", "-m", default="exact", show_default=True, help="exact, trained, or a model file.")
-@click.option("--solver", "-s", default="dpmpp_2m_sde", show_default=True)
+@click.option("--solver", "-s", default=DEFAULT_SOLVER, show_default=True)
 @click.option("--steps", "-n", type=int, default=10, show_default=True)
-@click.option("--method", default="ays", show_default=True, help="Optimiser (ays, coordinate, dp, gits, dmn).")
-@click.option("--samples", type=int, default=4096, show_default=True, help="Monte Carlo chains of the optimiser.")
-@click.option("--eval-samples", type=int, default=2048, show_default=True, help="Samples per schedule and seed.")
+@click.option("--method", default=DEFAULT_METHOD, show_default=True, help="Optimiser (ays, coordinate, dp, gits, dmn).")
+@click.option("--samples", type=int, default=SAMPLES, show_default=True,
+              help="Monte Carlo chains per KLUB estimate of the optimiser (as in `ays optimize`).")
+@click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE",
+              help="Method option, as in `ays optimize`, e.g. -O select_samples=512.")
+@click.option("--eval-samples", type=int, default=EVAL_SAMPLES, show_default=True,
+              help="Samples per schedule and seed (`ays evaluate --samples`).")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds for the confidence intervals.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="ays-out", show_default=True,
@@ -33,8 +39,8 @@ from .optimize import run_optimize
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch threads; the toy problem's rows are too small to gain from more.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo(problem: str, model: str, solver: str, steps: int, method: str, samples: int, eval_samples: int, seeds: int,
-         seed: int, out: str, threads: int, quiet: bool) -> None:
+def demo(problem: str, model: str, solver: str, steps: int, method: str, samples: int, opts: tuple[str, ...],
+         eval_samples: int, seeds: int, seed: int, out: str, threads: int, quiet: bool) -> None:
     """Optimise a schedule for a toy problem and compare it with the heuristics."""
     from .. import evaluate as ev
     from .. import sample as run_sample
@@ -53,7 +59,8 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     start = time.perf_counter()
     path = os.path.join(out, f"{problem}-{solver}-{steps}.json")
     result = run_optimize(job, out=path, checkpoint=None, resume=False, quiet=quiet, steps=steps, solver=solver,
-                          seed=seed, samples=samples, method=method, sigma_min=job.sigma_min, sigma_max=job.sigma_max)
+                          seed=seed, samples=samples, method=method, sigma_min=job.sigma_min, sigma_max=job.sigma_max,
+                          **parse_options(opts))
     took = time.perf_counter() - start
     click.echo(f"optimised with method {result.method!r} in {took:.1f} s, {result.calls:,} denoiser calls")
     click.echo("ays schedule: " + " ".join(f"{s:.4g}" for s in result.sigmas.tolist()))
@@ -67,7 +74,8 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     click.echo(ev.format_table(rows))
     click.echo(f"(mean ± 95% half width over {seeds} seeds of {eval_samples} samples; lower is better; "
                "NLL alone rewards dropped modes)")
-    ev.write_results(rows, out, name=f"{problem}-{solver}-{steps}")
+    # Its own name: the schedule file beside it keeps its name and its format (ays-schedule/1).
+    results = ev.write_results(rows, out, name=f"results-{problem}-{solver}-{steps}")
 
     lo, hi = result.sigma_min, result.sigma_max
     scheds = {name: (spec.sigmas if name == "ays" else schedules.build(spec, steps, lo, hi))
@@ -80,4 +88,5 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     samples_path = plot_samples(x, os.path.join(out, "samples.png"), reference=job.problem.sample(2000, g),
                                 title=f"ays schedule, {solver}, {steps} steps")
     click.echo("")
-    click.echo(f"wrote {path} (schedule), {plot_path}, {samples_path} and results in {out}/")
+    click.echo(f"wrote {path} (schedule), {results['json']} and {results['csv']} (results), {plot_path} "
+               f"(schedules), {samples_path} (samples)")

@@ -11,6 +11,7 @@ import click
 import torch
 
 from ..validate import AysError
+from ._defaults import DEFAULT_METHOD, DEFAULT_SOLVER, EVAL_SAMPLES, SAMPLES
 
 DEFAULT_SCHEDULES = "karras,loglinear,time_uniform,kl_optimal"
 
@@ -98,25 +99,25 @@ def _progress_bar(total: int, quiet: bool) -> tuple[Callable[[dict[str, Any]], N
               help="exact (the problem's ideal denoiser), trained (shipped weights) or a model file.")
 @click.option("--schedules", "-s", default=DEFAULT_SCHEDULES, show_default=True,
               help="Comma-separated schedule names or ays-schedule/1 JSON files.")
-@click.option("--solvers", default="euler,dpmpp_2m", show_default=True, help="Comma-separated solver names.")
+@click.option("--solvers", default=DEFAULT_SOLVER, show_default=True, help="Comma-separated solver names.")
 @click.option("--steps", "-n", default="5,10,20", show_default=True, help="Comma-separated step counts.")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Independent replicates (for the intervals).")
-@click.option("--samples", type=int, default=4096, show_default=True, help="Samples per run.")
+@click.option("--samples", type=int, default=EVAL_SAMPLES, show_default=True, help="Samples per run.")
 @click.option("--metrics", default=None, help="Comma-separated metrics (default: those that fit the problem).")
 @click.option("--sigma-min", type=float, default=None, help="Smallest noise level (default: the problem's).")
 @click.option("--sigma-max", type=float, default=None, help="Largest noise level (default: the problem's).")
 @click.option("--optimize", "do_optimize", is_flag=True,
               help="Also optimise a schedule per (solver, steps) with ays.optimize and evaluate it as 'ays'.")
-@click.option("--method", default="ays", show_default=True, help="Optimiser for --optimize.")
-@click.option("--optimize-samples", type=int, default=None,
-              help="KLUB Monte Carlo samples for --optimize (default: ays.optimize's, 8192 as in the paper).")
+@click.option("--method", default=DEFAULT_METHOD, show_default=True, help="Optimiser for --optimize.")
+@click.option("--optimize-samples", type=int, default=SAMPLES, show_default=True,
+              help="Monte Carlo chains per KLUB estimate for --optimize (`ays optimize --samples`).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Folder for results.csv, results.json and the plots.")
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def evaluate(problem: str, model: str, schedules: str, solvers: str, steps: str, seeds: int, samples: int,
              metrics: str | None, sigma_min: float | None, sigma_max: float | None, do_optimize: bool, method: str,
-             optimize_samples: int | None, out: str | None, markdown: bool, quiet: bool) -> None:
+             optimize_samples: int, out: str | None, markdown: bool, quiet: bool) -> None:
     """Sample PROBLEM's model with each schedule × solver × step count and print the metrics
     (mean ± 95 % t-interval over seeds; the same noise for every schedule within a seed).
 
@@ -161,9 +162,8 @@ def evaluate(problem: str, model: str, schedules: str, solvers: str, steps: str,
             for n in step_list:
                 if not quiet:
                     click.echo(f"optimising {solver} at {n} steps ...", err=True)
-                extra = {} if optimize_samples is None else {"samples": optimize_samples}
                 res = optimize(denoiser, prob, steps=n, solver=solver, sigma_min=lo, sigma_max=hi, seed=0,
-                               method=method, model=label, **extra)
+                               method=method, model=label, samples=optimize_samples)
                 optimised[(solver, n)] = res.sigmas
                 if out is not None:
                     os.makedirs(out, exist_ok=True)

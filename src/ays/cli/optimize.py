@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..validate import AysError
+from ._defaults import DEFAULT_METHOD, DEFAULT_SOLVER, KLUB_NOTE, SAMPLES, model_range, noise_range, range_note
 from ._job import load_job, model_options
 from .schedule import parse_options
 
@@ -89,13 +90,17 @@ def _remove_checkpoint(checkpoint: str) -> None:
 
 @click.command()
 @model_options
-@click.option("--solver", "-s", default="stochastic_ddim", show_default=True, help="Solver the schedule is for.")
+@click.option("--solver", "-s", default=DEFAULT_SOLVER, show_default=True, help="Solver the schedule is for.")
 @click.option("--steps", "-n", type=int, default=10, show_default=True, help="Number of steps.")
-@click.option("--sigma-min", type=float, default=None, help="Smallest noise level (default: the problem's/model's).")
-@click.option("--sigma-max", type=float, default=None, help="Largest noise level (default: the problem's/model's).")
-@click.option("--method", default="ays", show_default=True,
+@click.option("--sigma-min", type=float, default=None,
+              help="Smallest noise level (default: the problem's/model's, else EDM's 0.002).")
+@click.option("--sigma-max", type=float, default=None,
+              help="Largest noise level (default: the problem's/model's, else EDM's 80).")
+@click.option("--method", default=DEFAULT_METHOD, show_default=True,
               help="Optimiser: ays (global + evidence-based stopping), coordinate (the paper's), dp, gits, dmn.")
-@click.option("--samples", type=int, default=8192, show_default=True, help="Monte Carlo chains per KLUB estimate.")
+@click.option("--samples", type=int, default=SAMPLES, show_default=True,
+              help="Monte Carlo chains per KLUB estimate: each sweep's (coordinate), the KLUB table's (dp, ays) and "
+                   "the final one; ays's selection draws its own -O select_samples (2048).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--early-stopping/--no-early-stopping", default=True, show_default=True,
               help="--no-early-stopping runs to the KLUB minimiser (it over-aligns; see the README).")
@@ -161,8 +166,7 @@ def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tu
     kwargs: dict[str, Any] = dict(steps=steps, solver=solver, seed=seed, samples=samples,
                                   early_stopping=early_stopping, batch_size=batch_size, max_memory=max_memory,
                                   dtype=dtype, device=device)
-    kwargs["sigma_min"] = sigma_min if sigma_min is not None else job.sigma_min
-    kwargs["sigma_max"] = sigma_max if sigma_max is not None else job.sigma_max
+    kwargs["sigma_min"], kwargs["sigma_max"] = noise_range(sigma_min, sigma_max, model_range(job), note=False)
     kwargs["method"] = method
     if getattr(job, "init", None) is not None and sigma_min is None and sigma_max is None:
         init = job.init(steps)  # the pipeline's own default schedule: flow models from t = 1, with their shift
@@ -173,8 +177,11 @@ def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tu
     if not is_rank_zero():
         return
     click.echo(" ".join(f"{s:.6g}" for s in result.sigmas.tolist()))
+    range_note(sigma_min, sigma_max, model_range(job))  # after the run: an error stays one line
     klub = f"KLUB {result.klub:.5g} ± {result.klub_stderr:.2g}, " if result.klub is not None else ""
     click.echo(f"{klub}{result.calls:,} denoiser calls; wrote {out}", err=True)
+    if result.klub is not None:
+        click.echo(f"({KLUB_NOTE})", err=True)
     if plot is not None:
         from .. import schedules
         from ..plot import plot_schedules

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 import torch
 
 from ..validate import AysError
+from ._defaults import DEFAULT_SOLVER, model_range
 from ._job import load_job, model_options
 from .schedule import parse_options, resolve
 
@@ -14,20 +17,25 @@ from .schedule import parse_options, resolve
 @model_options
 @click.option("--schedule", "schedule_name", default="karras", show_default=True,
               help="A heuristic, a published table or an ays-schedule/1 file.")
-@click.option("--solver", "-s", default="dpmpp_2m", show_default=True)
+@click.option("--solver", "-s", default=None,
+              help=f"Solver (default: the schedule file's, else {DEFAULT_SOLVER}).")
 @click.option("--steps", "-n", type=int, default=None, help="Steps (default: the file's, else 10).")
-@click.option("--sigma-min", type=float, default=None)
-@click.option("--sigma-max", type=float, default=None)
+@click.option("--sigma-min", type=float, default=None,
+              help="Range for a heuristic (default: the problem's/model's, else EDM's 0.002).")
+@click.option("--sigma-max", type=float, default=None,
+              help="Range for a heuristic (default: the problem's/model's, else EDM's 80).")
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Solver option, e.g. -O eta=0.5.")
 @click.option("--count", "-N", type=int, default=1000, show_default=True, help="Number of samples.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Save the samples (.pt).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Picture of the samples (PNG).")
 def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple[str, ...], guidance_scale: float,
-           latents: str | None, schedule_name: str, solver: str, steps: int | None, sigma_min: float | None,
+           latents: str | None, schedule_name: str, solver: str | None, steps: int | None, sigma_min: float | None,
            sigma_max: float | None, opts: tuple[str, ...], count: int, seed: int, out: str | None,
            plot: str | None) -> None:
     """Sample PROBLEM (or your model) with a schedule and a solver; print what it cost.
+
+    A schedule file brings the solver it was optimised for, unless --solver is given.
 
     \b
     ays sample gmm-8x8 --schedule schedule.json --solver dpmpp_2m_sde --plot gmm.png
@@ -56,9 +64,8 @@ def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple
         click.echo(f"wrote {grid}", err=True)
         return
     job = load_job(target, model, diffusers, prompts, guidance_scale, latents)
-    lo = sigma_min if sigma_min is not None else job.sigma_min
-    hi = sigma_max if sigma_max is not None else job.sigma_max
-    sigmas = resolve(schedule_name, steps, lo, hi, {})
+    sigmas = resolve(schedule_name, steps, sigma_min, sigma_max, {}, model_range(job))
+    solver = pick_solver(schedule_name, solver)
     g = torch.Generator().manual_seed(seed)
     shape = job.data(1, g).shape[1:] if callable(job.data) else job.data.shape[1:]
     noise = torch.randn((count, *shape), generator=g)
@@ -80,3 +87,25 @@ def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple
         ref = job.data(count, torch.Generator().manual_seed(seed + 1)) if callable(job.data) else None
         plot_samples(x, plot, title=f"{job.label}: {schedule_name}, {solver}, {len(sigmas) - 1} steps", reference=ref)
         click.echo(f"wrote {plot}", err=True)
+
+
+def pick_solver(schedule_name: str, solver: str | None) -> str:
+    """``--solver``, else the solver a schedule file was optimised for, else the default.
+
+    A file made for another solver than ``--solver`` gets a one-line warning: its levels
+    were chosen for that solver's errors.
+    """
+    from .. import solvers
+    from ..optimize import load_schedule
+
+    made_for = None
+    if schedule_name.endswith(".json") or os.path.isfile(schedule_name):
+        made_for = load_schedule(schedule_name).solver
+        if made_for not in solvers.names():  # "any", "unknown": written by hand or by `ays schedule -f ays`
+            made_for = None
+    if solver is None:
+        return made_for or DEFAULT_SOLVER
+    solvers.info(solver)  # an unknown name fails here, alone, not after the warning
+    if made_for is not None and made_for != solver:
+        click.echo(f"ays: warning: {schedule_name} was optimised for {made_for}, sampling with {solver}", err=True)
+    return solver

@@ -38,19 +38,39 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def resolve(name: str, steps: int | None, sigma_min: float | None, sigma_max: float | None,
-            options: dict[str, Any]) -> torch.Tensor:
+            options: dict[str, Any], own: tuple[float | None, float | None] = (None, None)) -> torch.Tensor:
     """A schedule from a heuristic or published name, or from an ``ays-schedule/1`` file.
 
-    A saved schedule is log-linearly interpolated when ``steps`` differs from its own.
+    ``sigma_min``/``sigma_max`` are the flags (``None``: not given). A heuristic spans
+    them, else ``own`` (the problem's or model's range), else EDM's 0.002-80 (with a
+    note, :func:`~ays.cli._defaults.noise_range`). Published tables and saved files
+    carry their own range, so flags for them are refused. A saved schedule is
+    log-linearly interpolated when ``steps`` differs from its own.
     """
     from .. import schedules
+    from ..validate import check_choice
+    from ._defaults import noise_range, range_note
 
+    flags = sigma_min is not None or sigma_max is not None
     if os.path.exists(name) or name.endswith(".json"):
         from ..optimize import load_schedule
 
         sigmas = load_schedule(name).sigmas
+        if flags:
+            raise AysError(f"schedule file {name!r} has its own noise range; drop --sigma-min/--sigma-max")
         return sigmas if steps is None or steps == len(sigmas) - 1 else schedules.interpolate(sigmas, steps)
-    return schedules.build(name, 10 if steps is None else steps, sigma_min, sigma_max, **options)
+    n = 10 if steps is None else steps
+    check_choice(name, schedules.names(), what="schedule")  # before the range note, so an error is one line
+    if name in schedules.PUBLISHED:
+        if flags or options:
+            raise AysError(f"published schedule {name!r} has its own noise range; drop --sigma-min/--sigma-max and -O")
+        return schedules.build(name, n)
+    if name == "vp" and not flags and own == (None, None):
+        return schedules.build(name, n, **options)  # the VP SDE's own range
+    lo, hi = noise_range(sigma_min, sigma_max, own, note=False)
+    sigmas = schedules.build(name, n, lo, hi, **options)
+    range_note(sigma_min, sigma_max, own)  # after the build: a refused option stays a one-line error
+    return sigmas
 
 
 def render(sigmas: torch.Tensor, fmt: str, name: str) -> str:

@@ -17,9 +17,10 @@ from . import dmn, dp, gits, select  # noqa: F401  (register "dmn", "dp", "gits"
 from . import ld3, oss  # noqa: F401  (register "ld3", "oss")
 from .api import optimize, solver_names
 from .result import FORMAT, OptimizeResult, load_schedule
-from .task import METHODS, register
+from .task import DEFAULT_METHOD, DEFAULT_SOLVER, METHODS, register
 
-__all__ = ["FORMAT", "METHODS", "OptimizeResult", "load_schedule", "optimize", "register", "solver_names"]
+__all__ = ["DEFAULT_METHOD", "DEFAULT_SOLVER", "FORMAT", "METHODS", "OptimizeResult", "load_schedule", "optimize",
+           "register", "solver_names"]
 
 
 # ``ays.optimize`` is both this package and its main function: once the package

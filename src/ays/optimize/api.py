@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from .. import distributed as _dist
+from .. import device as _device
 from ..klub import _data_sample, seed_for
 from ..noise import DiscreteVP, NoiseSchedule
 from ..validate import AysError, check_choice, check_range, check_sigmas, check_steps
 from .result import OptimizeResult
-from .task import METHODS, Denoiser, Progress, Task
+from .task import DEFAULT_METHOD, DEFAULT_SOLVER, METHODS, Denoiser, Progress, Task
 
 __all__ = ["SOLVER_NAMES", "optimize", "solver_names"]
 
@@ -61,11 +61,11 @@ def optimize(
     denoiser: Denoiser,
     data: Tensor | Any,
     steps: int = 10,
-    solver: str = "stochastic_ddim",
+    solver: str = DEFAULT_SOLVER,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
     seed: int = 0,
-    method: str = "coordinate",
+    method: str = DEFAULT_METHOD,
     samples: int = 8192,
     early_stopping: bool = True,
     init: Tensor | Sequence[float] | None = None,
@@ -91,9 +91,9 @@ def optimize(
         sigma_min, sigma_max: the range; default 0.002 and 80 (EDM), or the model's own range
             for a discrete-time ``noise``, or ``init``'s ends.
         seed: all randomness derives from it; the same seed gives the same schedule.
-        method: a name in ``ays.optimize.METHODS``: ``"coordinate"`` (the paper's Alg. 1,
-            the library default as in DESIGN.md), ``"ays"`` (recommended, and the default
-            of ``ays optimize``: the global optimiser ``"dp"`` plus a stopping point chosen
+        method: a name in ``ays.optimize.METHODS``, default :data:`~ays.optimize.task.DEFAULT_METHOD`
+            (also that of every ``ays`` command): ``"coordinate"`` (the paper's Alg. 1), ``"ays"`` (the
+            global optimiser ``"dp"`` plus a stopping point chosen
             from evidence, sliced W2 of few-step samples to a many-step reference run),
             ``"dp"`` (the exact grid KLUB minimiser), ``"gits"``, ``"dmn"`` (baselines).
         samples: Monte Carlo chains per KLUB estimate (paper: 8,192).
@@ -116,7 +116,7 @@ def optimize(
             KLUB sums stay float64. An ``nn.Module`` denoiser is converted in place.
         device: run the denoiser there (default: its parameters' device); the draws follow.
         max_memory: cap (bytes, or ``"8GiB"``) on the memory of one denoiser call; sets the batch
-            size (:func:`ays.distributed.batch_size_for`) and keeps the draws in host memory.
+            size (:func:`ays.device.batch_size_for`) and keeps the draws in host memory.
         Under ``torch.distributed`` (e.g. ``torchrun``) every rank evaluates its share of the
         draws and the result equals the single-process one (:mod:`ays.distributed`).
         **method_options: options of the method (see ``CoordinateOptions``).
@@ -184,14 +184,14 @@ def optimize(
             init_t = init_t.clone()
             init_t[0], init_t[-1] = hi, lo
 
-    run = _dist.prepare(denoiser, dtype, device)
+    run = _device.prepare(denoiser, dtype, device)
     if max_memory is not None:
-        cap = _dist.parse_memory(max_memory)
+        cap = _device.parse_memory(max_memory)
         assert cap is not None
         row = _data_sample(data, 1, torch.Generator().manual_seed(seed_for(int(seed), "probe")))
-        batch_size = _dist.batch_size_for(run, row, cap, sigma=hi, batch_size=batch_size)
+        batch_size = _device.batch_size_for(run, row, cap, sigma=hi, batch_size=batch_size)
     else:
-        data = _dist.place_data(data, run.device)
+        data = _device.place_data(data, run.device)
 
     task = Task(
         denoiser=run,

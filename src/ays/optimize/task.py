@@ -28,11 +28,18 @@ from ..validate import AysError, check_sigmas
 if TYPE_CHECKING:
     from .result import OptimizeResult
 
-__all__ = ["METHODS", "LevelSpace", "Task", "register", "stage_plan"]
+__all__ = ["DEFAULT_METHOD", "DEFAULT_SOLVER", "METHODS", "LevelSpace", "Task", "register", "stage_plan"]
 
 Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[dict[str, Any]], None]
+
+#: The method ``ays.optimize`` and every ``ays`` command use unless told otherwise (one default, DESIGN.md).
+DEFAULT_METHOD = "ays"
+
+#: The solver a schedule is optimised for (and ``ays sample`` samples with) unless told otherwise: the
+#: stochastic DPM-Solver++(2M) SDE, the solver of the demo and the README; stochastic, as the KLUB assumes.
+DEFAULT_SOLVER = "dpmpp_2m_sde"
 
 #: Optimisation methods: name -> ``fn(task, **options) -> OptimizeResult``.
 METHODS: dict[str, Callable[..., OptimizeResult]] = {}
