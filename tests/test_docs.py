@@ -10,8 +10,8 @@ What is run:
 
 Each command runs through the real command line, the ``ays`` console script of this
 environment, in a fresh working directory that holds the files the pages name (``FIXTURES``):
-a tiny saved Stable Diffusion 1.5 pipeline ``./my-sd15`` (SD 1.5's architecture and noise
-schedule at toy width, random weights, a letter tokenizer), a user module ``mypkg/models.py``,
+a tiny saved Stable Diffusion 1.5 pipeline ``./my-sd15`` (``tiny_pipelines``: SD 1.5's
+architecture and noise table at toy width, random weights, a letter tokenizer), a user module ``mypkg/models.py``,
 ``latents.pt``, schedule files and an interrupted run's checkpoint. A command that takes long as
 written runs on small settings instead: ``SMALL`` maps the command as the page shows it to the
 one run. ``NOT_RUN`` names the only commands that cannot run here, with the reason. A command
@@ -21,7 +21,6 @@ the pages show that is neither run as written (``ays`` or ``python``) nor in a t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import runpy
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import tiny_pipelines
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -226,43 +227,6 @@ def load():
 '''
 
 
-def save_tiny_sd15(folder: Path) -> None:
-    """A StableDiffusionPipeline with SD 1.5's parts, scheduler and noise table at toy width."""
-    diffusers = pytest.importorskip("diffusers")
-    transformers = pytest.importorskip("transformers")
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    vocab |= {c: 2 + i for i, c in enumerate(letters)} | {c + "</w>": 28 + i for i, c in enumerate(letters)}
-    words = folder.parent / "vocab"
-    words.mkdir()
-    (words / "vocab.json").write_text(json.dumps(vocab))
-    (words / "merges.txt").write_text("#version: 0.2\n")
-    torch.manual_seed(0)
-    parts = {
-        "unet": diffusers.UNet2DConditionModel(
-            block_out_channels=(16, 32), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=16, norm_num_groups=8, attention_head_dim=4),
-        "vae": diffusers.AutoencoderKL(
-            block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-            sample_size=16),
-        "text_encoder": transformers.CLIPTextModel(transformers.CLIPTextConfig(
-            vocab_size=len(vocab), hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-            num_attention_heads=2, max_position_embeddings=12, bos_token_id=0, eos_token_id=1, pad_token_id=1)),
-        "tokenizer": transformers.CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"),
-                                                model_max_length=12),
-        # SD 1.5's scheduler config: scaled_linear betas 0.00085 -> 0.012 over 1000 steps, epsilon.
-        "scheduler": diffusers.PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                             num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
-                                             set_alpha_to_one=False),
-    }
-    pipe = diffusers.StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-
-
 def run(argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run one command line of the pages: ``ays`` is this environment's console script."""
     words = shlex.split(argv)
@@ -322,7 +286,8 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gmm.save(root / "my.json")
     trained = ays.train.train(prob, ays.nets.build("mlp", seed=0), steps=30, seed=0)
     trained.save(root / "model.pt")
-    save_tiny_sd15(root / "my-sd15")
+    pytest.importorskip("diffusers")
+    shutil.move(tiny_pipelines.build("sd15", tmp_path_factory.mktemp("pipelines")), root / "my-sd15")
     sd15 = ays.OptimizeResult(sigmas=ays.schedules.published("sd15", steps=10), steps=10, solver="dpmpp_2m",
                               method="published", model="sd15")
     sd15.save(root / "sd15.json")
