@@ -199,6 +199,13 @@ def test_schedule_heuristic_defaults_to_edm_with_a_note(tmp_path: Path, capsys: 
     res = ays.load_schedule(path)
     assert torch.equal(res.sigmas, S.kl_optimal(6, 0.002, 80.0))
     assert res.sigmas[0].item() == 80.0 and res.sigmas[-1].item() == 0.002
+    # A copy of a saved schedule, interpolated to more steps, keeps the solver it was made for.
+    made = tmp_path / "made.json"
+    ays.optimize.OptimizeResult(sigmas=S.karras(4, 0.002, 80.0), steps=4, solver="heun", method="x").save(made)
+    ok(["schedule", str(made), "-n", "8", "-f", "ays", "-o", str(tmp_path / "copy.json")], capsys)
+    copy = ays.load_schedule(tmp_path / "copy.json")
+    assert copy.solver == "heun" and copy.steps == 8
+    assert torch.allclose(copy.sigmas[::2], S.karras(4, 0.002, 80.0), rtol=1e-12)  # log-linear: old levels kept
 
 
 # ------------------------------------------------------------------ plot

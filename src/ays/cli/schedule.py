@@ -87,7 +87,13 @@ def render(sigmas: torch.Tensor, fmt: str, name: str) -> str:
     if fmt == "ays":
         from ..optimize import OptimizeResult
 
-        doc = OptimizeResult(sigmas=sigmas, steps=len(sigmas) - 1, solver="any", method=name).to_dict()
+        solver, method, model = "any", name, None
+        if os.path.isfile(name):  # a copy of a saved schedule keeps the solver it was optimised for
+            from ..optimize import load_schedule
+
+            src = load_schedule(name)
+            solver, method, model = src.solver, src.method, src.model
+        doc = OptimizeResult(sigmas=sigmas, steps=len(sigmas) - 1, solver=solver, method=method, model=model).to_dict()
         return json.dumps(doc, indent=2)
     from ..integrations import formats
 
