@@ -284,3 +284,40 @@ def test_optimize_command_from_images_and_from_prompts(folders: dict[str, Path],
     code, _, err = _run(["sample", "--diffusers", str(folders[name]), "--schedule", str(tmp_path / "s.json"),
                          "--prompt", "a cat", "--prompt", "a dog", "--plot", str(grid)], capsys)
     assert code == 0 and grid.is_file(), err
+
+
+def test_latent_file_rows_take_the_caption_file_lines(folders: dict[str, Path], tmp_path: Path) -> None:
+    fam = family_of(load_pipeline(folders["sd15"]))
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.save(latents, tmp_path / "latents.pt")
+    data = DD.from_latents(fam, tmp_path / "latents.pt", ["a dog", "a cat", "a dog"], None)
+    want, _ = fam.encode(["a dog", "a cat"], None, RES)
+    torch.testing.assert_close(data.cond["encoder_hidden_states"], want["encoder_hidden_states"][[0, 1, 0]])
+    with pytest.raises(AysError, match="do not fit a 32x32"):
+        DD.from_latents(fam, tmp_path / "latents.pt", ["a cat"], (32, 32))
+
+
+def test_schedule_file_hands_its_model_over(folders: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A flow schedule file -> flow times from 1.0, the shift undone for the folder's own scheduler."""
+    from ays.optimize.result import OptimizeResult
+    from ays.optimize.task import noise_description
+
+    pipe = load_pipeline(folders["flux"])
+    fam = family_of(pipe)
+    s = _perturbed(fam.default_schedule(4, RES))
+    OptimizeResult(sigmas=s, steps=4, solver="euler", method="test", settings={"noise": noise_description(
+        fam.noise(RES))}, model_info=fam.info(RES, 3.5, None)).save(tmp_path / "flux.json")
+    code, out, err = _run(["schedule", str(tmp_path / "flux.json"), "--for", str(folders["flux"])], capsys)
+    assert code == 0 and "checked" in err, err
+    t = json.loads(out)["sigmas"]
+    assert t[0] == 1.0 and t == to_diffusers(s, pipe.scheduler, mu=fam.mu(RES))["sigmas"]
+    # the scheduler, shifting by mu, lands on the schedule's own flow times
+    pipe.scheduler.set_timesteps(sigmas=t, mu=fam.mu(RES))
+    sampling = S.to_sampling(s)
+    torch.testing.assert_close(pipe.scheduler.sigmas.double(), sampling / (1 + sampling),
+                               rtol=1e-6, atol=1e-7)
+    code, out, err = _run(["schedule", str(tmp_path / "flux.json"), "--format", "comfyui"], capsys)
+    assert json.loads(out)[:-1] == pytest.approx((s[:-1] / (1 + s[:-1])).tolist(), rel=1e-6)
+    code, _, err = _run(["schedule", str(tmp_path / "flux.json"), "--for", str(folders["sd15"])], capsys)
+    assert code == 2 and "made for a FluxPipeline" in err and len(err.strip().splitlines()) == 1
