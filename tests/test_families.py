@@ -196,10 +196,15 @@ def test_prompt_samples_are_the_pipelines_own_and_cached(folders: dict[str, Path
     assert not cached  # another seed is another sample set
 
 
-def test_unknown_family_names_what_is_missing(tmp_path: Path) -> None:
-    pipe = diffusers.DDPMPipeline(unet=diffusers.UNet2DModel(
+def _ddpm() -> object:
+    """An unconditional DDPM pipeline: a diffusers pipeline of no text-to-image family."""
+    return diffusers.DDPMPipeline(unet=diffusers.UNet2DModel(
         sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), norm_num_groups=4,
         down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2), scheduler=diffusers.DDPMScheduler())
+
+
+def test_unknown_family_names_what_is_missing(tmp_path: Path) -> None:
+    pipe = _ddpm()
     with pytest.raises(AysError, match="denoiser_from_parts") as err:
         family_of(pipe)
     assert "text_encoder" in str(err.value)
@@ -235,10 +240,7 @@ def test_bad_input_is_exit_2_and_one_line(folders: dict[str, Path], images: Path
     (tmp_path / "captions.txt").write_text("a\nb\nc\n")
     torch.save(torch.zeros(4, 4, 8, 8), tmp_path / "latents.pt")
     if name == "ddpm":
-        diffusers.DDPMPipeline(unet=diffusers.UNet2DModel(
-            sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), norm_num_groups=4,
-            down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2),
-            scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+        _ddpm().save_pretrained(tmp_path / "ddpm")
     folder = tmp_path / "ddpm" if name == "ddpm" else folders[name]
     swap = {"IMAGES": str(images), "BARE": str(bare), "CAPTIONS": str(tmp_path / "captions.txt"),
             "LATENTS": str(tmp_path / "latents.pt")}

@@ -41,6 +41,7 @@ from torch import nn
 from ...denoisers import CFGDenoiser, ModelDenoiser, prediction_name
 from ...noise import EDM, DiscreteVP, Flow, NoiseSchedule
 from ...validate import AysError, check_batch, check_positive
+from .pipeline import require_diffusers
 
 __all__ = [
     "ConditionedModel",
@@ -54,14 +55,6 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-
-
-def _require_diffusers() -> Any:
-    try:
-        import diffusers
-    except ImportError:  # pragma: no cover - exercised only without the extra
-        raise AysError("this needs diffusers: pip install 'ays[diffusers]'") from None
-    return diffusers
 
 
 def _config(obj: Any) -> Mapping[str, Any]:
@@ -212,7 +205,7 @@ def denoiser_from_parts(
 
 def _scheduler_instance(scheduler: Any) -> Any:
     if isinstance(scheduler, Mapping):
-        diffusers = _require_diffusers()
+        diffusers = require_diffusers()
         name = scheduler.get("_class_name")
         cls = getattr(diffusers, str(name), None)
         if cls is None:
