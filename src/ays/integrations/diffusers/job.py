@@ -25,7 +25,7 @@ from ...validate import AysError
 from . import data as D
 from .denoiser import PipelineDenoiser
 from .family import Family, family_of
-from .pipeline import load_pipeline
+from .pipeline import load_pipeline, pipeline_folder
 
 __all__ = ["DiffusersJob", "load_diffusers_job", "parse_resolution"]
 
@@ -93,6 +93,7 @@ def load_diffusers_job(
     torch_dtype: torch.dtype | None = None,
 ) -> DiffusersJob:
     """The denoiser, conditioned data and noise of a local pipeline folder, for :func:`ays.optimize`."""
+    pipeline_folder(path)  # a missing or foreign folder is the first thing to say
     all_prompts = list(prompts) + (D.read_lines(prompts_file, "prompts") if prompts_file is not None else [])
     if images is not None and (all_prompts or latents is not None or captions is not None):
         raise AysError("--images brings its own captions: give it without --prompt/--prompts/--latents/--captions")
