@@ -141,14 +141,17 @@ def model_options(f: Any) -> Any:
                           "the schedule is for this scale."),
         click.option("--latents", type=click.Path(), default=None,
                      help="For --diffusers: a .pt/.safetensors latent tensor [N, C, h, w], with --captions."),
-        *[click.option(flag, name, default=None, expose_value=False, callback=_keep_diffusers_option, help=text)
-          for flag, name, text in (
-              ("--prompts", "prompts_file", "For --diffusers: a prompt file (one a line); the model's own "
-                                            "samples of them are the data (cached on disk)."),
-              ("--images", "images", "For --diffusers: a folder of captioned images (metadata.jsonl or NAME.txt)."),
-              ("--captions", "captions", "For --diffusers --latents: a caption file, one line per latent row."),
-              ("--resolution", "resolution", "For --diffusers: the image size, 1024 or HxW (default: the model's)."),
-              ("--negative-prompt", "negative_prompt", "For --diffusers: the negative prompt of guidance."))],
+        *[click.option(flag, name, default=None, metavar=meta, expose_value=False, callback=_keep_diffusers_option,
+                       help=text)
+          for flag, name, meta, text in (
+              ("--prompts", "prompts_file", "FILE", "For --diffusers: a prompt file (one a line); the model's own "
+                                                    "samples of them are the data (cached on disk)."),
+              ("--images", "images", "DIR", "For --diffusers: a folder of captioned images (metadata.jsonl or "
+                                            "NAME.txt beside each image)."),
+              ("--captions", "captions", "FILE", "For --diffusers --latents: a caption file, one line per row."),
+              ("--resolution", "resolution", "HxW", "For --diffusers: the image size, 1024 or HxW (default: the "
+                                                    "model's)."),
+              ("--negative-prompt", "negative_prompt", "TEXT", "For --diffusers: the negative prompt of guidance."))],
     ]
     for opt in reversed(opts):
         f = opt(f)
