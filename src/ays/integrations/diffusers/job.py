@@ -90,9 +90,15 @@ def load_diffusers_job(
     sample_steps: int = 50,
     seed: int = 0,
     device: str | torch.device | None = None,
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype | str | None = None,
 ) -> DiffusersJob:
-    """The denoiser, conditioned data and noise of a local pipeline folder, for :func:`ays.optimize`."""
+    """The denoiser, conditioned data and noise of a local pipeline folder, for :func:`ays.optimize`.
+
+    ``device`` and ``torch_dtype`` (e.g. ``"bfloat16"``) are where and how the pipeline is loaded:
+    its text encoders and VAE prepare the data there too.
+    """
+    if isinstance(torch_dtype, str):
+        torch_dtype = getattr(torch, torch_dtype)
     pipeline_folder(path)  # a missing or foreign folder is the first thing to say
     all_prompts = list(prompts) + (D.read_lines(prompts_file, "prompts") if prompts_file is not None else [])
     if images is not None and (all_prompts or latents is not None or captions is not None):
