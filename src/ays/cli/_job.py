@@ -92,7 +92,10 @@ def load_job(target: str | None, model: str = "exact", diffusers: str | None = N
             raise AysError("give either a problem / entry point or --diffusers, not both")
         from ..integrations.diffusers import load_diffusers_job
 
+        ctx = click.get_current_context(silent=True)
+        where = {} if ctx is None else ctx.params  # load the pipeline where and as it will run: --device, --dtype
         job = load_diffusers_job(diffusers, prompts=prompts, latents=latents, guidance_scale=guidance_scale,
+                                 device=where.get("device"), torch_dtype=where.get("dtype"),
                                  **diffusers_data_options())
         return Job(job.denoiser, job.data, job.noise, label=os.path.basename(os.path.normpath(diffusers)),
                    sigma_min=job.sigma_min, sigma_max=job.sigma_max, init=job.init, info=job.info)
