@@ -113,7 +113,8 @@ def conditioned(family: Family, latents: Tensor, captions: Sequence[str], resolu
     parts: list[dict[str, Tensor]] = []
     for i in range(0, len(unique), batch_size):
         parts.append(family.encode(unique[i:i + batch_size], negative_prompt, resolution)[0])
-    table = {k: torch.cat([p[k] for p in parts]).float().cpu() for k in parts[0]}
+    # kept in the text encoders' dtype: a bfloat16 Flux's T5 rows are 4 MB each, not 8
+    table = {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
     rows = torch.tensor([unique.index(c) for c in captions])
     return Conditioned(latents.float().cpu(), {k: v[rows] for k, v in table.items()})
 
