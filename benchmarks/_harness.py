@@ -42,12 +42,15 @@ RESULTS = ROOT / "results"
 
 
 # ------------------------------------------------------------------ command line
-def arguments(description: str, name: str, script: str | None = None, **defaults: Any) -> argparse.ArgumentParser:
+def arguments(description: str, name: str, script: str | None = None, *, cells: bool = True,
+              **defaults: Any) -> argparse.ArgumentParser:
     """The parser every table script ``benchmarks/<script>.py`` (default ``<name>.py``) starts from;
-    ``name`` names its results folder, ``defaults`` set ``--seeds``/``--samples``/``--threads``."""
+    ``name`` names its results folder, ``defaults`` set ``--seeds``/``--samples``/``--threads``
+    (``cells=False``: a table of other rows than schedules × seeds, no ``--seeds``/``--samples``)."""
     p = argparse.ArgumentParser(prog=f"{script or name}.py", description=description)
-    p.add_argument("--seeds", type=int, default=defaults.get("seeds", 3))
-    p.add_argument("--samples", type=int, default=defaults.get("samples", 4096), help="samples per cell and seed")
+    if cells:
+        p.add_argument("--seeds", type=int, default=defaults.get("seeds", 3))
+        p.add_argument("--samples", type=int, default=defaults.get("samples", 4096), help="samples per cell and seed")
     p.add_argument("--threads", type=int, default=defaults.get("threads", 1), help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="small settings: a smoke run")
     p.add_argument("--out", default=None, help=f"results folder (default benchmarks/results/{name}[-quick])")

@@ -28,22 +28,26 @@ in full, as a standalone ``ays.optimize`` call would spend them.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ays import metrics, problems, schedules
-from ays.io import atomic_write_json, atomic_write_text
+from ays.io import atomic_write_text
 from ays.klub import table as T
 from ays.optimize import dp as D
 from ays.optimize import optimize
 from ays.optimize import select as S
 from ays.optimize.task import Task
+
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.beyond
+    import _harness as H
+except ImportError:  # pragma: no cover
+    from benchmarks import _harness as H
 
 PAPER_SAMPLES = 8192  # Monte Carlo samples per KLUB estimate in the paper
 SOLVERS = ("euler", "dpmpp_2m", "stochastic_ddim", "dpmpp_2m_sde")
@@ -137,8 +141,12 @@ def evaluate(prob: Any, solver: str, sigmas: torch.Tensor, noise: torch.Tensor, 
     return row
 
 
-def run_problem(name: str, mode: str, steps_list: list[int], seed: int, log: Any, ablation: bool = False,
-                select_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_problem(name: str, mode: str, steps_list: list[int], seed: int, solver_list: Sequence[str],
+                ablation: bool = False, select_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     torch.manual_seed(0)  # nothing here draws from it; set only so that stray global draws are reproducible
     prob = Problem(name)
     err = prob.denoiser.check()
@@ -186,7 +194,7 @@ def run_problem(name: str, mode: str, steps_list: list[int], seed: int, log: Any
         shared["gits"] = (res.sigmas, res.calls, time.time() - t)
         ddim = D.schedules_from_table(table, n, objective="ddim")[n][0]
         shared["dp"] = (ddim, table.calls, t_table)
-        for solver in SOLVERS:
+        for solver in solver_list:
             found = dict(shared)
             for h in HEURISTICS:
                 found[h] = (schedules.build(h, n, lo, hi), 0, 0.0)
@@ -244,6 +252,29 @@ def summarise(rows: list[dict[str, Any]], n_table: dict[str, int], n_coord: dict
     return out
 
 
+def cells_of(rows: list[dict[str, Any]], problem: str) -> list[tuple[str, int, dict[str, dict[str, Any]]]]:
+    """The (solver, steps, {method: row}) cells of one problem, in table order."""
+    out = []
+    for solver in SOLVERS:
+        for n in sorted({r["steps"] for r in rows}):
+            cell = {r["method"]: r for r in rows if (r["problem"], r["solver"], r["steps"]) == (problem, solver, n)}
+            if cell:
+                out.append((solver, n, cell))
+    return out
+
+
+def metric_table(rows: list[dict[str, Any]], problem: str, methods: tuple[str, ...], metric: str) -> str:
+    """One metric of one problem: a line per (solver, steps), a column per method."""
+    body = [[solver, n, *(f"{cell[m][metric]:.3f}" for m in methods)] for solver, n, cell in cells_of(rows, problem)]
+    return H.markdown_table(["solver", "n", *methods], body)
+
+
+def summary_of(rows: list[dict[str, Any]], sizes: dict[str, Any]) -> dict[str, Any]:
+    """:func:`summarise` with each problem's table chains and coordinate samples from ``sizes``."""
+    kind = {p: ("gmm" if p.startswith("gmm") else "digits") for p in {r["problem"] for r in rows}}
+    return summarise(rows, {p: sizes[k][1] for p, k in kind.items()}, {p: sizes[k][3] for p, k in kind.items()})
+
+
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], command: str, seconds: float, cpu: float) -> str:
     methods = (*HEURISTICS, *OPTIMISERS)
     lines = [f"Command: `{command}` ({seconds / 60:.1f} min wall clock, {cpu / 60:.1f} min CPU time of this process)",
@@ -253,50 +284,23 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], command: str, 
         grid = p.startswith("gmm")
         lines.append(f"### {p}: sliced W2 to fresh data (lower is better)" + ("; [dropped modes]" if grid else ""))
         lines.append("")
-        lines.append("| solver | n | " + " | ".join(methods) + " |")
-        lines.append("|---|---|" + "---|" * len(methods))
-        for solver in SOLVERS:
-            for n in sorted({r["steps"] for r in rows}):
-                cell = {r["method"]: r for r in rows if r["problem"] == p and r["solver"] == solver and r["steps"] == n}
-                if not cell:
-                    continue
-                best = min(cell[m]["sw2"] for m in methods)
-                vals = []
-                for m in methods:
-                    v = f"{cell[m]['sw2']:.4f}"
-                    if cell[m]["sw2"] == best:
-                        v = f"**{v}**"
-                    if grid and cell[m].get("dropped"):
-                        v += f" [{cell[m]['dropped']}]"
-                    vals.append(v)
-                lines.append(f"| {solver} | {n} | " + " | ".join(vals) + " |")
+        body = []
+        for solver, n, cell in cells_of(rows, p):
+            best = min(cell[m]["sw2"] for m in methods)
+            vals = []
+            for m in methods:
+                v = f"{cell[m]['sw2']:.4f}"
+                if cell[m]["sw2"] == best:
+                    v = f"**{v}**"
+                if grid and cell[m].get("dropped"):
+                    v += f" [{cell[m]['dropped']}]"
+                vals.append(v)
+            body.append([solver, n, *vals])
+        lines.append(H.markdown_table(["solver", "n", *methods], body))
         lines.append("")
-        if grid:
-            lines.append(f"NLL under the true density ({p}; lower is better, blind to dropped modes):")
-            lines.append("")
-            lines.append("| solver | n | " + " | ".join(methods) + " |")
-            lines.append("|---|---|" + "---|" * len(methods))
-            for solver in SOLVERS:
-                for n in sorted({r["steps"] for r in rows}):
-                    cell = {r["method"]: r for r in rows
-                            if r["problem"] == p and r["solver"] == solver and r["steps"] == n}
-                    if cell:
-                        vals = " | ".join(f"{cell[m]['nll']:.3f}" for m in methods)
-                        lines.append(f"| {solver} | {n} | {vals} |")
-            lines.append("")
-        else:
-            lines.append(f"Classifier-feature Fréchet distance ({p}; lower is better):")
-            lines.append("")
-            lines.append("| solver | n | " + " | ".join(methods) + " |")
-            lines.append("|---|---|" + "---|" * len(methods))
-            for solver in SOLVERS:
-                for n in sorted({r["steps"] for r in rows}):
-                    cell = {r["method"]: r for r in rows
-                            if r["problem"] == p and r["solver"] == solver and r["steps"] == n}
-                    if cell:
-                        vals = " | ".join(f"{cell[m]['fd']:.3f}" for m in methods)
-                        lines.append(f"| {solver} | {n} | {vals} |")
-            lines.append("")
+        metric, title = ("nll", "NLL under the true density") if grid else ("fd", "Classifier-feature Fréchet distance")
+        lines.append(f"{title} ({p}; lower is better{', blind to dropped modes' if grid else ''}):")
+        lines += ["", metric_table(rows, p, methods, metric), ""]
     abl = [r for r in rows if r["method"] in ("ays_ddim_end", "ays_2m_end")]
     if abl:
         lines.append("### Ablation: which bound ends the path, for the 2M solvers (sliced W2)")
@@ -339,58 +343,43 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], command: str, 
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="gmm-8x8 only, 5 and 10 steps, small samples")
+def main(argv: Sequence[str] | None = None) -> str:
+    ap = H.arguments(__doc__.split("\n")[0], "beyond", cells=False)
     ap.add_argument("--problems", default=None, help="comma-separated problem names")
     ap.add_argument("--steps", default=None, help="comma-separated step counts (default 5,10,20)")
+    ap.add_argument("--solvers", default=",".join(SOLVERS), help="comma-separated solvers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--select", default=None, help="ays option overrides as JSON, e.g. '{\"select\": \"mmd\"}'")
     ap.add_argument("--ablation", action="store_true",
                     help="also run ays with the 2M solvers' bound as the path's end (ays_2m_end)")
-    ap.add_argument("--out", default="benchmarks/results/beyond/beyond_results.json", help="JSON with every row")
-    ap.add_argument("--markdown", default="benchmarks/results/beyond/beyond_table.md", help="the tables as Markdown")
     ap.add_argument("--render", default=None, help="only re-render the Markdown of a saved JSON (no runs)")
-    args = ap.parse_args(argv)
+    args = H.parse(ap, argv, {"problems": "gmm-8x8", "steps": "5,10"})
     if args.render:
         doc = json.loads(Path(args.render).read_text())
-        names = sorted({r["problem"] for r in doc["rows"]})
-        kind = {p: ("gmm" if p.startswith("gmm") else "digits") for p in names}
-        summary = summarise(doc["rows"], {p: doc["sizes"][k][1] for p, k in kind.items()},
-                            {p: doc["sizes"][k][3] for p, k in kind.items()})
-        text = markdown(doc["rows"], summary, doc["command"].strip(), doc["seconds"], doc.get("cpu_seconds", 0.0))
-        atomic_write_text(args.markdown, text)
+        text = markdown(doc["rows"], summary_of(doc["rows"], doc["sizes"]), doc["command"].strip(), doc["seconds"],
+                        doc.get("cpu_seconds", 0.0))
+        atomic_write_text(Path(args.render).parent / "beyond_table.md", text)
         print(text)
-        return 0
-    torch.set_num_threads(1)  # two shared cores: more threads only fight
+        return text
     mode = "quick" if args.quick else "full"
-    names = args.problems.split(",") if args.problems else (
-        ["gmm-8x8"] if args.quick else ["gmm-8x8", "gmm-8x4", "gmm-6x6", "digits"])
-    steps = [int(s) for s in args.steps.split(",")] if args.steps else ([5, 10] if args.quick else [5, 10, 20])
+    names = args.problems.split(",") if args.problems else ["gmm-8x8", "gmm-8x4", "gmm-6x6", "digits"]
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else [5, 10, 20]
     start = time.time()
     cpu0 = time.process_time()
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
     rows: list[dict[str, Any]] = []
     for name in names:
-        rows += run_problem(name, mode, steps, args.seed, log, args.ablation,
+        rows += run_problem(name, mode, steps, args.seed, args.solvers.split(","), args.ablation,
                             json.loads(args.select) if args.select else None)
-    kind = {p: ("gmm" if p.startswith("gmm") else "digits") for p in names}
-    summary = summarise(rows, {p: SIZES[mode][k][1] for p, k in kind.items()},
-                        {p: SIZES[mode][k][3] for p, k in kind.items()})
-    seconds = time.time() - start
-    cpu = time.process_time() - cpu0
-    command = "python benchmarks/beyond.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    atomic_write_json(args.out, {"command": command, "seconds": seconds, "cpu_seconds": cpu, "mode": mode,
-                                 "sizes": SIZES[mode],
-                                 "select_overrides": args.select, "summary": summary, "rows": rows})
-    text = markdown(rows, summary, command.strip(), seconds, cpu)
-    atomic_write_text(args.markdown, text)
+    summary = summary_of(rows, SIZES[mode])
+    seconds, cpu = time.time() - start, time.process_time() - cpu0
+    H.write_rows(rows, args.out, "beyond_results", cmd=args.command,
+                 meta={"seconds": seconds, "cpu_seconds": cpu, "mode": mode, "sizes": SIZES[mode],
+                       "select_overrides": args.select, "summary": summary})
+    text = markdown(rows, summary, args.command, seconds, cpu)
+    atomic_write_text(args.out / "beyond_table.md", text)
     print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
