@@ -176,6 +176,13 @@ def write_markdown(out: Path, name: str, title: str, notes: Sequence[str], secti
     return text
 
 
+def write_machine(out: Path) -> dict[str, Any]:
+    """``machine.json``: where the table was made (:func:`ays.evaluate.machine_description`)."""
+    machine = ev.machine_description()
+    atomic_write_text(out / "machine.json", json.dumps(machine, indent=2) + "\n")
+    return machine
+
+
 def write_table(rows: list[dict[str, Any]], out: Path, name: str, *, title: str, notes: Sequence[str],
                 pivots: Sequence[tuple[str, str]], cmd: str, seconds: float | None = None,
                 row_keys: Sequence[str] = ("solver", "schedule"), meta: Mapping[str, Any] | None = None,
@@ -183,9 +190,8 @@ def write_table(rows: list[dict[str, Any]], out: Path, name: str, *, title: str,
     """A schedules table: ``<name>.csv``/``.json`` (:func:`ays.evaluate.write_results`, the command and the
     machine in ``meta``), ``machine.json``, and ``<name>.md`` with one pivot (rows × steps) per
     ``(metric, heading)`` in ``pivots``. Returns the markdown."""
-    machine = ev.machine_description()
+    machine = write_machine(out)
     ev.write_results(rows, out, name=name, plot=plot, meta={"command": cmd, "machine": machine, **(meta or {})})
-    atomic_write_text(out / "machine.json", json.dumps(machine, indent=2) + "\n")
     sections = [(f"### {heading}", ev.format_pivot(rows, metric, row_keys=row_keys)) for metric, heading in pivots]
     return write_markdown(out, name, title, notes, sections, cmd, seconds)
 

@@ -17,15 +17,15 @@ the case's solver).
     python benchmarks/table4.py --quick         # smoke test
     python benchmarks/table4.py --model exact   # only the exact denoiser
 
-Results: ``benchmarks/results/table4/`` (CSV, JSON, plots, ``table4_<model>.md``).
+Results: ``benchmarks/results/table4/`` (CSV, JSON, plots, ``table4_<model>.md``), written by :mod:`_harness`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +33,21 @@ import torch
 
 import ays
 from ays import evaluate as ev
-from ays.io import atomic_write_text
 from ays.klub import KlubDraws, klub
-from ays.optimize import optimize
 from ays.plot import plot_schedules
+
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.table4
+    import _harness as H
+except ImportError:  # pragma: no cover
+    from benchmarks import _harness as H
 
 CASES = [("gmm-8x8", "dpmpp_2m_sde"), ("gmm-8x4", "euler"), ("gmm-6x6", "stochastic_ddim")]
 STEPS = [6, 8, 10]
 HEURISTICS = ["karras", "loglinear", "time_uniform", "kl_optimal"]
 METRICS = ["nll", "sliced_w2", "modes"]
-ROOT = Path(__file__).resolve().parent
-OPTIONS: dict[str, Any] = {}  # the optimiser's full options, as ays.optimize reports them
+PIVOTS = [("nll", "NLL (lower is better, but rewards collapse)"), ("sliced_w2", "sliced W2"),
+          ("dropped_modes", "dropped modes"), ("mode_tv", "TV of the mass per mode"), ("klub", "KLUB of the schedule")]
+QUICK = {"seeds": 2, "samples": 1024, "opt_samples": 256, "klub_samples": 1024, "max_sweeps": 4}
 
 
 def denoiser_for(model: str, problem: Any, name: str) -> tuple[Any, str] | None:
@@ -56,110 +60,72 @@ def denoiser_for(model: str, problem: Any, name: str) -> tuple[Any, str] | None:
     return train.pretrained(name), "trained"
 
 
-def optimise(
-    denoiser: Any, problem: Any, steps: list[int], args: argparse.Namespace
-) -> tuple[dict[int, Any], dict[str, Any]]:
-    """AYS schedules per step count, with what they cost."""
-    out, cost = {}, {"calls": 0, "seconds": 0.0, "options": None}
-    for n in steps:
-        t0 = time.perf_counter()
-        opts = {"max_sweeps": args.max_sweeps} if args.method == "coordinate" else {}
-        res = optimize(denoiser, problem, steps=n, solver="stochastic_ddim", seed=0, samples=args.opt_samples,
-                       method=args.method, **opts)
-        cost["seconds"] += time.perf_counter() - t0
-        cost["calls"] += res.calls
-        cost["options"] = res.settings.get("options")
-        out[n] = res.sigmas
-    return out, cost
+def run_case(name: str, solver: str, model: str, args: Any) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """One case of the table on one model: AYS per step count, then every schedule evaluated."""
+    prob = ays.problems.get(name)
+    got = denoiser_for(model, prob, name)
+    if got is None:
+        print(f"[skip] no trained weights for {name}", file=sys.stderr)
+        return None
+    den, label = got
+    opts = {"max_sweeps": args.max_sweeps} if args.method == "coordinate" else {}
+    ays_sched, cost = H.optimise_per_steps(den, prob, args.steps, solver="stochastic_ddim", seed=0,
+                                           samples=args.opt_samples, method=args.method, **opts)
+    schedules = {**{h: h for h in HEURISTICS}, "ays": ays_sched}
+    rows = H.evaluate_table(den, prob, schedules, [solver], args.steps, seeds=args.seeds, samples=args.samples,
+                            metrics=METRICS, model=label, klub_samples=args.klub_samples)
+    for r in rows:
+        r["case"] = f"{name}, {solver}"
+        r["opt_seconds"], r["opt_calls"] = cost["seconds"], cost["calls"]
+    stem = f"{name}_{label}"
+    ev.write_results(rows, args.out, name=stem, plot=args.plots,
+                     meta={"command": args.command, "case": [name, solver], "model": label,
+                           "optimizer_options": cost["options"]})
+    if args.plots:  # the per-interval KLUB of the largest step count's schedules, on one shared set of draws
+        n = max(args.steps)
+        draws = KlubDraws.create(prob, args.klub_samples, torch.Generator().manual_seed(12345))
+        last = {r["schedule"]: r["sigmas"] for r in rows if r["steps"] == n}
+        klubs = {k: klub(den, prob, torch.tensor(v, dtype=torch.float64), draws=draws).per_interval
+                 for k, v in last.items()}
+        plot_schedules(last, args.out / f"{stem}_schedules.png", klub=klubs,
+                       title=f"{name}, {solver}, {label} model: {n}-step schedules")
+    return rows, cost
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    models = ["exact", "trained"] if args.model == "both" else [args.model]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    all_rows: list[dict[str, Any]] = []
-    for name, solver in CASES:
-        prob = ays.problems.get(name)
-        for model in models:
-            got = denoiser_for(model, prob, name)
-            if got is None:
-                print(f"[skip] no trained weights for {name}", file=sys.stderr)
-                continue
-            den, label = got
-            t0 = time.perf_counter()
-            ays_sched, cost = optimise(den, prob, STEPS, args)
-            print(f"[{name} {label}] AYS optimised in {cost['seconds']:.0f} s, {cost['calls']:,} denoiser rows",
-                  file=sys.stderr)
-            schedules = {**{h: h for h in HEURISTICS}, "ays": ays_sched}
-            rows = ev.evaluate(den, prob, schedules, [solver], STEPS, seeds=args.seeds, samples=args.samples,
-                               metrics=METRICS, model=label)
-            # KLUB of every schedule on one shared set of draws (common random numbers).
-            draws = KlubDraws.create(prob, args.klub_samples, torch.Generator().manual_seed(12345))
-            klubs = {}
-            for r in rows:
-                est = klub(den, prob, torch.tensor(r["sigmas"], dtype=torch.float64), draws=draws)
-                r["klub"], r["klub_err"] = est.total, 1.96 * est.total_stderr
-                if r["steps"] == 10:
-                    klubs[r["schedule"]] = est.per_interval
-                r["case"] = f"{name}, {solver}"
-                r["opt_seconds"], r["opt_calls"] = cost["seconds"], cost["calls"]
-            OPTIONS.update(cost["options"] or {})
-            ev.write_results(rows, out, name=f"{name}_{label}",
-                             meta={"case": [name, solver], "model": label, "optimizer_options": cost["options"]})
-            plot_schedules({r["schedule"]: r["sigmas"] for r in rows if r["steps"] == 10},
-                           out / f"{name}_{label}_schedules.png", klub=klubs,
-                           title=f"{name}, {solver}, {label} model: 10-step schedules")
-            print(f"[{name} {label}] evaluated in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-            all_rows += rows
-    return all_rows
-
-
-def report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
-    cmd = "python benchmarks/table4.py " + " ".join(sys.argv[1:])
-    m = ev.machine_description()
-    parts = [
-        "## Table 4 (toy problems): NLL, sliced W2, mode coverage and KLUB at 6 / 8 / 10 steps",
-        "",
-        f"Command: `{cmd.strip()}`  ",
-        f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
-        f"{seconds / 60:.1f} min in all.  ",
-        f"Each cell: mean ± 95 % t-interval over {args.seeds} seeds of {args.samples} samples "
-        f"(KLUB: ± 1.96 standard errors, {args.klub_samples} shared draws). AYS: `ays.optimize` "
-        f"(method {args.method}, {args.opt_samples} samples, at most {args.max_sweeps} sweeps, seed 0) "
-        "per step count on the evaluated model.  ",
-        f"Optimiser options: `{json.dumps(OPTIONS)}`.",
-    ]
-    for metric, title in (("nll", "NLL (lower is better, but rewards collapse)"), ("sliced_w2", "sliced W2"),
-                          ("dropped_modes", "dropped modes"), ("mode_tv", "TV of the mass per mode"),
-                          ("klub", "KLUB of the schedule")):
-        parts += ["", f"### {title}", "", ev.format_pivot(rows, metric, row_keys=("case", "model", "schedule"))]
-    return "\n".join(parts) + "\n"
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> str:
+    p = H.arguments(__doc__.splitlines()[0], "table4", threads=2)
     p.add_argument("--model", choices=["exact", "trained", "both"], default="both")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--opt-samples", type=int, default=1024, help="KLUB samples of the optimiser")
     p.add_argument("--max-sweeps", type=int, default=8, help="sweep budget of the coordinate method")
     p.add_argument("--klub-samples", type=int, default=8192)
     p.add_argument("--method", default="coordinate")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="2 seeds, 1024 samples, a small optimiser budget")
-    p.add_argument("--out", default=str(ROOT / "results" / "table4"))
-    args = p.parse_args()
-    if args.quick:
-        args.seeds, args.samples, args.opt_samples, args.klub_samples, args.max_sweeps = 2, 1024, 256, 1024, 4
-        if args.out == str(ROOT / "results" / "table4"):
-            args.out = str(ROOT / "results" / "table4-quick")
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    rows = run(args)
-    text = report(rows, args, time.perf_counter() - t0)
-    atomic_write_text(Path(args.out) / f"table4_{args.model}.md", text)
-    atomic_write_text(Path(args.out) / "machine.json", json.dumps(ev.machine_description(), indent=2) + "\n")
+    p.add_argument("--steps", type=int, nargs="+", default=STEPS)
+    p.add_argument("--cases", default=",".join(n for n, _ in CASES), help="comma-separated problems of CASES")
+    args = H.parse(p, argv, QUICK)
+    start = time.perf_counter()
+    models = ["exact", "trained"] if args.model == "both" else [args.model]
+    chosen = args.cases.split(",")
+    rows: list[dict[str, Any]] = []
+    options: dict[str, Any] = {}
+    for name, solver in [c for c in CASES if c[0] in chosen]:
+        for model in models:
+            got = run_case(name, solver, model, args)
+            if got is not None:
+                rows += got[0]
+                options.update(got[1]["options"] or {})
+    notes = [f"Each cell: mean ± 95 % t-interval over {args.seeds} seeds of {args.samples} samples "
+             f"(KLUB: ± 1.96 standard errors, {args.klub_samples} shared draws). AYS: `ays.optimize` "
+             f"(method {args.method}, {args.opt_samples} samples, at most {args.max_sweeps} sweeps, seed 0) "
+             "per step count on the evaluated model.", f"Optimiser options: `{json.dumps(options)}`."]
+    sections = [(f"### {heading}", ev.format_pivot(rows, metric, row_keys=("case", "model", "schedule")))
+                for metric, heading in PIVOTS]
+    steps = " / ".join(map(str, args.steps))
+    text = H.write_markdown(Path(args.out), f"table4_{args.model}",
+                            f"## Table 4 (toy problems): NLL, sliced W2, mode coverage and KLUB at {steps} steps",
+                            notes, sections, args.command, time.perf_counter() - start)
+    H.write_machine(args.out)
     print(text)
+    return text
 
 
 if __name__ == "__main__":
