@@ -16,55 +16,26 @@ Results: ``benchmarks/results/cost/``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
-
-import torch
 
 import ays
 from ays import evaluate as ev
-from ays.io import atomic_write_text
-from ays.klub import KlubDraws, klub
 from ays.optimize import METHODS, optimize
 
-ROOT = Path(__file__).resolve().parent
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.cost
+    import _harness as H
+except ImportError:  # pragma: no cover
+    from benchmarks import _harness as H
+
 HEURISTICS = ["karras", "loglinear", "kl_optimal"]
+QUICK = {"samples": 512, "eval_samples": 1024, "seeds": 2}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--problem", default="gmm-8x8")
-    p.add_argument("--model", choices=["exact", "trained"], default="exact")
-    p.add_argument("--solver", default="dpmpp_2m_sde")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--samples", type=int, default=4096, help="Monte Carlo chains of every optimiser")
-    p.add_argument("--methods", default=None, help="comma-separated subset of ays.optimize.METHODS")
-    p.add_argument("--eval-samples", type=int, default=4096)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=str(ROOT / "results" / "cost"))
-    args = p.parse_args()
-    if args.quick:
-        args.samples, args.eval_samples, args.seeds = 512, 1024, 2
-        if args.out == str(ROOT / "results" / "cost"):
-            args.out = str(ROOT / "results" / "cost-quick")
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    prob = ays.problems.get(args.problem)
-    if args.model == "exact":
-        den: Any = prob.denoiser
-    else:
-        from ays import train
-
-        den = train.pretrained(args.problem)
-    methods = sorted(METHODS) if args.methods is None else args.methods.split(",")
-
+def optimise_all(den: Any, prob: Any, methods: list[str], args: Any) -> dict[str, dict[str, Any]]:
+    """Every method once, with its default options: its schedule, denoiser rows and seconds (or its error)."""
     results: dict[str, dict[str, Any]] = {}
     for method in methods:
         t0 = time.perf_counter()
@@ -78,41 +49,53 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         results[method] = {"sigmas": res.sigmas, "calls": int(res.calls), "seconds": seconds}
         print(f"[{method}] {seconds:.1f} s, {res.calls:,} rows", file=sys.stderr)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    p = H.arguments(__doc__.splitlines()[0], "cost", threads=2, cells=False)  # its --samples: the optimisers'
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--samples", type=int, default=4096, help="Monte Carlo chains of every optimiser (and KLUB)")
+    p.add_argument("--eval-samples", type=int, default=4096, help="samples per schedule and seed")
+    p.add_argument("--problem", default="gmm-8x8")
+    p.add_argument("--model", choices=["exact", "trained"], default="exact")
+    p.add_argument("--solver", default="dpmpp_2m_sde")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--methods", default=None, help="comma-separated subset of ays.optimize.METHODS")
+    args = H.parse(p, argv, QUICK)
+    prob = ays.problems.get(args.problem)
+    if args.model == "exact":
+        den: Any = prob.denoiser
+    else:
+        from ays import train
+
+        den = train.pretrained(args.problem)
+    methods = sorted(METHODS) if args.methods is None else args.methods.split(",")
+    results = optimise_all(den, prob, methods, args)
 
     schedules = {f"method:{m}": r["sigmas"] for m, r in results.items() if "sigmas" in r}
     schedules.update({h: h for h in HEURISTICS})
     metrics = [m for m in ev.default_metrics(prob) if m in ("nll", "sliced_w2", "modes", "digits_fd")]
-    rows = ev.evaluate(den, prob, schedules, [args.solver], [args.steps], seeds=args.seeds,
-                       samples=args.eval_samples, metrics=metrics, model=args.model)
-    draws = KlubDraws.create(prob, args.samples, torch.Generator().manual_seed(12345))
+    rows = H.evaluate_table(den, prob, schedules, [args.solver], [args.steps], seeds=args.seeds,
+                            samples=args.eval_samples, metrics=metrics, model=args.model, klub_samples=args.samples)
     for r in rows:
-        est = klub(den, prob, torch.tensor(r["sigmas"], dtype=torch.float64), draws=draws)
-        r["klub"], r["klub_err"] = est.total, 1.96 * est.total_stderr
         info = results.get(r["schedule"].removeprefix("method:"), {}) if r["schedule"].startswith("method:") else {}
         r["opt_calls"] = info.get("calls", 0)
         r["opt_seconds"] = round(info.get("seconds", 0.0), 2)
-    ev.write_results(rows, out, name=f"cost_{args.problem}", meta={"args": vars(args)}, plot=False)
-
-    m = ev.machine_description()
-    cols = ["opt_calls", "opt_seconds", "klub", *[c for c in ev.metric_columns(metrics)]]
-    cmd = "python benchmarks/cost.py " + " ".join(sys.argv[1:])
-    parts = [
-        f"## Optimiser cost: {args.problem} ({args.model} denoiser), {args.solver}, {args.steps} steps",
-        "",
-        f"Command: `{cmd.strip()}`  ",
-        f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads).  ",
-        f"Every optimiser: {args.samples} Monte Carlo chains, seed 0, default options. Quality: "
-        f"{args.seeds} seeds × {args.eval_samples} samples, mean ± 95 % t-interval; KLUB ± 1.96 s.e.",
-        "",
-        ev.format_table(rows, cols, markdown=True, identity=("schedule",)),
-    ]
+    cols = ["opt_calls", "opt_seconds", "klub", *ev.metric_columns(metrics)]
+    notes = [f"Every optimiser: {args.samples} Monte Carlo chains, seed 0, default options. Quality: "
+             f"{args.seeds} seeds × {args.eval_samples} samples, mean ± 95 % t-interval; KLUB ± 1.96 s.e."]
     failed = {k: v["error"] for k, v in results.items() if "error" in v}
+    name = f"cost_{args.problem}"
+    meta = {"args": {k: v for k, v in vars(args).items() if k not in ("out", "_name", "command")}}
+    H.write_table(rows, args.out, name, title="", notes=[], pivots=[], cmd=args.command, meta=meta, plot=False)
+    sections = [("", ev.format_table(rows, cols, markdown=True, identity=("schedule",)))]
     if failed:
-        parts += ["", "Failed: " + "; ".join(f"`{k}`: {v}" for k, v in failed.items())]
-    text = "\n".join(parts) + "\n"
-    atomic_write_text(out / f"cost_{args.problem}.md", text)
-    atomic_write_text(out / "machine.json", json.dumps(m, indent=2) + "\n")
+        sections.append(("", "Failed: " + "; ".join(f"`{k}`: {v}" for k, v in failed.items())))
+    text = H.write_markdown(args.out, name, f"## Optimiser cost: {args.problem} ({args.model} denoiser), "
+                            f"{args.solver}, {args.steps} steps", notes, sections, args.command)
     print(text)
+    return text
 
 
 if __name__ == "__main__":
