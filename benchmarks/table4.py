@@ -79,8 +79,8 @@ def run_case(name: str, solver: str, model: str, args: Any) -> tuple[list[dict[s
         r["opt_seconds"], r["opt_calls"] = cost["seconds"], cost["calls"]
     stem = f"{name}_{label}"
     ev.write_results(rows, args.out, name=stem, plot=args.plots,
-                     meta={"command": args.command, "case": [name, solver], "model": label,
-                           "optimizer_options": cost["options"]})
+                     meta={"command": args.command, "machine": H.write_machine(args.out), "case": [name, solver],
+                           "model": label, "optimizer_options": cost["options"]})
     if args.plots:  # the per-interval KLUB of the largest step count's schedules, on one shared set of draws
         n = max(args.steps)
         draws = KlubDraws.create(prob, args.klub_samples, torch.Generator().manual_seed(12345))
@@ -123,7 +123,6 @@ def main(argv: Sequence[str] | None = None) -> str:
     text = H.write_markdown(Path(args.out), f"table4_{args.model}",
                             f"## Table 4 (toy problems): NLL, sliced W2, mode coverage and KLUB at {steps} steps",
                             notes, sections, args.command, time.perf_counter() - start)
-    H.write_machine(args.out)
     print(text)
     return text
 

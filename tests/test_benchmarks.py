@@ -1,0 +1,161 @@
+"""Every table script in ``benchmarks/`` runs in its small form and writes well-formed files.
+
+Each script runs in-process on tiny settings into a temporary folder; the checks are on
+what the harness (``benchmarks/_harness.py``) promises: the CSV's header is the JSON
+rows' keys, the markdown tables have one line per cell, every file names the exact
+command, and a cell's interval is the Student-t interval of its per-seed values.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+H = importlib.import_module("_harness")
+
+T_975_1 = 12.706204736174698  # Student-t quantile t_{0.975} with 1 degree of freedom (2 seeds)
+
+
+def _script(name: str):
+    return importlib.import_module(name)
+
+
+def _csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _md_tables(text: str) -> list[list[list[str]]]:
+    """The markdown tables of ``text``: each a list of rows (header first, the rule dropped) of cells."""
+    tables, current = [], None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if current is None:
+                current = []
+                tables.append(current)
+            if not all(set(c) <= {"-"} and c for c in cells):
+                current.append(cells)
+        else:
+            current = None
+    return tables
+
+
+def _check_schedules_table(out: Path, stem: str, script: str, md: Path, row_keys: int = 2) -> list[dict]:
+    """The files of a schedules table (ays.evaluate rows): CSV = JSON, pivots of one line per cell."""
+    doc = json.loads((out / f"{stem}.json").read_text())
+    rows = doc["rows"]
+    assert doc["format"] == "ays-evaluation/1" and rows
+    assert doc["meta"]["command"].startswith(f"python benchmarks/{script}.py ")
+    assert doc["meta"]["machine"]["cpu_count"] >= 1
+    header, body = _csv(out / f"{stem}.csv")
+    scalar = [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))]
+    assert header == [*scalar, "sigmas"]
+    assert len(body) == len(rows)
+    for row, rec in zip(rows, body):
+        assert [float(s) for s in rec["sigmas"].split()] == pytest.approx(row["sigmas"], rel=1e-15)
+        assert rec["schedule"] == row["schedule"] and int(rec["steps"]) == row["steps"]
+    assert json.loads((out / "machine.json").read_text())["torch"]
+    text = md.read_text()
+    assert f"Command: `python benchmarks/{script}.py " in text and "Machine: " in text
+    tables = _md_tables(text)
+    assert tables
+    for table in tables:
+        head, lines = table[0], table[1:]
+        assert all(len(line) == len(head) for line in lines)
+        # one line per (rows keys), one column per step count: every cell of the table appears once
+        filled = sum(1 for line in lines for c in line[row_keys:] if c)
+        assert filled == len(rows)
+    # Each cell's interval is mean ± t_{0.975, k-1} sd / sqrt(k) over its k = 2 seeds.
+    for row in rows:
+        for col, values in row["per_seed"].items():
+            assert len(values) == 2
+            assert row[col] == pytest.approx(statistics.fmean(values), rel=1e-12, abs=1e-12)
+            half = T_975_1 * statistics.stdev(values) / math.sqrt(2)
+            assert row[col + "_err"] == pytest.approx(half, rel=1e-9, abs=1e-12)
+    return rows
+
+
+def test_verdict_is_the_interval_overlap() -> None:
+    assert H.verdict(1.0, 0.1, 2.0, 0.1) == "better"
+    assert H.verdict(2.0, 0.1, 1.0, 0.1) == "worse"
+    assert H.verdict(1.0, 0.6, 2.0, 0.5) == "tied"  # [0.4, 1.6] meets [1.5, 2.5]
+    assert H.verdict(1.0, 0.4, 2.0, 0.5) == "better"  # [0.6, 1.4] and [1.5, 2.5] are apart
+    assert H.verdict(0.9, 0.01, 0.5, 0.01, lower_is_better=False) == "better"  # recall: higher is better
+    assert H.verdict(1.0, None, 1.0, None) == "tied"
+    for a, b in ((0.3, 0.31), (0.1, 0.9), (5.0, -1.0)):  # antisymmetric
+        flip = {"better": "worse", "worse": "better", "tied": "tied"}
+        assert H.verdict(a, 0.02, b, 0.03) == flip[H.verdict(b, 0.03, a, 0.02)]
+
+
+def test_video_and_its_verdicts(tmp_path: Path) -> None:
+    _script("video").main(["--quick", "--samples", "32", "--opt-samples", "16", "--klub-samples", "32",
+                           "--max-sweeps", "1", "--steps", "3", "--no-plots", "--out", str(tmp_path)])
+    rows = _check_schedules_table(tmp_path, "video", "video", tmp_path / "video.md")
+    assert {r["schedule"] for r in rows} == {"karras", "loglinear", "time_uniform", "kl_optimal", "ays"}
+    assert all(r["klub"] > 0 for r in rows)
+    got = H.verdicts(rows, "sliced_w2", "ays", ["karras", "loglinear"])
+    assert set(got) == {(s, 3) for s in ("euler", "dpmpp_2m", "stochastic_ddim", "dpmpp_2m_sde")}
+    assert set(got.values()) <= {"better", "tied", "worse"}
+
+
+def test_digits(tmp_path: Path) -> None:
+    _script("digits").main(["--quick", "--model", "exact", "--samples", "32", "--opt-samples", "16",
+                            "--klub-samples", "16", "--steps", "3", "--solvers", "euler", "--no-plots",
+                            "--out", str(tmp_path)])
+    rows = _check_schedules_table(tmp_path, "digits", "digits", tmp_path / "digits.md")
+    assert {"digits_fd", "precision", "recall", "sliced_w2", "klub"} <= set(rows[0])
+
+
+def test_table4(tmp_path: Path) -> None:
+    _script("table4").main(["--quick", "--model", "exact", "--samples", "64", "--opt-samples", "32",
+                            "--klub-samples", "64", "--max-sweeps", "1", "--steps", "4", "--cases", "gmm-8x4",
+                            "--no-plots", "--out", str(tmp_path)])
+    _check_schedules_table(tmp_path, "gmm-8x4_exact", "table4", tmp_path / "table4_exact.md", row_keys=3)
+
+
+def test_cost(tmp_path: Path) -> None:
+    _script("cost").main(["--quick", "--samples", "64", "--eval-samples", "64", "--steps", "4",
+                          "--methods", "coordinate,dmn", "--out", str(tmp_path)])
+    doc = json.loads((tmp_path / "cost_gmm-8x8.json").read_text())
+    header, body = _csv(tmp_path / "cost_gmm-8x8.csv")
+    assert header == [k for k in doc["rows"][0] if not isinstance(doc["rows"][0][k], (list, dict))] + ["sigmas"]
+    (table,) = _md_tables((tmp_path / "cost_gmm-8x8.md").read_text())
+    assert [line[0] for line in table[1:]] == [r["schedule"] for r in doc["rows"]] == [b["schedule"] for b in body]
+    assert {r["schedule"]: r["opt_calls"] for r in doc["rows"]}["method:dmn"] == 0  # DMN never calls the model
+    assert {r["schedule"]: r["opt_calls"] for r in doc["rows"]}["method:coordinate"] > 0
+
+
+def test_beyond(tmp_path: Path) -> None:
+    _script("beyond").main(["--quick", "--steps", "3", "--solvers", "euler", "--out", str(tmp_path)])
+    doc = json.loads((tmp_path / "beyond_results.json").read_text())
+    rows = doc["rows"]
+    header, body = _csv(tmp_path / "beyond_results.csv")
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    assert header == keys and len(body) == len(rows)
+    assert doc["command"].startswith("python benchmarks/beyond.py ")
+    methods = [*_script("beyond").HEURISTICS, *_script("beyond").OPTIMISERS]
+    tables = _md_tables((tmp_path / "beyond_table.md").read_text())
+    sw2, nll = tables[0], tables[1]
+    for table, metric in ((sw2, "sw2"), (nll, "nll")):
+        assert table[0] == ["solver", "n", *methods]
+        assert len(table) - 1 == len({(r["solver"], r["steps"]) for r in rows})  # one line per cell
+        by = {r["method"]: r for r in rows}
+        for m, cell in zip(methods, table[1][2:]):
+            assert float(cell.replace("*", "").split()[0]) == pytest.approx(by[m][metric], abs=1e-3)
+    # the re-render of the saved JSON gives the same markdown
+    before = (tmp_path / "beyond_table.md").read_text()
+    _script("beyond").main(["--render", str(tmp_path / "beyond_results.json")])
+    assert (tmp_path / "beyond_table.md").read_text() == before
