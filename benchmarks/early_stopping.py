@@ -9,20 +9,25 @@ karras and loglinear; a cell is won when it beats both on both metrics.
 
     python benchmarks/early_stopping.py                 # radius 0.3 and 1.0, 8,192 chains
     python benchmarks/early_stopping.py --quick         # a smoke run
+
+Results (CSV, JSON, markdown, by :mod:`_harness`): ``benchmarks/results/early_stopping[-quick]/``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 
 import ays
 from ays import schedules
 from ays.metrics import nll, sliced_w2
+
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.early_stopping
+    import _harness as H
+except ImportError:  # pragma: no cover
+    from benchmarks import _harness as H
 
 CELLS = [("gmm-8x8", "dpmpp_2m_sde"), ("gmm-8x4", "euler"), ("gmm-6x6", "stochastic_ddim")]
 
@@ -40,34 +45,33 @@ def score(prob, solver: str, sigmas: torch.Tensor, noise: torch.Tensor, ref: tor
     return nll(x, prob).value, sliced_w2(x, ref).value
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--samples", type=int, default=8192)
+def main(argv: Sequence[str] | None = None) -> str:
+    ap = H.arguments(__doc__.splitlines()[0], "early_stopping", cells=False)
+    ap.add_argument("--samples", type=int, default=8192, help="Monte Carlo chains of each coordinate run")
     ap.add_argument("--sweeps", type=int, default=24)
     ap.add_argument("--radii", default="0.3,1.0")
-    ap.add_argument("--out", default="benchmarks/results/early_stopping")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    steps_list, budgets, n_eval = (6, 8, 10), (2, 3, 4, 6, 8, 10, 12, 16, 24), 20_000
-    if args.quick:
-        args.samples, args.sweeps, steps_list, budgets, n_eval = 256, 4, (6,), (2, 4), 2000
-    budgets = tuple(b for b in budgets if b <= args.sweeps)
+    ap.add_argument("--cells", default=",".join(n for n, _ in CELLS), help="comma-separated problems of CELLS")
+    ap.add_argument("--steps", default="6,8,10")
+    ap.add_argument("--budgets", default="2,3,4,6,8,10,12,16,24")
+    ap.add_argument("--eval-samples", type=int, default=20_000)
+    args = H.parse(ap, argv, {"samples": 256, "sweeps": 4, "steps": "6", "budgets": "2,4", "eval_samples": 2000})
+    steps_list = [int(v) for v in args.steps.split(",")]
+    budgets = tuple(b for b in (int(v) for v in args.budgets.split(",")) if b <= args.sweeps)
     radii = [float(r) for r in args.radii.split(",")]
+    cells = [c for c in CELLS if c[0] in args.cells.split(",")]
     start = time.perf_counter()
     wins = {r: dict.fromkeys(budgets, 0) for r in radii}
     rows = []
-    for name, solver in CELLS:
+    for name, solver in cells:
         prob = ays.problems.get(name)
-        noise = torch.randn(n_eval, 2, generator=torch.Generator().manual_seed(1))
-        ref = prob.sample(n_eval, torch.Generator().manual_seed(2))
+        noise = torch.randn(args.eval_samples, 2, generator=torch.Generator().manual_seed(1))
+        ref = prob.sample(args.eval_samples, torch.Generator().manual_seed(2))
         for steps in steps_list:
             base = {h: score(prob, solver, schedules.build(h, steps, 0.002, 80.0), noise, ref)
                     for h in ("karras", "loglinear")}
             for radius in radii:
-                res = ays.optimize(prob.denoiser, prob.sample, steps=steps, solver=solver, seed=0,
-                                   samples=args.samples, max_sweeps=args.sweeps, patience=10**6, radius=radius,
-        method="coordinate")
+                res = ays.optimize(prob.denoiser, prob.sample, steps=steps, solver=solver, seed=0, method="coordinate",
+                                   samples=args.samples, max_sweeps=args.sweeps, patience=10**6, radius=radius)
                 for b in budgets:
                     n, w = score(prob, solver, budget_schedule(res.history, b), noise, ref)
                     won = all(n < bn and w < bw for bn, bw in base.values())
@@ -76,18 +80,15 @@ def main() -> None:
                                  "budget": b, "nll": n, "sliced_w2": w, "won": won,
                                  **{f"{h}_{k}": v for h, (nv, wv) in base.items() for k, v in (("nll", nv),
                                                                                               ("sliced_w2", wv))}})
-    lines = [f"Command: `python benchmarks/early_stopping.py{' --quick' if args.quick else ''}` "
-             f"({(time.perf_counter() - start) / 60:.1f} min); cells won (of {len(CELLS) * len(steps_list)}) "
-             "by the budget-B schedule against karras and loglinear on both NLL and sliced W2:", "",
-             "| search radius | " + " | ".join(f"B={b}" for b in budgets) + " |",
-             "|---|" + "---|" * len(budgets)]
-    lines += [f"| {r} | " + " | ".join(str(wins[r][b]) for b in budgets) + " |" for r in radii]
-    text = "\n".join(lines)
+    seconds = time.perf_counter() - start
+    H.write_rows(rows, args.out, "early_stopping", cmd=args.command, meta={"seconds": seconds})
+    table = H.markdown_table(["search radius", *(f"B={b}" for b in budgets)],
+                             [[r, *(wins[r][b] for b in budgets)] for r in radii])
+    text = H.write_markdown(args.out, "early_stopping", "## Early stopping: cells won by the budget-B schedule",
+                            [f"Cells won (of {len(cells) * len(steps_list)}) by the budget-B schedule against "
+                             "karras and loglinear on both NLL and sliced W2."], [("", table)], args.command, seconds)
     print(text)
-    out = Path(args.out + ("-quick" if args.quick else ""))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "early_stopping.md").write_text(text + "\n")
-    (out / "early_stopping.json").write_text(json.dumps(rows, indent=1))
+    return text
 
 
 if __name__ == "__main__":
