@@ -11,19 +11,24 @@ one warm-up run, as ``timeit`` does: other processes only ever add time.
 ``ratio`` = overhead per step / denoiser time per call; ``slowdown`` = total overhead /
 total denoiser time, the fraction by which the solver slows sampling down over a bare
 loop of its denoiser calls (Heun and EDM spend two calls per step). ``--quick`` runs
-fewer repeats and steps (a smoke test, seconds).
+fewer repeats and steps (a smoke test, seconds). Results (CSV, JSON, markdown, by
+:mod:`_harness`): ``benchmarks/results/solver_overhead[-quick]/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from ays import schedules, solvers
+
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.solver_overhead
+    import _harness as H
+except ImportError:  # pragma: no cover
+    from benchmarks import _harness as H
 
 
 class MLPDenoiser(torch.nn.Module):
@@ -89,37 +94,42 @@ def measure(name: str, model: MLPDenoiser, noise: torch.Tensor, sigmas: torch.Te
             "over_us": 1e6 * overhead, "ratio": overhead / per_call, "slowdown": overhead * steps / (per_call * calls)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few repeats and steps: a smoke test")
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = H.arguments(__doc__.splitlines()[0], "solver_overhead", cells=False)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: stable timings)")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    if args.quick:
-        args.steps, args.repeats = min(args.steps, 10), min(args.repeats, 2)
-    torch.set_num_threads(args.threads)
+    args = H.parse(parser, argv, {"steps": 10, "repeats": 2})
     device = torch.device(args.device)
     torch.manual_seed(0)  # only for the MLP's initial weights; the solvers never touch the global RNG
     model = MLPDenoiser(args.dim, args.hidden).to(device).eval()
     noise = torch.randn(args.batch, args.dim, generator=torch.Generator().manual_seed(0)).to(device)
     sigmas = schedules.to_sampling(schedules.karras(args.steps, 0.002, 80.0))
 
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"MLP {args.dim}-{args.hidden}-{args.hidden}-{args.dim}, batch {args.batch}, "
-          f"{args.steps} steps (karras, last level 0), best of {args.repeats}")
+    setting = (f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+               f"MLP {args.dim}-{args.hidden}-{args.hidden}-{args.dim}, batch {args.batch}, "
+               f"{args.steps} steps (karras, last level 0), best of {args.repeats}")
+    print(setting)
     print(f"{'solver':<16} {'calls':>5} {'total ms':>9} {'denoiser us/call':>17} "
           f"{'overhead us/step':>17} {'ratio':>7} {'slowdown':>9}")
+    rows = []
     with torch.inference_mode():
         for name in solvers.names():
             r = measure(name, model, noise, sigmas, args.repeats, device)
             print(f"{name:<16} {r['calls']:>5d} {r['total_ms']:>9.2f} {r['den_us']:>17.1f} "
                   f"{r['over_us']:>17.1f} {r['ratio']:>7.3f} {100 * r['slowdown']:>8.1f}%")
             assert math.isfinite(r["ratio"])
+            rows.append({"solver": name, **r})
+    H.write_rows(rows, args.out, "solver_overhead", cmd=args.command, meta={"setting": setting})
+    table = H.markdown_table(
+        ["solver", "calls", "total ms", "denoiser µs/call", "overhead µs/step", "ratio", "slowdown"],
+        [[r["solver"], r["calls"], f"{r['total_ms']:.2f}", f"{r['den_us']:.1f}", f"{r['over_us']:.1f}",
+          f"{r['ratio']:.3f}", f"{100 * r['slowdown']:.1f}%"] for r in rows])
+    return H.write_markdown(args.out, "solver_overhead", "## Solver overhead per step", [setting], [("", table)],
+                            args.command)
 
 
 if __name__ == "__main__":
