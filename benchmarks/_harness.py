@@ -59,15 +59,17 @@ def arguments(description: str, name: str, script: str | None = None, *, cells: 
     return p
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, quick: Mapping[str, Any]) -> argparse.Namespace:
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, quick: Mapping[str, Any],
+          flags: Sequence[str] = ()) -> argparse.Namespace:
     """Parse ``argv``; with ``--quick`` every option named in ``quick`` that was left at its default
-    takes the quick value. Sets ``args.out`` (a :class:`Path`, created), ``args.command`` and the threads."""
+    takes the quick value. Sets ``args.out`` (a :class:`Path`, created; the default folder's name
+    gains ``-quick`` and ``-<flag>`` for each of ``flags`` set), ``args.command`` and the threads."""
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in quick.items():
             if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
-    name = args._name + ("-quick" if args.quick else "")
+    name = args._name + ("-quick" if args.quick else "") + "".join(f"-{f}" for f in flags if getattr(args, f))
     args.out = Path(args.out) if args.out else RESULTS / name
     args.out.mkdir(parents=True, exist_ok=True)
     args.command = command(parser.prog, sys.argv[1:] if argv is None else argv)

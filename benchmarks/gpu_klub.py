@@ -23,20 +23,22 @@ Measured:
     python benchmarks/gpu_klub.py --device cpu --tiny --quick    # smoke check (a tiny UNet, ~1 min)
     torchrun --nproc_per_node 8 benchmarks/gpu_klub.py --device cuda   # 8 GPUs, same total work
 
-Results: ``benchmarks/results/gpu_klub[-quick][-tiny]/``.
+Results (CSV, JSON, markdown, by :mod:`_harness`): ``benchmarks/results/gpu_klub[-quick][-tiny]/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.gpu_klub
+    import _harness as H
+except ImportError:  # pragma: no cover
+    from benchmarks import _harness as H
 
 #: Stable Diffusion 1.5's UNet (runwayml/stable-diffusion-v1-5, unet/config.json), written out.
 SD15_UNET: dict[str, Any] = {
@@ -109,8 +111,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    p = H.arguments(__doc__.splitlines()[0], "gpu_klub", cells=False)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float16 (default on CUDA), bfloat16, float32 (default on CPU)")
     p.add_argument("--samples", type=int, default=256, help="KLUB chains (20 UNet rows each)")
@@ -119,23 +121,17 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64, help="UNet rows per call")
     p.add_argument("--max-memory", default=None, help="cap per UNet call instead of --batch-size, e.g. 20GiB")
     p.add_argument("--tiny", action="store_true", help="a tiny UNet of the same architecture (CPU smoke check)")
-    p.add_argument("--quick", action="store_true", help="fewer chains and sweeps")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (more than the free cores thrash)")
-    p.add_argument("--out", default=None)
-    args = p.parse_args()
+    args = H.parse(p, argv, {"samples": 32, "opt_samples": 16, "sweeps": 1}, flags=("tiny",))
 
     import ays
+    from ays import device as dv
     from ays import distributed as dd
-    from ays.io import atomic_write_json, atomic_write_text
     from ays.klub import KlubDraws, klub
 
-    torch.set_num_threads(args.threads)
     with dd.session():
-        device = dd.parse_device(args.device)
+        device = dv.parse_device(args.device)
         assert device is not None
-        dtype = dd.parse_dtype(args.dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
-        if args.quick:
-            args.samples, args.opt_samples, args.sweeps = min(args.samples, 32), min(args.opt_samples, 16), 1
+        dtype = dv.parse_dtype(args.dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
         if args.tiny:
             args.batch_size = min(args.batch_size, 16)
         torch.set_grad_enabled(False)
@@ -147,9 +143,9 @@ def main() -> None:
         place = None if args.max_memory is not None else device  # with a cap, draws stay in host memory
 
         # 1. KLUB throughput (warm-up first: cuDNN autotuning, allocator).
-        warm = KlubDraws.create(dd.place_data(data, place), 4, torch.Generator().manual_seed(1))
+        warm = KlubDraws.create(dv.place_data(data, place), 4, torch.Generator().manual_seed(1))
         klub(denoiser, None, sig, draws=warm, **batch)
-        draws = KlubDraws.create(dd.place_data(data, place), args.samples, torch.Generator().manual_seed(0))
+        draws = KlubDraws.create(dv.place_data(data, place), args.samples, torch.Generator().manual_seed(0))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         dd.barrier()
@@ -171,12 +167,10 @@ def main() -> None:
 
         used = args.batch_size
         if args.max_memory is not None:
-            used = dd.batch_size_for(dd.prepare(denoiser), data(1, torch.Generator()), dd.parse_memory(args.max_memory))
+            used = dv.batch_size_for(dv.prepare(denoiser), data(1, torch.Generator()), dv.parse_memory(args.max_memory))
         if not dd.is_rank_zero():
             return
         name = "gpu_klub" + ("-quick" if args.quick else "") + ("-tiny" if args.tiny else "")
-        out = Path(args.out or ROOT / "results" / name)
-        out.mkdir(parents=True, exist_ok=True)
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
         row = {
             "device": str(device), "gpu": gpu, "processes": dd.world_size(), "dtype": str(dtype).removeprefix("torch."),
@@ -187,21 +181,17 @@ def main() -> None:
             "opt_rows": res.calls, "peak_gpu_bytes": peak, "klub": est.total,
             "torch": torch.__version__,
         }
-        lines = [
-            f"{row['unet']} UNet ({params / 1e6:.0f} M parameters, random weights), latents {tuple(shape)}, "
-            f"{row['dtype']}, {gpu}, {row['processes']} process(es), {used} rows per call.",
-            "",
-            "| KLUB samples/s | UNet rows/s | KLUB of 10 steps, S chains: s | optimise (10 steps, S', sweeps): s "
-            "| optimiser UNet rows | peak GPU memory |",
-            "|---|---|---|---|---|---|",
-            f"| {row['klub_samples_per_s']:.2f} | {row['unet_rows_per_s']:.1f} | {klub_s:.1f} (S={args.samples}) "
-            f"| {opt_s:.1f} (S'={args.opt_samples}, {args.sweeps}) | {res.calls:,} "
-            f"| {'-' if peak is None else f'{peak / 2**30:.1f} GiB'} |",
-        ]
-        table = "\n".join(lines)
-        print(table)
-        atomic_write_text(out / f"{name}.md", table + "\n")
-        atomic_write_json(out / f"{name}.json", row)
+        note = (f"{row['unet']} UNet ({params / 1e6:.0f} M parameters, random weights), latents {tuple(shape)}, "
+            f"{row['dtype']}, {gpu}, {row['processes']} process(es), {used} rows per call.")
+        table = H.markdown_table(
+            ["KLUB samples/s", "UNet rows/s", "KLUB of 10 steps, S chains: s", "optimise (10 steps, S', sweeps): s",
+             "optimiser UNet rows", "peak GPU memory"],
+            [[f"{row['klub_samples_per_s']:.2f}", f"{row['unet_rows_per_s']:.1f}", f"{klub_s:.1f} (S={args.samples})",
+              f"{opt_s:.1f} (S'={args.opt_samples}, {args.sweeps})", f"{res.calls:,}",
+              "-" if peak is None else f"{peak / 2**30:.1f} GiB"]])
+        H.write_rows([row], args.out, name, cmd=args.command)
+        print(H.write_markdown(args.out, name, "## KLUB throughput, UNet of SD 1.5's architecture", [note],
+                               [("", table)], args.command))
 
 
 if __name__ == "__main__":
