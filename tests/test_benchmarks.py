@@ -159,3 +159,55 @@ def test_beyond(tmp_path: Path) -> None:
     before = (tmp_path / "beyond_table.md").read_text()
     _script("beyond").main(["--render", str(tmp_path / "beyond_results.json")])
     assert (tmp_path / "beyond_table.md").read_text() == before
+
+
+def _check_rows(out: Path, stem: str, script: str) -> list[dict]:
+    """The files of any other table (:func:`_harness.write_rows`): the CSV's header is the rows' keys."""
+    doc = json.loads((out / f"{stem}.json").read_text())
+    rows = doc["rows"]
+    header, body = _csv(out / f"{stem}.csv")
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    assert rows and header == keys and len(body) == len(rows)
+    assert doc["command"].startswith(f"python benchmarks/{script}.py ") and doc["machine"]["cpu_count"] >= 1
+    text = (out / f"{stem}.md").read_text()
+    assert f"Command: `python benchmarks/{script}.py " in text
+    return rows
+
+
+def test_early_stopping(tmp_path: Path) -> None:
+    _script("early_stopping").main(["--quick", "--samples", "64", "--sweeps", "2", "--budgets", "1,2", "--cells",
+                                    "gmm-8x4", "--radii", "0.3,1.0", "--eval-samples", "500", "--out", str(tmp_path)])
+    rows = _check_rows(tmp_path, "early_stopping", "early_stopping")
+    (table,) = _md_tables((tmp_path / "early_stopping.md").read_text())
+    assert table[0] == ["search radius", "B=1", "B=2"]
+    for line in table[1:]:  # each cell counts the rows won at that radius and budget
+        for b, cell in zip((1, 2), line[1:]):
+            won = [r["won"] for r in rows if r["radius"] == float(line[0]) and r["budget"] == b]
+            assert len(won) == 1 and int(cell) == sum(won)
+    for r in rows:  # "won" is its definition: below both heuristics on both metrics
+        assert r["won"] == all(r[m] < r[f"{h}_{m}"] for h in ("karras", "loglinear") for m in ("nll", "sliced_w2"))
+
+
+def test_solver_overhead(tmp_path: Path) -> None:
+    _script("solver_overhead").main(["--quick", "--dim", "16", "--hidden", "32", "--batch", "8", "--out",
+                                     str(tmp_path)])
+    rows = _check_rows(tmp_path, "solver_overhead", "solver_overhead")
+    from ays import solvers
+
+    assert [r["solver"] for r in rows] == list(solvers.names())
+    (table,) = _md_tables((tmp_path / "solver_overhead.md").read_text())
+    assert [line[0] for line in table[1:]] == [r["solver"] for r in rows]
+    for r in rows:  # slowdown = overhead per step × steps / (denoiser time per call × calls), 10 steps
+        assert r["slowdown"] == pytest.approx(r["over_us"] * 10 / (r["den_us"] * r["calls"]), rel=1e-9)
+
+
+def test_gpu_klub_tiny_on_cpu(tmp_path: Path) -> None:
+    _script("gpu_klub").main(["--device", "cpu", "--tiny", "--quick", "--samples", "2", "--opt-samples", "2",
+                              "--out", str(tmp_path)])
+    (row,) = _check_rows(tmp_path, "gpu_klub-quick-tiny", "gpu_klub")
+    # a 10-step schedule's KLUB spends 2 denoiser rows per interval and chain: 20 per chain
+    assert row["unet_rows_per_s"] == pytest.approx(20 * row["klub_samples"] / row["klub_seconds"], rel=1e-9)
+    (table,) = _md_tables((tmp_path / "gpu_klub-quick-tiny.md").read_text())
+    assert len(table) == 2 and len(table[1]) == 6
