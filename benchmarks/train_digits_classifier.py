@@ -5,40 +5,15 @@
 The default output is the shipped ``src/ays/weights/digits_classifier.pt``. Training is
 deterministic (one generator seeded ``--seed``; one CPU thread), takes a few seconds on an
 idle CPU, and stores the test accuracy in the file, which the tests check.
+The command line is :mod:`_classifier`'s.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
-
-import torch
-
-from ays.metrics.digits import (
-    DIGITS_CLASSIFIER_PATH,
-    digits_accuracy,
-    save_digits_classifier,
-    train_digits_classifier,
-)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(DIGITS_CLASSIFIER_PATH))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=20)
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # one thread: reproducible float reductions, and no oversubscription
-    start = time.perf_counter()
-    model = train_digits_classifier(seed=args.seed, epochs=args.epochs)
-    seconds = time.perf_counter() - start
-    train_acc = digits_accuracy(model, "train")
-    test_acc = digits_accuracy(model, "test")
-    save_digits_classifier(
-        model, args.out, seed=args.seed, epochs=args.epochs, train_accuracy=train_acc, test_accuracy=test_acc
-    )
-    print(f"trained in {seconds:.1f} s: train accuracy {train_acc:.4f}, test accuracy {test_acc:.4f} -> {args.out}")
-
+try:  # run as a script (benchmarks/ on sys.path) or imported as a module of benchmarks
+    import _classifier
+except ImportError:  # pragma: no cover
+    from benchmarks import _classifier
 
 if __name__ == "__main__":
-    main()
+    _classifier.main("digits", __doc__.splitlines()[0])

@@ -211,3 +211,15 @@ def test_gpu_klub_tiny_on_cpu(tmp_path: Path) -> None:
     assert row["unet_rows_per_s"] == pytest.approx(20 * row["klub_samples"] / row["klub_seconds"], rel=1e-9)
     (table,) = _md_tables((tmp_path / "gpu_klub-quick-tiny.md").read_text())
     assert len(table) == 2 and len(table[1]) == 6
+
+
+def test_train_digits_classifier(tmp_path: Path) -> None:
+    from ays.metrics.digits import digits_accuracy, load_digits_classifier
+
+    out = tmp_path / "classifier.pt"
+    importlib.import_module("_classifier").main("digits", "train", ["--out", str(out), "--epochs", "1"])
+    model, meta = load_digits_classifier(out)
+    assert meta["epochs"] == 1 and meta["seed"] == 0
+    # the stored accuracies are the model's own, and one epoch already beats chance (1 in 10)
+    assert meta["test_accuracy"] == pytest.approx(digits_accuracy(model, "test"))
+    assert 0.1 < meta["train_accuracy"] <= 1.0
