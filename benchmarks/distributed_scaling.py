@@ -21,7 +21,7 @@ The model is an EDM-preconditioned MLP with random weights (``--dim`` data dimen
     python benchmarks/distributed_scaling.py               # 8192 samples, dim 64, hidden 512
     python benchmarks/distributed_scaling.py --quick
 
-Results: ``benchmarks/results/distributed_scaling/`` (JSON and a markdown table).
+Results: ``benchmarks/results/distributed_scaling[-quick]/`` (CSV, JSON and markdown, by :mod:`_harness`).
 """
 
 from __future__ import annotations
@@ -35,12 +35,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent
+from ays.io import atomic_write_text
+
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.distributed_scaling
+    import _harness as H
+except ImportError:  # pragma: no cover
+    from benchmarks import _harness as H
 
 
 class MLPDenoiser(torch.nn.Module):
@@ -122,7 +128,7 @@ def worker_memory(args: argparse.Namespace) -> None:
     ``--cap -1``: the estimator's own bookkeeping, with a free denoiser (x -> x) at 256 rows per call.
     """
     import ays
-    from ays import distributed as dd
+    from ays import device as dv
     from ays.klub import DEFAULT_BATCH_SIZE, KlubDraws, klub
 
     torch.set_num_threads(1)
@@ -131,9 +137,9 @@ def worker_memory(args: argparse.Namespace) -> None:
     draws = KlubDraws.create(_data(args.dim), args.samples, torch.Generator().manual_seed(0))
     null = args.cap < 0
     cap = None if args.cap <= 0 else args.cap
-    run = dd.prepare(model)
-    batch = 256 if null else DEFAULT_BATCH_SIZE if cap is None else dd.batch_size_for(run, draws.x0[:1], cap)
-    per_row, fixed = dd.row_bytes(run, draws.x0[:1])
+    run = dv.prepare(model)
+    batch = 256 if null else DEFAULT_BATCH_SIZE if cap is None else dv.batch_size_for(run, draws.x0[:1], cap)
+    per_row, fixed = dv.row_bytes(run, draws.x0[:1])
     with torch.no_grad():
         model(draws.x0[:2], torch.ones(2))  # load kernels etc. before the baseline
     resident = _vm("VmRSS")
@@ -161,9 +167,9 @@ def _free_port() -> int:
 
 
 def _launch(args: argparse.Namespace, mode: str, world: int, result: Path, extra: list[str]) -> dict[str, Any]:
-    common = [__file__, "--worker", mode, "--result", str(result), "--samples", str(args.samples), "--dim",
-              str(args.dim), "--hidden", str(args.hidden), "--repeats", str(args.repeats), "--batch-size",
-              str(args.batch_size), *extra]
+    common = [__file__, "--worker", mode, "--out", str(args.out), "--result", str(result), "--samples",
+              str(args.samples), "--dim", str(args.dim), "--hidden", str(args.hidden), "--repeats",
+              str(args.repeats), "--batch-size", str(args.batch_size), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo",
            # Blocks of 64 KiB and more are mapped and unmapped by glibc at once, so resident memory
            # tracks live tensors instead of what the allocator keeps cached (which varies run to run).
@@ -179,8 +185,8 @@ def _launch(args: argparse.Namespace, mode: str, world: int, result: Path, extra
     return json.loads(result.read_text())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    p = H.arguments(__doc__.splitlines()[0], "distributed_scaling", cells=False)
     p.add_argument("--samples", type=int, default=8192)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--hidden", type=int, default=512)
@@ -188,24 +194,17 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--worlds", default="1,2")
     p.add_argument("--caps", default="8MiB,32MiB,128MiB,0", help="max_memory values; 0 = no cap (batch 8192)")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=str(ROOT / "results" / "distributed_scaling"))
     p.add_argument("--worker", choices=["scaling", "memory"], help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--cap", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = H.parse(p, argv, {"samples": 2048, "caps": "4MiB,16MiB,64MiB,0"})
     if args.worker == "scaling":
         return worker_scaling(args)
     if args.worker == "memory":
         return worker_memory(args)
-    if args.quick:
-        args.samples, args.caps = 2048, "4MiB,16MiB,64MiB,0"
-        if args.out == str(ROOT / "results" / "distributed_scaling"):
-            args.out += "-quick"
-    from ays.distributed import parse_memory
+    from ays.device import parse_memory
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out
     scaling = []
     for w in (int(v) for v in args.worlds.split(",")):
         r = _launch(args, "scaling", w, out / f"scaling-{w}.json", [])
@@ -253,11 +252,11 @@ def main() -> None:
                      f"| {r['seconds']:.2f} |")
     table = "\n".join(lines)
     print("\n" + table)
-    from ays.io import atomic_write_json, atomic_write_text
-
-    atomic_write_text(out / "distributed_scaling.md", table + "\n")
-    atomic_write_json(out / "distributed_scaling.json",
-                      {"args": vars(args), "scaling": scaling, "bookkeeping": book, "memory": memory})
+    rows = [{"table": "scaling", **r} for r in scaling] + [{"table": "memory", **r} for r in memory]
+    H.write_rows(rows, out, "distributed_scaling", cmd=args.command,
+                 meta={"args": {k: v for k, v in vars(args).items() if k not in ("out", "_name", "command")},
+                       "scaling": scaling, "bookkeeping": book, "memory": memory})
+    atomic_write_text(out / "distributed_scaling.md", f"Command: `{args.command}`  \n{H.machine_line()}\n\n{table}\n")
 
 
 if __name__ == "__main__":

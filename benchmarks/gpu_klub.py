@@ -128,13 +128,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ays import distributed as dd
     from ays.klub import KlubDraws, klub
 
-    with dd.session():
+    with dd.session(), torch.no_grad():  # no_grad: the measured calls never need gradients
         device = dv.parse_device(args.device)
         assert device is not None
         dtype = dv.parse_dtype(args.dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
         if args.tiny:
             args.batch_size = min(args.batch_size, 16)
-        torch.set_grad_enabled(False)
         denoiser, data, shape = build(args.tiny, device, dtype)
         params = sum(p.numel() for p in denoiser.parameters())
         lo, hi = 0.0292, 14.6  # SD 1.5's noise range (its smallest and largest timestep levels)

@@ -223,3 +223,15 @@ def test_train_digits_classifier(tmp_path: Path) -> None:
     # the stored accuracies are the model's own, and one epoch already beats chance (1 in 10)
     assert meta["test_accuracy"] == pytest.approx(digits_accuracy(model, "test"))
     assert 0.1 < meta["train_accuracy"] <= 1.0
+
+
+def test_distributed_scaling(tmp_path: Path) -> None:
+    _script("distributed_scaling").main(["--quick", "--worlds", "1", "--caps", "1MiB,0", "--samples", "256",
+                                         "--dim", "8", "--hidden", "16", "--out", str(tmp_path)])
+    rows = _check_rows(tmp_path, "distributed_scaling", "distributed_scaling")
+    assert [r["table"] for r in rows] == ["scaling", "memory", "memory"]
+    scaling, capped, free = rows
+    assert scaling["rows"] == 256 * 20  # a 10-step schedule: 20 denoiser rows per chain
+    assert capped["batch"] < free["batch"] == 8192 and capped["total"] == pytest.approx(free["total"], rel=1e-6)
+    tables = _md_tables((tmp_path / "distributed_scaling.md").read_text())
+    assert [len(t) - 1 for t in tables] == [1, 2]  # one line per process count, one per cap
