@@ -142,11 +142,12 @@ def verdict(a: float, a_err: float | None, b: float, b_err: float | None, *, low
 
 
 def verdicts(rows: Sequence[Mapping[str, Any]], metric: str, schedule: str, against: Sequence[str],
-             *, lower_is_better: bool = True) -> dict[tuple[Any, ...], str]:
-    """Per (solver, steps): ``schedule`` against the best of ``against`` on ``metric`` (:func:`verdict`)."""
+             *, lower_is_better: bool = True, by: Sequence[str] = ("solver", "steps")) -> dict[tuple[Any, ...], str]:
+    """Per cell (``by``, default (solver, steps)): ``schedule`` against the best of ``against`` on
+    ``metric`` (:func:`verdict`)."""
     cells: dict[tuple[Any, ...], dict[str, Mapping[str, Any]]] = {}
     for r in rows:
-        cells.setdefault((r["solver"], r["steps"]), {})[r["schedule"]] = r
+        cells.setdefault(tuple(r[k] for k in by), {})[r["schedule"]] = r
     sign = 1.0 if lower_is_better else -1.0
     out = {}
     for key, cell in cells.items():
@@ -157,6 +158,16 @@ def verdicts(rows: Sequence[Mapping[str, Any]], metric: str, schedule: str, agai
         out[key] = verdict(me[metric], me.get(metric + "_err"), best[metric], best.get(metric + "_err"),
                            lower_is_better=lower_is_better)
     return out
+
+
+def verdict_table(rows: Sequence[Mapping[str, Any]], metric: str, schedule: str, against: Sequence[str],
+                  *, lower_is_better: bool = True, row_keys: Sequence[str] = ("solver",)) -> str:
+    """:func:`verdicts` as a markdown table: a line per ``row_keys`` value, a column per step count."""
+    got = verdicts(rows, metric, schedule, against, lower_is_better=lower_is_better, by=(*row_keys, "steps"))
+    steps = sorted({k[-1] for k in got})
+    lines = list(dict.fromkeys(k[:-1] for k in got))
+    return markdown_table([*row_keys, *(f"steps={n}" for n in steps)],
+                          [[*k, *(got.get((*k, n), "") for n in steps)] for k in lines])
 
 
 # ------------------------------------------------------------------ the files
@@ -188,13 +199,21 @@ def write_machine(out: Path) -> dict[str, Any]:
 def write_table(rows: list[dict[str, Any]], out: Path, name: str, *, title: str, notes: Sequence[str],
                 pivots: Sequence[tuple[str, str]], cmd: str, seconds: float | None = None,
                 row_keys: Sequence[str] = ("solver", "schedule"), meta: Mapping[str, Any] | None = None,
-                plot: bool = True) -> str:
+                plot: bool = True, verdict_of: tuple[str, str, Sequence[str]] | None = None) -> str:
     """A schedules table: ``<name>.csv``/``.json`` (:func:`ays.evaluate.write_results`, the command and the
     machine in ``meta``), ``machine.json``, and ``<name>.md`` with one pivot (rows × steps) per
-    ``(metric, heading)`` in ``pivots``. Returns the markdown."""
+    ``(metric, heading)`` in ``pivots``, and last, for ``verdict_of = (metric, schedule, against)``,
+    the :func:`verdict_table` of ``schedule`` against the best of ``against``. Returns the markdown."""
     machine = write_machine(out)
     ev.write_results(rows, out, name=name, plot=plot, meta={"command": cmd, "machine": machine, **(meta or {})})
     sections = [(f"### {heading}", ev.format_pivot(rows, metric, row_keys=row_keys)) for metric, heading in pivots]
+    if verdict_of is not None:
+        metric, schedule, against = verdict_of
+        higher = metric in ("precision", "recall")
+        sections.append((f"### Verdict: {schedule} against the best of {', '.join(against)} on {metric} "
+                         "(better / tied / worse: 95 % intervals apart or overlapping)",
+                         verdict_table(rows, metric, schedule, against, lower_is_better=not higher,
+                                       row_keys=[k for k in row_keys if k != "schedule"])))
     return write_markdown(out, name, title, notes, sections, cmd, seconds)
 
 

@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                       f"digits, dpmpp_2m_sde, {n} steps, same noise per column")
     text = H.write_table(
         rows, args.out, "digits", cmd=args.command, seconds=time.perf_counter() - start, pivots=PIVOTS,
+        verdict_of=("digits_fd", "ays", HEURISTICS),
         plot=args.plots, notes=notes,
         title=f"## Digits: schedules × solvers at {' / '.join(map(str, steps))} steps",
         meta={"model": label, "args": {k: v for k, v in vars(args).items() if k not in ("out", "_name", "command")},

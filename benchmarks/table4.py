@@ -119,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> str:
              "per step count on the evaluated model.", f"Optimiser options: `{json.dumps(options)}`."]
     sections = [(f"### {heading}", ev.format_pivot(rows, metric, row_keys=("case", "model", "schedule")))
                 for metric, heading in PIVOTS]
+    sections.append(("### Verdict: ays against the best heuristic on sliced W2 (better / tied / worse: 95 % "
+                     "intervals apart or overlapping)",
+                     H.verdict_table(rows, "sliced_w2", "ays", HEURISTICS, row_keys=("case", "model"))))
     steps = " / ".join(map(str, args.steps))
     text = H.write_markdown(Path(args.out), f"table4_{args.model}",
                             f"## Table 4 (toy problems): NLL, sliced W2, mode coverage and KLUB at {steps} steps",

@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                       f"digits-video, euler, {n} steps")
     text = H.write_table(
         rows, args.out, "video", cmd=args.command, seconds=time.perf_counter() - start, pivots=PIVOTS,
+        verdict_of=("sliced_w2", "ays", HEURISTICS),
         plot=args.plots,
         title=f"## Video (moving digits, 4×16×16): schedules × solvers at {' / '.join(map(str, args.steps))} steps",
         notes=[f"AYS optimisation {cost['seconds']:.0f} s, {cost['calls']:,} denoiser rows. Exact denoiser. "

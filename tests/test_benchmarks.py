@@ -68,8 +68,13 @@ def _check_schedules_table(out: Path, stem: str, script: str, md: Path, row_keys
     assert json.loads((out / "machine.json").read_text())["torch"]
     text = md.read_text()
     assert f"Command: `python benchmarks/{script}.py " in text and "Machine: " in text
-    tables = _md_tables(text)
+    *tables, verdicts = _md_tables(text)
     assert tables
+    # the verdict table: ays against the best heuristic, one word per (row keys, steps) cell
+    cell_keys = ("case", "model", "steps") if row_keys == 3 else ("solver", "steps")
+    cells = {tuple(r[k] for k in cell_keys) for r in rows}
+    words = [c for line in verdicts[1:] for c in line[row_keys - 1:] if c]
+    assert len(words) == len(cells) and set(words) <= {"better", "tied", "worse"}
     for table in tables:
         head, lines = table[0], table[1:]
         assert all(len(line) == len(head) for line in lines)
