@@ -24,6 +24,7 @@ bfloat16, the network converted with ``.to(dtype)``):
    wall time, against the rate of (1).
 
 Results: ``<out>/gpu.json`` (rows, the command, the machine), ``gpu.csv``, ``gpu.md``.
+(Over 450 lines because the three released configs and their tiny twins are written out.)
 """
 
 from __future__ import annotations
@@ -343,31 +344,36 @@ class Counted(nn.Module):
         return self.denoiser(x, sigma, **cond)
 
 
-def optimize_check(denoiser: nn.Module, shape: Sequence[int], device: torch.device, batch: int, samples: int,
-                   limit: float) -> dict[str, Any]:
-    """A real ``ays.optimize`` run (default method, 10 steps, SD 1.5's range) stopped after ``limit`` seconds:
-    its calls over its wall time."""
+def optimize_check(denoiser: nn.Module, shape: Sequence[int], device: torch.device, bench: Mapping[str, Any],
+                   samples: int, limit: float) -> dict[str, Any]:
+    """A real ``ays.optimize`` run (default method, 10 steps, SD 1.5's range, at ``bench``'s best batch) stopped
+    after ``limit`` seconds: its calls over its wall time, against ``bench``'s rate."""
     import ays
     from ays.optimize.task import DEFAULT_METHOD
+    from ays.validate import AysError
 
     def data(n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn((n, *shape), generator=generator)  # latents of unit scale, like SD's scaled latents
 
+    batch = max(2, int(bench.get("best_batch", 2)))
     counted = Counted(denoiser, time.perf_counter() + limit)
+    out: dict[str, Any] = {"method": DEFAULT_METHOD, "samples": samples, "batch": batch, "completed": True}
     start = time.perf_counter()
-    completed = True
     try:
         with torch.inference_mode():
             # 0.0292 .. 14.6: SD 1.5's smallest and largest timestep levels
             ays.optimize(counted, data, steps=10, sigma_min=0.0292, sigma_max=14.6, samples=samples, seed=0,
-                         batch_size=max(2, batch), device=device)
+                         batch_size=batch, device=device)
     except _TimeUp:
-        completed = False
+        out["completed"] = False
+    except AysError as e:  # e.g. a random-weight network's NaN: recorded, the rate so far still stands
+        out.update(completed=False, error=str(e))
     _sync(device)
-    seconds = time.perf_counter() - start
-    return {"method": DEFAULT_METHOD, "samples": samples, "batch": max(2, batch), "calls": counted.calls,
-            "seconds": seconds, "completed": completed,
-            "calls_per_s": counted.calls / seconds if counted.calls else None}
+    out.update(calls=counted.calls, seconds=time.perf_counter() - start)
+    rate = out["calls"] / out["seconds"] if out["calls"] else None
+    out.update(calls_per_s=rate, rate_ratio=rate / bench["calls_per_s"] if rate and "calls_per_s" in bench else None,
+               est_minutes_per_schedule=minutes_per_schedule(rate) if rate else None)
+    return out
 
 
 # ----------------------------------------------------------------------------- the run
@@ -396,23 +402,49 @@ def run_family(fam: Family, device: torch.device, limit: float, *, max_batch: in
     return rows, den
 
 
-def _memory(n: int | None) -> str:
-    return "–" if n is None else f"{n / 2**30:.1f} GiB"
+def run_all(fams: Sequence[Family], device: torch.device, limits: Mapping[str, float], *, max_batch: int,
+            min_seconds: float, samples: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every family's rows, and the check of the estimate on the first (SD 1.5) family's bfloat16 denoiser.
+
+    A section that fails is recorded with its error and the others still run: GPU time is scarce,
+    and one family's failure should not cost the others' numbers."""
+    rows: list[dict[str, Any]] = []
+    check = None
+    for fam in fams:
+        start, den = time.perf_counter(), None
+        try:
+            got, den = run_family(fam, device, limits[fam.name], max_batch=max_batch, min_seconds=min_seconds)
+        except Exception as e:  # recorded in the results, see above
+            got = [{"family": fam.name, "error": f"{type(e).__name__}: {e}"}]
+        rows += got
+        for r in got:
+            r["section_seconds"] = time.perf_counter() - start
+        if fam.name == "sd15" and den is not None:
+            check = optimize_check(den, fam.latent, device, got[-1], samples, limits["optimize"])
+        del den
+        _free(device)
+    return rows, check
+
+
+def _cells(r: Mapping[str, Any]) -> list[Any]:
+    """One line of the table; a section that failed shows its error."""
+    if "error" in r:
+        return [r["family"], "", "", "", "", "", "", "", r["error"]]
+    rate, peak = r.get("calls_per_s"), r.get("peak_memory_bytes")
+    return [r["family"], f"{r['parameters'] / 1e6:,.1f} M", " x ".join(map(str, r["latent"])), r["dtype"],
+            r.get("best_batch", "–"), "–" if rate is None else f"{rate:,.1f}",
+            "–" if peak is None else f"{peak / 2**30:.1f} GiB",
+            "–" if rate is None else f"{r['est_minutes_per_schedule']:,.2f}",
+            "" if r.get("finite", True) else "output not finite (random weights)"]
 
 
 def markdown(rows: Sequence[Mapping[str, Any]], check: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     """The results table, and the check of the estimate."""
-    body = [[r["family"], f"{r['parameters'] / 1e6:,.1f} M", " x ".join(map(str, r["latent"])), r["dtype"],
-             r.get("best_batch", "–"), f"{r['calls_per_s']:,.1f}" if "calls_per_s" in r else "–",
-             _memory(r.get("peak_memory_bytes")),
-             f"{r['est_minutes_per_schedule']:,.2f}" if "est_minutes_per_schedule" in r else "–",
-             "" if r.get("finite", True) else "output not finite (random weights)"]
-            for r in rows]
     table = H.markdown_table(["family", "parameters", "latent", "dtype", "best batch", "calls/s", "peak memory",
-                              f"est. min per schedule ({BUDGET_CALLS:,} calls)", "note"], body)
+                              f"est. min per schedule ({BUDGET_CALLS:,} calls)", "note"], [_cells(r) for r in rows])
     sections = [("", table)]
     if check:
-        verb = "ran to the end" if check["completed"] else "stopped at its time limit"
+        verb = "ran to the end" if check["completed"] else f"stopped: {check.get('error', 'its time limit')}"
         sections.append(("### Check: a real `ays.optimize` run of the SD 1.5-sized network (bfloat16)", (
             f"Method `{check['method']}`, 10 steps, samples={check['samples']}, batch {check['batch']}: "
             f"{check['calls']:,} calls in {check['seconds']:.1f} s ({verb}), "
@@ -424,7 +456,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], check: Mapping[str, Any] | None)
 def main(argv: Sequence[str] | None = None) -> None:
     p = H.arguments(__doc__.splitlines()[0], "gpu", cells=False)
     p.add_argument("--tiny", action="store_true", help="tiny networks of the three families, on the CPU")
-    p.add_argument("--device", default=None, help="default: cuda, or cpu with --tiny")
+    p.add_argument("--device", default=None, help="default: cuda if there is one (cpu with --tiny)")
     p.add_argument("--opt-samples", type=int, default=None, help="samples of the check run (default 64; tiny 8)")
     args = H.parse(p, argv, quick={}, flags=("tiny",))
     import diffusers
@@ -434,10 +466,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ays.validate import AysError
 
     try:
-        device = parse_device(args.device or ("cpu" if args.tiny else "cuda"))
+        device = parse_device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
         assert device is not None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise AysError("no CUDA device here: run with --tiny on the CPU")
         if device.type == "cpu" and not args.tiny:
             raise AysError("the full-size networks need a GPU (Flux alone is 12 B parameters): use --tiny on the CPU")
     except AysError as e:
@@ -449,26 +479,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     samples = args.opt_samples or (8 if args.tiny else 64)
 
     t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    check = None
-    for fam in families(args.tiny):
-        start = time.perf_counter()
-        got, den = run_family(fam, device, limits[fam.name], max_batch=max_batch, min_seconds=min_seconds)
-        rows += got
-        for r in got:
-            r["section_seconds"] = time.perf_counter() - start
-        if fam.name == "sd15":
-            bf16 = got[-1]
-            check = optimize_check(den, fam.latent, device, bf16.get("best_batch", 2), samples, limits["optimize"])
-            rate = check["calls_per_s"]
-            check["rate_ratio"] = rate / bf16["calls_per_s"] if rate and "calls_per_s" in bf16 else None
-            check["est_minutes_per_schedule"] = minutes_per_schedule(rate) if rate else None
-        del den
-        _free(device)
+    rows, check = run_all(families(args.tiny), device, limits, max_batch=max_batch, min_seconds=min_seconds,
+                          samples=samples)
     seconds = time.perf_counter() - t0
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-    meta = {"device": str(device), "gpu": gpu, "gpu_memory_bytes": memory, "tiny": args.tiny,
+    meta = {"device": str(device), "gpu": gpu, "gpu_memory_bytes": memory, "cuda": torch.version.cuda,
+            "diffusers": diffusers.__version__, "tiny": args.tiny,
             "budget_calls": BUDGET_CALLS, "limits_s": limits, "seconds": seconds, "optimize_check": check}
     flat = [{k: v for k, v in r.items() if k != "tried"} for r in rows]
     H.write_rows(flat, args.out, "gpu", cmd=args.command, meta={**meta, "batches": rows})
