@@ -22,9 +22,34 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+pytest.importorskip("diffusers")
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 gpu = importlib.import_module("gpu")
+
+#: Parameters of the released networks (the checkpoints' tensors): SD 1.5's UNet, SDXL base's UNet, FLUX.1-dev's
+#: transformer.
+RELEASED = {"sd15": 859_520_964, "sdxl": 2_567_463_684, "flux": 11_901_408_320}
+
+
+def test_full_size_networks_are_the_released_ones() -> None:
+    """Built on the meta device (no memory, no arithmetic): the parameter count of each released model,
+    and one call of each network on its latents (SD 1.5 64², SDXL 128², Flux 16 x 128² packed into 4096
+    tokens beside 512 text tokens) returns the latents' shape."""
+    from ays.integrations.diffusers import ConditionedModel
+
+    meta = torch.device("meta")
+    for fam in gpu.families(tiny=False):
+        net, cond = fam.build(meta, torch.bfloat16)
+        assert sum(p.numel() for p in net.parameters()) == RELEASED[fam.name], fam.name
+        den = fam.denoiser(net, cond, torch.bfloat16)
+        (call,) = [m for m in den.modules() if isinstance(m, ConditionedModel)]
+        x = torch.empty(2, *fam.latent, device=meta, dtype=torch.bfloat16)
+        with torch.inference_mode():
+            out = call(x, torch.empty(2, device=meta))
+        assert out.shape == x.shape and out.dtype == torch.bfloat16, fam.name
+    assert gpu.families(tiny=False)[2].latent == (16, 128, 128)  # 1024² image, 8x VAE, 2x2 patches: 4096 tokens
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +63,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_tiny_files_are_well_formed(tiny: Path) -> None:
     doc = json.loads((tiny / "gpu.json").read_text())
     assert doc["command"] == f"python benchmarks/gpu.py --tiny --out {tiny}"
@@ -57,6 +83,7 @@ def test_tiny_files_are_well_formed(tiny: Path) -> None:
     assert "### Check: a real `ays.optimize` run" in text
 
 
+@pytest.mark.slow
 def test_tiny_numbers_are_consistent(tiny: Path) -> None:
     doc = json.loads((tiny / "gpu.json").read_text())
     for row, full in zip(doc["rows"], doc["batches"]):
