@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import ays
+from ays import device as dv
 from ays import distributed as dd
 from ays.klub import KlubDraws, gaussian_klub
 from ays.validate import AysError
@@ -33,6 +34,7 @@ _COMMON = textwrap.dedent(
     import json, os, sys
     import torch
     import ays
+    from ays import device as dv
     from ays import distributed as dd, schedules
     from ays.io import atomic_write_text
 
@@ -173,7 +175,7 @@ def test_half_precision_model_keeps_float64_accumulation_and_meets_the_closed_fo
     ref = ays.klub(_gauss, _data, sig, samples=4096, generator=torch.Generator().manual_seed(0))
     for dtype, tol in ((torch.float16, 2e-2), ("bfloat16", 6e-2)):
         est = ays.klub(spy, _data, sig, samples=4096, generator=torch.Generator().manual_seed(0), dtype=dtype)
-        want = dd.parse_dtype(dtype)
+        want = dv.parse_dtype(dtype)
         assert set(seen) == {want} and set(sig_dtypes) == {torch.float32}  # sigma never rounded to half
         seen.clear()
         sig_dtypes.clear()
@@ -201,38 +203,38 @@ def test_module_device_and_dtype_are_followed_and_converted_in_place():
     def uses_net(x, sigma):
         return net(x) * 0 + _gauss(x, sigma)
 
-    run = dd.prepare(net)
+    run = dv.prepare(net)
     assert run.dtype == torch.float64 and run.device == torch.device("cpu")
-    wrapped = dd.prepare(uses_net)  # no module visible in a closure: inputs pass unchanged
+    wrapped = dv.prepare(uses_net)  # no module visible in a closure: inputs pass unchanged
     assert wrapped.dtype is None and wrapped.device is None
     import functools
 
     part = functools.partial(lambda m, x, s: m(x, s), net)
-    assert dd.model_dtype(part) == torch.float64
-    dd.prepare(part, dtype="float32")
+    assert dv.model_dtype(part) == torch.float64
+    dv.prepare(part, dtype="float32")
     assert net.body[0].weight.dtype == torch.float32  # converted in place, as model.float() would
     x = torch.randn(3, 4, dtype=torch.float64)
-    out = dd.prepare(net)(x, torch.ones(3, dtype=torch.float64))
+    out = dv.prepare(net)(x, torch.ones(3, dtype=torch.float64))
     assert out.dtype == torch.float64  # the output comes back in the caller's dtype
     with pytest.raises(AysError, match="unknown dtype"):
-        dd.parse_dtype("float8")
+        dv.parse_dtype("float8")
     with pytest.raises(AysError, match=r"CUDA is not available|unknown device"):
-        dd.parse_device("cuda:0" if not torch.cuda.is_available() else "nonsense")
+        dv.parse_device("cuda:0" if not torch.cuda.is_available() else "nonsense")
     with pytest.raises(AysError, match="unknown device"):
-        dd.parse_device("gpu")
+        dv.parse_device("gpu")
 
 
 @pytest.mark.parametrize(
     ("text", "value"), [(1000, 1000), ("1000", 1000), ("2KiB", 2048), ("1.5G", 3 * 2**29), ("2GB", 2 * 10**9)]
 )
 def test_parse_memory(text, value):
-    assert dd.parse_memory(text) == value
+    assert dv.parse_memory(text) == value
 
 
 @pytest.mark.parametrize("bad", ["lots", "-1", "0", "1XB", "nan", True, [1]])
 def test_parse_memory_refuses(bad):
     with pytest.raises(AysError, match="max_memory"):
-        dd.parse_memory(bad)
+        dv.parse_memory(bad)
 
 
 def test_memory_cap_sets_the_batch_and_changes_nothing_else():
@@ -247,7 +249,7 @@ def test_memory_cap_sets_the_batch_and_changes_nothing_else():
     ref = ays.klub(_gauss, _data, sig, samples=1000, generator=torch.Generator().manual_seed(3))
     cap = 64 * 1024
     est = ays.klub(spy, _data, sig, samples=1000, generator=torch.Generator().manual_seed(3), max_memory=cap)
-    per_row, fixed = dd.row_bytes(dd.prepare(spy), _data(1, torch.Generator()))
+    per_row, fixed = dv.row_bytes(dv.prepare(spy), _data(1, torch.Generator()))
     biggest = max(calls)
     assert biggest * per_row + fixed <= cap and (biggest + 2) * per_row + fixed > cap  # the largest that fits
     assert sum(calls) == ref.calls == est.calls
@@ -257,12 +259,12 @@ def test_memory_cap_sets_the_batch_and_changes_nothing_else():
 
 
 def test_module_activation_estimate_bounds_the_batch():
-    run = dd.prepare(_Net(256))
-    per_row, _ = dd.row_bytes(run, torch.zeros(1, 4))
+    run = dv.prepare(_Net(256))
+    per_row, _ = dv.row_bytes(run, torch.zeros(1, 4))
     # Leaf outputs: 256 + 256 + 4 float32 numbers per row, above the input itself.
     assert per_row >= (256 + 256 + 4) * 4
-    assert dd.batch_size_for(run, torch.zeros(1, 4), 100 * per_row) in (98, 100)
-    assert dd.batch_size_for(run, torch.zeros(1, 4), 100 * per_row, batch_size=10) == 10
+    assert dv.batch_size_for(run, torch.zeros(1, 4), 100 * per_row) in (98, 100)
+    assert dv.batch_size_for(run, torch.zeros(1, 4), 100 * per_row, batch_size=10) == 10
 
 
 def test_optimize_takes_dtype_device_and_max_memory():
@@ -280,5 +282,5 @@ def test_optimize_takes_dtype_device_and_max_memory():
 def test_draws_follow_the_data_device_without_changing_the_numbers():
     # Noise is drawn on the CPU whatever the device: the same seed gives the same draws.
     a = KlubDraws.from_seed(_data, 16, 0, "x")
-    b = KlubDraws.from_seed(dd.place_data(_data, torch.device("cpu")), 16, 0, "x")
+    b = KlubDraws.from_seed(dv.place_data(_data, torch.device("cpu")), 16, 0, "x")
     assert torch.equal(a.z1, b.z1) and torch.equal(a.x0, b.x0)

@@ -31,7 +31,10 @@ import torch
 
 from .validate import AysError
 
-__all__ = ["Cond", "Conditioned", "bind", "call", "check_cond", "draw", "event_shape", "repeat", "take", "to"]
+__all__ = [
+    "Cond", "Conditioned", "as_conditioned", "bind", "call", "check_cond", "check_data", "draw", "event_shape",
+    "repeat", "take", "to",
+]  # fmt: skip
 
 Tensor = torch.Tensor
 Cond = dict[str, Tensor]
@@ -82,13 +85,28 @@ def _check_rows(x: Any, what: str, n: int | None = None) -> Tensor:
     return x
 
 
-def _as_conditioned(value: Any) -> Conditioned | None:
+def as_conditioned(value: Any) -> Conditioned | None:
     """A :class:`Conditioned` from itself or an ``(x, cond)`` pair; None for anything else."""
     if isinstance(value, Conditioned):
         return value
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Mapping):
         return Conditioned(value[0], value[1])
     return None
+
+
+def check_data(data: Any) -> Any:
+    """``data`` as :func:`draw` takes it (a pair becomes a :class:`Conditioned`), refused before any work if not."""
+    pair = as_conditioned(data)
+    if pair is not None:
+        return pair
+    if isinstance(data, torch.Tensor):
+        return _check_rows(data, "data")
+    if callable(data):
+        return data
+    raise AysError(
+        "data must be a tensor [N, ...], a callable data(n, generator) or ays.data.Conditioned(x, cond), "
+        f"got {type(data).__name__}"
+    )
 
 
 def draw(data: Any, n: int, generator: torch.Generator) -> tuple[Tensor, Cond]:
@@ -98,7 +116,7 @@ def draw(data: Any, n: int, generator: torch.Generator) -> tuple[Tensor, Cond]:
     ``ceil(n/N)`` times, which has less variance than iid resampling. The conditioning
     is indexed with the same rows.
     """
-    pair = _as_conditioned(data)
+    pair = as_conditioned(data)
     if pair is not None or isinstance(data, torch.Tensor):
         x, cond = (pair.x, pair.cond) if pair is not None else (_check_rows(data, "data"), {})
         big_n = x.shape[0]
@@ -107,16 +125,13 @@ def draw(data: Any, n: int, generator: torch.Generator) -> tuple[Tensor, Cond]:
         x0, c = x[idx.to(x.device)], take(cond, idx)
     elif callable(data):
         out = data(n, generator)
-        pair = _as_conditioned(out)
+        pair = as_conditioned(out)
         if pair is not None:
             x0, c = _check_rows(pair.x, "data(n, generator)", n), pair.cond
         else:
             x0, c = _check_rows(out, "data(n, generator)", n), {}
     else:
-        raise AysError(
-            "data must be a tensor [N, ...], a callable data(n, generator) or ays.data.Conditioned(x, cond), "
-            f"got {type(data).__name__}"
-        )
+        check_data(data)  # raises: nothing else is data
     if not torch.isfinite(x0).all():
         raise AysError("data holds NaN or inf")
     return x0, c
@@ -124,7 +139,7 @@ def draw(data: Any, n: int, generator: torch.Generator) -> tuple[Tensor, Cond]:
 
 def event_shape(data: Any, generator: torch.Generator) -> tuple[int, ...]:
     """The shape of one clean sample (a one-row draw from a callable)."""
-    pair = _as_conditioned(data)
+    pair = as_conditioned(data)
     if pair is not None:
         return tuple(pair.x.shape[1:])
     if isinstance(data, torch.Tensor):

@@ -17,7 +17,7 @@ import torch
 from . import solvers
 from ._callable import make_callable
 from .data import bind, check_cond
-from .distributed import guard
+from .device import guard
 from .validate import AysError, check_batch, check_finite, check_sigmas
 
 __all__ = ["sample"]

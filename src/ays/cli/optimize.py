@@ -152,7 +152,7 @@ def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tu
               opts: tuple[str, ...], batch_size: int | None, max_memory: str | None, dtype: str | None,
               device: str | None, out: str, checkpoint: str | None, resume: bool, plot: str | None, quiet: bool,
               is_rank_zero: Any) -> None:
-    from ..distributed import parse_device, parse_memory
+    from ..device import parse_device, parse_memory
     from ..io import check_writable
 
     # Refuse bad flags and unwritable outputs before the model is loaded and the work done.

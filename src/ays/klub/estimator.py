@@ -33,11 +33,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from .. import device as _device
 from .. import distributed as _dist
+from ..data import Cond, call, check_cond, draw, repeat, take, to
 from ..validate import AysError, check_positive, check_range, check_sigmas, check_steps
 from .proposal import _check_interval, _f64, _h, _x_of, proposal_normalizer, proposal_sample
 
@@ -57,7 +60,7 @@ __all__ = [
 
 Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]
-Data = Tensor | Callable[[int, torch.Generator], Tensor]
+Data = Any  # a tensor [N, ...], data(n, generator), or either with conditioning: see ays.data
 
 #: Denoiser rows per call when the caller gives no ``batch_size``.
 DEFAULT_BATCH_SIZE = 8192
@@ -77,48 +80,22 @@ def seed_for(seed: int, *keys: object) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def _data_sample(data: Data, n: int, generator: torch.Generator) -> Tensor:
-    """``n`` clean samples: from a callable, or cycling random permutations of a tensor."""
-    if isinstance(data, torch.Tensor):
-        if data.ndim < 1 or data.shape[0] == 0:
-            raise AysError(f"data must be a non-empty tensor [N, ...], got shape {tuple(data.shape)}")
-        if not data.is_floating_point():
-            raise AysError(f"data must be a floating-point tensor, got {data.dtype}")
-        big_n = data.shape[0]
-        # Whole random permutations, repeated as needed: every sample appears
-        # floor(n/N) or ceil(n/N) times, which has less variance than iid resampling.
-        reps = -(-n // big_n)
-        idx = torch.cat([torch.randperm(big_n, generator=generator) for _ in range(reps)])[:n]
-        x0 = data[idx.to(data.device)]
-    elif callable(data):
-        x0 = data(n, generator)
-        if not isinstance(x0, torch.Tensor):
-            raise AysError(f"data(n, generator) must return a tensor, got {type(x0).__name__}")
-        if x0.ndim < 1 or x0.shape[0] != n:
-            raise AysError(f"data(n, generator) must return {n} samples [n, ...], got shape {tuple(x0.shape)}")
-        if not x0.is_floating_point():
-            raise AysError(f"data(n, generator) must return a floating-point tensor, got {x0.dtype}")
-    else:
-        raise AysError(f"data must be a tensor [N, ...] or a callable data(n, generator), got {type(data).__name__}")
-    if not torch.isfinite(x0).all():
-        raise AysError("data holds NaN or inf")
-    return x0
-
-
 @dataclass(frozen=True)
 class KlubDraws:
     """One set of draws for KLUB estimates: common random numbers.
 
     ``x0`` [S, ...] clean samples, ``z1`` and ``z2`` [S, ...] standard normal
     noise in the data's dtype and device, ``u`` [S] float64 uniforms in (0, 1]
-    that place ``t`` in each interval by inverse CDF. Reuse one object for every
-    interval and candidate schedule that must be compared.
+    that place ``t`` in each interval by inverse CDF, ``cond`` each chain's own
+    conditioning (:mod:`ays.data`; empty for unconditioned data). Reuse one object
+    for every interval and candidate schedule that must be compared.
     """
 
     x0: Tensor
     z1: Tensor
     z2: Tensor
     u: Tensor
+    cond: Cond = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s = self.x0.shape[0]
@@ -126,6 +103,7 @@ class KlubDraws:
             raise AysError("KlubDraws: x0, z1 and z2 must have the same shape")
         if self.u.shape != (s,):
             raise AysError(f"KlubDraws: u must have shape ({s},), got {tuple(self.u.shape)}")
+        object.__setattr__(self, "cond", check_cond(self.cond, s, what="KlubDraws: cond"))
 
     @property
     def samples(self) -> int:
@@ -143,11 +121,11 @@ class KlubDraws:
         if generator is None:
             generator = torch.Generator()
             generator.seed()
-        x0 = _data_sample(data, samples, generator)
+        x0, cond = draw(data, samples, generator)
         z1 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device).to(x0.device)
         z2 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device).to(x0.device)
         u = 1.0 - torch.rand(samples, generator=generator, dtype=torch.float64, device=generator.device).cpu()
-        return cls(x0=x0, z1=z1, z2=z2, u=u)  # u in (0, 1]
+        return cls(x0=x0, z1=z1, z2=z2, u=u, cond=to(cond, x0.device))  # u in (0, 1]
 
     @classmethod
     def from_seed(cls, data: Data, samples: int, seed: int, *keys: object) -> KlubDraws:
@@ -177,8 +155,9 @@ class IntervalEstimate:
     calls: int
 
 
-def _call(denoiser: Denoiser, x: Tensor, sigma: Tensor) -> Tensor:
-    out = denoiser(x, sigma)
+def _call(denoiser: Denoiser, x: Tensor, sigma: Tensor, cond: Cond | None = None) -> Tensor:
+    """``denoiser(x, sigma, **cond)``, refusing a wrong shape or a non-finite row (named by its sigma)."""
+    out = call(denoiser, x, sigma, cond or {})
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise AysError(f"denoiser must return a tensor of the input's shape {tuple(x.shape)}, got {got}")
@@ -240,7 +219,7 @@ def interval_klub(
             sb = bl[r0:r1].to(device=dev, dtype=dt)
             x_t = x0[kd] + tt.view(view) * z1[kd]
             x_b = x_t + gl[r0:r1].sqrt().to(device=dev, dtype=dt).view(view) * z2[kd]
-            out = _call(denoiser, torch.cat([x_t, x_b]), torch.cat([tt, sb]))
+            out = _call(denoiser, torch.cat([x_t, x_b]), torch.cat([tt, sb]), repeat(take(draws.cond, kd), 2))
             n = r1 - r0
             diff = (out[:n] - out[n:]).reshape(n, -1).to(torch.float64)
             pieces.append((diff * diff).sum(dim=1).cpu() * wl[r0:r1])
@@ -314,21 +293,21 @@ def klub(
     ``draws`` (a :class:`KlubDraws`, for common random numbers) is given.
     ``c`` is the proposal's scale (0.5 in the paper). Returns a :class:`KlubEstimate`.
 
-    Scale (:mod:`ays.distributed`): ``dtype`` (``"float16"``, ``"bfloat16"``, ...) and
+    Scale (:mod:`ays.device`, :mod:`ays.distributed`): ``dtype`` (``"float16"``, ``"bfloat16"``, ...) and
     ``device`` run the denoiser there (default: its parameters' dtype and device;
     draws follow the device); ``max_memory`` (bytes, or ``"8GiB"``) caps the memory of
     each denoiser call, which sets the batch size (draws then stay in host memory).
     Under ``torch.distributed`` the draws are shared out across ranks.
     """
     s = check_sigmas(sigmas, allow_final_zero=False)
-    run = _dist.prepare(denoiser, dtype, device)
+    run = _device.prepare(denoiser, dtype, device)
     if max_memory is not None:
-        cap = _dist.parse_memory(max_memory)
+        cap = _device.parse_memory(max_memory)
         assert cap is not None
         row = draws.x0[:1] if draws is not None else KlubDraws.create(data, 2, torch.Generator().manual_seed(0)).x0[:1]
-        batch_size = _dist.batch_size_for(run, row, cap, sigma=float(s[0]), batch_size=batch_size)
+        batch_size = _device.batch_size_for(run, row, cap, sigma=float(s[0]), batch_size=batch_size)
     elif draws is None:
-        data = _dist.place_data(data, run.device)
+        data = _device.place_data(data, run.device)
     if draws is None:
         draws = KlubDraws.create(data, samples, generator)
     return estimate_schedule(run, draws, s, c=c, batch_size=batch_size)

@@ -77,6 +77,7 @@ from typing import Any
 
 import torch
 
+from ..data import repeat, take
 from ..validate import AysError, check_choice, check_positive, check_sigmas, check_steps
 from .estimator import (
     DEFAULT_BATCH_SIZE,
@@ -84,6 +85,7 @@ from .estimator import (
     Denoiser,
     KlubDraws,
     KlubEstimate,
+    _call,
     seed_for,
 )
 from .estimator import gaussian_klub as _gaussian_klub_ddim
@@ -222,16 +224,6 @@ class SolverDraws:
         return cls.create(data, samples, g)
 
 
-def _call(denoiser: Denoiser, x: Tensor, sigma: Tensor) -> Tensor:
-    out = denoiser(x, sigma)
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise AysError(f"denoiser must return a tensor of the input's shape {tuple(x.shape)}, got {got}")
-    if not torch.isfinite(out).all():
-        raise AysError("denoiser returned NaN or inf")
-    return out
-
-
 def interval_klub_extrapolated(
     denoiser: Denoiser,
     draws: SolverDraws,
@@ -291,7 +283,8 @@ def interval_klub_extrapolated(
                 x_p = x_b + math.sqrt((pj_f - bj_f) * (pj_f + bj_f)) * z3[r0:r1]
                 xs.append(x_p)
                 sig.append(torch.full((n,), pj_f, dtype=dt, device=dev))
-            out = _call(denoiser, torch.cat(xs), torch.cat(sig)).reshape(len(xs), n, -1).to(torch.float64)
+            cond = repeat(take(draws.base.cond, slice(r0, r1)), len(xs))
+            out = _call(denoiser, torch.cat(xs), torch.cat(sig), cond).reshape(len(xs), n, -1).to(torch.float64)
             calls += len(xs) * n
             u = out[0] - out[1]
             term = (u * u).sum(dim=1).cpu()

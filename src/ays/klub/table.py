@@ -39,8 +39,9 @@ from typing import Any
 
 import torch
 
+from ..data import draw, repeat, take, to
 from ..validate import AysError, check_positive, check_range, check_steps
-from .estimator import DEFAULT_BATCH_SIZE, Data, Denoiser, _call, _data_sample, seed_for
+from .estimator import DEFAULT_BATCH_SIZE, Data, Denoiser, _call, seed_for
 from .proposal import proposal_normalizer
 
 __all__ = ["KlubTable", "build_table", "log_grid", "quadrature"]
@@ -106,8 +107,9 @@ def _accumulate_chunk(
     denoiser: Denoiser, data: Data, grid: Tensor, n: int, generator: torch.Generator, batch_size: int
 ) -> tuple[Tensor, int]:
     """One chunk of ``n`` nested chains: their contribution to ``sums`` and the rows spent."""
-    x0 = _data_sample(data, n, generator)
+    x0, cond = draw(data, n, generator)
     dev, dt = x0.device, x0.dtype
+    cond = to(cond, dev)
     size = grid.numel()
     steps = torch.sqrt(torch.cat([grid[:1] ** 2, (grid[1:] - grid[:-1]) * (grid[1:] + grid[:-1])]))
     outs = torch.empty((n, size, x0[0].numel()), dtype=torch.float64, device=dev)
@@ -121,7 +123,7 @@ def _accumulate_chunk(
             return
         xs = torch.cat([p[1] for p in pending])
         sig = torch.cat([torch.full((n,), float(grid[j]), dtype=dt, device=dev) for j, _ in pending])
-        out = _call(denoiser, xs, sig).reshape(len(pending), n, -1)
+        out = _call(denoiser, xs, sig, repeat(cond, len(pending))).reshape(len(pending), n, -1)
         for i, (j, _) in enumerate(pending):
             outs[:, j] = out[i].to(torch.float64)
         pending.clear()
@@ -133,7 +135,8 @@ def _accumulate_chunk(
             for r0 in range(0, n, batch_size):
                 r1 = min(n, r0 + batch_size)
                 sig = torch.full((r1 - r0,), float(grid[j]), dtype=dt, device=dev)
-                outs[r0:r1, j] = _call(denoiser, x[r0:r1], sig).reshape(r1 - r0, -1).to(torch.float64)
+                out = _call(denoiser, x[r0:r1], sig, take(cond, slice(r0, r1)))
+                outs[r0:r1, j] = out.reshape(r1 - r0, -1).to(torch.float64)
         else:
             pending.append((j, x))
             if len(pending) >= levels_per_call:
@@ -171,7 +174,7 @@ def build_table(
         raise AysError("the grid must hold at least 2 strictly increasing positive noise levels")
     chains = check_steps(chains, name="samples", minimum=2)
     batch = DEFAULT_BATCH_SIZE if batch_size is None else check_steps(batch_size, name="batch_size")
-    probe = _data_sample(data, 1, torch.Generator().manual_seed(seed_for(seed, "dp", "probe")))
+    probe, _ = draw(data, 1, torch.Generator().manual_seed(seed_for(seed, "dp", "probe")))
     rows = _chunk_rows(chains, g.numel(), probe[0].numel(), chunk)
     if table is None:
         table = KlubTable(g.clone(), torch.zeros(g.numel(), g.numel(), dtype=torch.float64))

@@ -13,8 +13,7 @@ import types
 from typing import Any
 
 from . import coordinate as _coordinate  # noqa: F401  (registers the method)
-from . import dmn, dp, gits, select  # noqa: F401  (register "dmn", "dp", "gits", "ays")
-from . import ld3, oss  # noqa: F401  (register "ld3", "oss")
+from . import dmn, dp, gits, ld3, oss, select  # noqa: F401  (register "dmn", "dp", "gits", "ays")  # noqa: F401  (register "ld3", "oss")
 from .api import optimize, solver_names
 from .result import FORMAT, OptimizeResult, load_schedule
 from .task import DEFAULT_METHOD, DEFAULT_SOLVER, METHODS, register

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from .. import distributed as _dist
-from ..klub import _data_sample, seed_for
+from .. import device as _device
+from ..data import check_data, draw
+from ..klub import seed_for
 from ..noise import DiscreteVP, NoiseSchedule
 from ..validate import AysError, check_choice, check_range, check_sigmas, check_steps
 from .result import OptimizeResult
@@ -116,7 +117,7 @@ def optimize(
             KLUB sums stay float64. An ``nn.Module`` denoiser is converted in place.
         device: run the denoiser there (default: its parameters' device); the draws follow.
         max_memory: cap (bytes, or ``"8GiB"``) on the memory of one denoiser call; sets the batch
-            size (:func:`ays.distributed.batch_size_for`) and keeps the draws in host memory.
+            size (:func:`ays.device.batch_size_for`) and keeps the draws in host memory.
         Under ``torch.distributed`` (e.g. ``torchrun``) every rank evaluates its share of the
         draws and the result equals the single-process one (:mod:`ays.distributed`).
         **method_options: options of the method (see ``CoordinateOptions``).
@@ -126,8 +127,7 @@ def optimize(
     """
     if not callable(denoiser):
         raise AysError(f"denoiser must be callable denoiser(x, sigma), got {type(denoiser).__name__}")
-    if not (isinstance(data, torch.Tensor) or callable(data)):
-        raise AysError(f"data must be a tensor [N, ...] or a callable data(n, generator), got {type(data).__name__}")
+    data = check_data(data)
     steps = check_steps(steps)
     check_choice(method, METHODS, what="method")
     if not isinstance(solver, str):
@@ -184,14 +184,14 @@ def optimize(
             init_t = init_t.clone()
             init_t[0], init_t[-1] = hi, lo
 
-    run = _dist.prepare(denoiser, dtype, device)
+    run = _device.prepare(denoiser, dtype, device)
     if max_memory is not None:
-        cap = _dist.parse_memory(max_memory)
+        cap = _device.parse_memory(max_memory)
         assert cap is not None
-        row = _data_sample(data, 1, torch.Generator().manual_seed(seed_for(int(seed), "probe")))
-        batch_size = _dist.batch_size_for(run, row, cap, sigma=hi, batch_size=batch_size)
+        row, _ = draw(data, 1, torch.Generator().manual_seed(seed_for(int(seed), "probe")))
+        batch_size = _device.batch_size_for(run, row, cap, sigma=hi, batch_size=batch_size)
     else:
-        data = _dist.place_data(data, run.device)
+        data = _device.place_data(data, run.device)
 
     task = Task(
         denoiser=run,

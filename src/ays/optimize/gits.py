@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from .. import schedules, solvers
-from ..klub import _data_sample, seed_for
+from ..data import Cond, bind, draw, take, to
+from ..klub import seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
 from .dp import dp_paths
 from .result import OptimizeResult
@@ -83,11 +84,13 @@ def _refined(grid_desc: Tensor, refine: int) -> Tensor:
 
 
 def teacher_costs(
-    denoiser: Any, noise: Tensor, grid_desc: Tensor, refine: int = 2, metric: str = "l2", batch_size: int | None = None
+    denoiser: Any, noise: Tensor, grid_desc: Tensor, refine: int = 2, metric: str = "l2", batch_size: int | None = None,
+    cond: Cond | None = None,
 ) -> tuple[Tensor, int]:
     """GITS's cost matrix on a decreasing grid: ``cost[a, b]`` (a < b, indices of the INCREASING grid).
 
-    ``noise`` is standard normal ``[N, ...]``; returns (cost [G, G] float64, denoiser rows).
+    ``noise`` is standard normal ``[N, ...]``, row i denoised under ``cond``'s row i;
+    returns (cost [G, G] float64, denoiser rows).
     """
     g = check_sigmas(grid_desc, allow_final_zero=False)
     size = g.numel()
@@ -105,7 +108,8 @@ def teacher_costs(
                 states.append(info["x"].reshape(info["x"].shape[0], -1).to(torch.float64))
                 dens.append(info["denoised"].reshape(info["x"].shape[0], -1).to(torch.float64))
 
-        x_end = solvers.get("dpmpp_2m")(denoiser, z * float(fine[0]), fine, callback=grab)
+        rows_den = bind(denoiser, take(cond or {}, slice(r0, r0 + rows)))
+        x_end = solvers.get("dpmpp_2m")(rows_den, z * float(fine[0]), fine, callback=grab)
         calls += z.shape[0] * (fine.numel() - 1)
         states.append(x_end.reshape(z.shape[0], -1).to(torch.float64))
         # states[i] is the teacher at g[i] (decreasing); dens[i] its denoiser output (i < size - 1).
@@ -152,9 +156,11 @@ def gits(task: Task, **options: Any) -> OptimizeResult:
     if grid_desc.numel() < task.steps + 1:
         raise AysError(f"{task.steps} steps need a grid of more than {grid_desc.numel()} levels")
     gen = torch.Generator().manual_seed(seed_for(task.seed, "gits", "noise"))
-    probe = _data_sample(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "gits", "probe")))
+    probe, _ = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "gits", "probe")))
     noise = torch.randn((opt.teacher_samples, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
-    cost, calls = teacher_costs(task.denoiser, noise, grid_desc, opt.refine, opt.metric, task.batch_size)
+    _, cond = draw(task.data, opt.teacher_samples, torch.Generator().manual_seed(seed_for(task.seed, "gits", "cond")))
+    cost, calls = teacher_costs(task.denoiser, noise, grid_desc, opt.refine, opt.metric, task.batch_size,
+                                to(cond, probe.device))
     idx = _coeff_paths(cost, task.steps, opt.coeff)
     sigmas = torch.flip(grid_desc, [0])[idx]
     sigmas = check_sigmas(task.space.snap(sigmas, f"{task.steps}-step schedule"), allow_final_zero=False)

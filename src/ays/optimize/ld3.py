@@ -44,7 +44,8 @@ from typing import Any
 import torch
 
 from .. import schedules, solvers
-from ..klub import _data_sample, seed_for
+from ..data import Cond, bind, draw, take, to
+from ..klub import seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
 from .oss import ode_counterpart, run_student
 from .result import OptimizeResult
@@ -172,7 +173,7 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
     opt = Ld3Options.parse(options)
     student = ode_counterpart(task.solver)
     n, lo, hi = task.steps, task.sigma_min, task.sigma_max
-    probe = _data_sample(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "ld3", "probe")))
+    probe, _ = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "ld3", "probe")))
     dim = probe[0].numel()
     radius = 0.001 * dim / n**2 if opt.radius is None else float(opt.radius)
     shift_lr = 12.0 / n if opt.shift_lr is None else float(opt.shift_lr)
@@ -180,27 +181,35 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
                               "resolved_shift_lr": shift_lr, "backward_factor": BACKWARD_FACTOR})
     gen = torch.Generator().manual_seed(seed_for(task.seed, "ld3", "noise"))
     noise = torch.randn((opt.teacher_samples, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
+    # each noise is denoised under the conditioning of a data row of its own (ays.data)
+    _, cond = draw(task.data, opt.teacher_samples, torch.Generator().manual_seed(seed_for(task.seed, "ld3", "cond")))
+    cond = to(cond, probe.device)
     count = _Counter()
     rows = opt.teacher_samples if task.batch_size is None else task.batch_size
 
-    def run(theta: Tensor, z: Tensor) -> Tensor:
-        """The student's samples from starts ``z`` (in chunks of the batch size); counts forward rows."""
+    def run(theta: Tensor, z: Tensor, c: Cond) -> Tensor:
+        """The student's samples from starts ``z`` under conditioning ``c`` (in chunks of the batch size);
+        counts forward rows."""
         levels = sampling_form(schedule_from_logits(theta, lo, hi))
         outs = []
         for a in range(0, z.shape[0], rows):
-            out, used = run_student(student, task.denoiser, z[a : a + rows] * hi, levels)
+            den = bind(task.denoiser, take(c, slice(a, a + rows)))
+            out, used = run_student(student, den, z[a : a + rows] * hi, levels)
             count.forward += used
             outs.append(out)
         return torch.cat(outs)
 
     teach = _levels_of(task, opt.teacher_steps)
     fn = solvers.get(opt.teacher)
-    target = torch.cat([fn(task.denoiser, noise[a : a + rows] * float(teach[0]), teach)
-                        for a in range(0, noise.shape[0], rows)])
+    target = torch.cat([
+        fn(bind(task.denoiser, take(cond, slice(a, a + rows))), noise[a : a + rows] * float(teach[0]), teach)
+        for a in range(0, noise.shape[0], rows)
+    ])
     count.forward += opt.teacher_samples * solvers.count_calls(opt.teacher, teach)
     n_train = opt.teacher_samples - opt.valid_samples
     z_train, y_train = noise[:n_train], target[:n_train]
     z_valid, y_valid = noise[n_train:], target[n_train:]
+    c_train, c_valid = take(cond, slice(0, n_train)), take(cond, slice(n_train, None))
 
     init = task.initial(n) if task.init is not None else schedules.loglinear(n, lo, hi)
     theta = logits_for(init).clone().requires_grad_(True)
@@ -217,7 +226,7 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
         for idx in torch.randperm(n_train, generator=shuffle).split(opt.batch):
             z_b = starts[idx].clone().requires_grad_(radius > 0)
             with torch.enable_grad():
-                per = _loss(run(theta, z_b), y_train[idx], opt.features)
+                per = _loss(run(theta, z_b, take(c_train, idx)), y_train[idx], opt.features)
                 loss = per.mean()
                 grads = torch.autograd.grad(loss, [theta, z_b] if radius > 0 else [theta])
             count.backward += idx.numel() * solvers.count_calls(student, sampling_form(init.detach()))
@@ -228,11 +237,11 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
             optim.zero_grad(set_to_none=True)
             if radius > 0:
                 cand = project(z_b.detach() - shift_lr * grads[1], z_train[idx], radius)
-                better = _loss(run(theta.detach(), cand), y_train[idx], opt.features) < per.detach()
+                better = _loss(run(theta.detach(), cand, take(c_train, idx)), y_train[idx], opt.features) < per.detach()
                 starts[idx] = torch.where(better.reshape(-1, *([1] * (cand.ndim - 1))), cand, starts[idx])
             step += 1
             if opt.valid_samples and step % opt.eval_every == 0:
-                v = float(_loss(run(theta.detach(), z_valid), y_valid, opt.features).mean())
+                v = float(_loss(run(theta.detach(), z_valid, c_valid), y_valid, opt.features).mean())
                 if v < best_loss:
                     best_loss, best_theta, bad = v, theta.detach().clone(), 0
                 else:

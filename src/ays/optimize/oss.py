@@ -46,7 +46,8 @@ from typing import Any
 import torch
 
 from .. import schedules, solvers
-from ..klub import _data_sample, seed_for
+from ..data import Cond, bind, call, draw, repeat, take, to
+from ..klub import seed_for
 from ..validate import AysError, check_choice, check_positive, check_sigmas, check_steps
 from .gits import _refined
 from .result import OptimizeResult
@@ -154,12 +155,13 @@ def run_student(solver: str, denoiser: Denoiser, x: Tensor, levels: Tensor) -> t
 
 def teacher_trajectory(
     denoiser: Denoiser, x: Tensor, levels: Any, teacher: str = "dpmpp_2m", refine: int = 2,
-    batch_size: int | None = None,
+    batch_size: int | None = None, cond: Cond | None = None,
 ) -> tuple[Tensor, int]:
     """The teacher's states at the decreasing ``levels`` (which may end in 0): ``[G, B, ...]`` and its calls.
 
     ``teacher`` runs from ``x`` (scaled noise) on the positive levels subdivided ``refine``
-    times in log-sigma, then into 0 if ``levels`` ends there.
+    times in log-sigma, then into 0 if ``levels`` ends there. Row i of ``x`` is denoised
+    under ``cond``'s row i (:mod:`ays.data`).
     """
     lv = check_sigmas(levels)
     pos = lv[lv > 0]
@@ -176,14 +178,15 @@ def teacher_trajectory(
             if info["i"] % refine == 0 and info["i"] // refine < pos.numel():
                 seen.append(info["x"])
 
-        out = fn(denoiser, x[r0 : r0 + rows], fine, callback=grab)
+        out = fn(bind(denoiser, take(cond or {}, slice(r0, r0 + rows))), x[r0 : r0 + rows], fine, callback=grab)
         parts.append(torch.stack([*seen, out]))
     return torch.cat(parts, dim=1), x.shape[0] * solvers.count_calls(teacher, fine)
 
 
-def _denoise_rows(denoiser: Denoiser, x: Tensor, s: Tensor, batch_size: int | None) -> Tensor:
+def _denoise_rows(denoiser: Denoiser, x: Tensor, s: Tensor, batch_size: int | None, cond: Cond) -> Tensor:
     rows = x.shape[0] if batch_size is None else max(1, batch_size)
-    return torch.cat([denoiser(x[a : a + rows], s[a : a + rows].to(x.dtype)) for a in range(0, x.shape[0], rows)])
+    return torch.cat([call(denoiser, x[a : a + rows], s[a : a + rows].to(x.dtype), take(cond, slice(a, a + rows)))
+                      for a in range(0, x.shape[0], rows)])
 
 
 def _tile(t: Tensor, m: int) -> Tensor:
@@ -193,14 +196,15 @@ def _tile(t: Tensor, m: int) -> Tensor:
 
 def oss_paths(
     solver: str, denoiser: Denoiser, x: Tensor, levels: Tensor, teacher: Tensor, steps: int,
-    batch_size: int | None = None,
+    batch_size: int | None = None, cond: Cond | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """OSS's programme for every noise at once (see the module docstring).
 
     ``x`` [B, ...] the scaled noise at ``levels[0]``; ``levels`` [G] decreasing float64 (the
     last is where every path ends, 0 for the sampling convention); ``teacher`` [G, B, ...] the
-    teacher's states there. Returns (grid indices [B, steps + 1] from 0 to G − 1, the final
-    cost [B] as mean squared error per dimension, denoiser rows).
+    teacher's states there; ``cond`` the noises' conditioning. Returns (grid indices
+    [B, steps + 1] from 0 to G − 1, the final cost [B] as mean squared error per dimension,
+    denoiser rows).
     """
     lv = check_sigmas(levels)
     size, last, batch = lv.numel(), lv.numel() - 1, x.shape[0]
@@ -217,7 +221,7 @@ def oss_paths(
         # One denoiser call per (live source level, noise), batched over both.
         xs = torch.cat([states[i][0] for i in src])
         sig = torch.cat([lv[i].expand(batch) for i in src])
-        dens = _denoise_rows(denoiser, xs, sig, batch_size).split(batch)
+        dens = _denoise_rows(denoiser, xs, sig, batch_size, repeat(cond or {}, len(src))).split(batch)
         calls += xs.shape[0]
         best = torch.full((size, batch), math.inf, dtype=torch.float64)
         arg = torch.full((size, batch), -1, dtype=torch.long)
@@ -232,7 +236,8 @@ def oss_paths(
             s = lv[i].expand(m * batch)
             s_next = torch.cat([lv[j].expand(batch) for j in js])
             hist = tuple((_tile(d, m), _tile(h, m)) for d, h in hi)
-            cand, cand_h, extra = advance(solver, denoiser, _tile(xi, m), _tile(den, m), hist, s, s_next)
+            tiled = bind(denoiser, repeat(cond or {}, m))
+            cand, cand_h, extra = advance(solver, tiled, _tile(xi, m), _tile(den, m), hist, s, s_next)
             calls += extra
             err = torch.stack([(c - teacher[j]).to(torch.float64).square().mean(dim=dims)
                                for j, c in zip(js, cand.split(batch))])
@@ -313,12 +318,15 @@ def oss(task: Task, **options: Any) -> OptimizeResult:
     levels = grid_levels(task, opt.grid, opt.rho)
     if levels.numel() < task.steps + 1:
         raise AysError(f"{task.steps} steps need a grid of more than {levels.numel() - 1} levels above sigma_min")
-    probe = _data_sample(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "oss", "probe")))
+    probe, _ = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "oss", "probe")))
     gen = torch.Generator().manual_seed(seed_for(task.seed, "oss", "noise"))
     noise = torch.randn((opt.teacher_samples, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
     x = noise * float(levels[0])
-    traj, teacher_calls = teacher_trajectory(task.denoiser, x, levels, opt.teacher, opt.refine, task.batch_size)
-    paths, cost, dp_calls = oss_paths(student, task.denoiser, x, levels, traj, task.steps, task.batch_size)
+    # each noise is denoised under the conditioning of a data row of its own (ays.data)
+    _, cond = draw(task.data, opt.teacher_samples, torch.Generator().manual_seed(seed_for(task.seed, "oss", "cond")))
+    cond = to(cond, probe.device)
+    traj, teacher_calls = teacher_trajectory(task.denoiser, x, levels, opt.teacher, opt.refine, task.batch_size, cond)
+    paths, cost, dp_calls = oss_paths(student, task.denoiser, x, levels, traj, task.steps, task.batch_size, cond)
     idx = median_path(paths)
     sigmas = torch.cat([levels[idx[:-1]], torch.tensor([task.sigma_min], dtype=torch.float64)])
     sigmas = check_sigmas(task.space.snap(sigmas, f"{task.steps}-step schedule"), allow_final_zero=False)

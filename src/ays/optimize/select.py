@@ -40,13 +40,14 @@ tried — an order of magnitude below the paper's coordinate search (see
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 
 from .. import metrics, schedules, solvers
-from ..klub import DEFAULT_BATCH_SIZE, _data_sample, seed_for
+from ..data import Cond, bind, draw, take, to
+from ..klub import DEFAULT_BATCH_SIZE, seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
 from .dp import DPOptions, finish, jsonable, run_dp
 from .result import OptimizeResult
@@ -117,7 +118,7 @@ class SelectOptions:
 
 def data_scale(data: Any, seed: int, n: int = 4096) -> float:
     """``ĉ``: the RMS per-coordinate standard deviation of ``n`` data samples (the scale in Thm 3.1)."""
-    x = _data_sample(data, n, torch.Generator().manual_seed(seed_for(seed, "select", "scale")))
+    x, _ = draw(data, n, torch.Generator().manual_seed(seed_for(seed, "select", "scale")))
     flat = x.reshape(x.shape[0], -1).to(torch.float64)
     c = float(flat.var(dim=0).mean().sqrt())
     if not (c > 0 and math.isfinite(c)):
@@ -137,17 +138,20 @@ def blend(start: Tensor, end: Tensor, lam: float) -> Tensor:
 
 
 def run_samples(
-    solver: str, denoiser: Any, noise: Tensor, sigmas: Tensor, seed: int, batch_size: int | None = None
+    solver: str, denoiser: Any, noise: Tensor, sigmas: Tensor, seed: int, batch_size: int | None = None,
+    cond: Cond | None = None,
 ) -> Tensor:
     """``solver`` from ``noise · sigmas[0]`` over ``to_sampling(sigmas)``, in chunks; chunk k's
-    solver noise comes from ``seed_for(seed, k)`` (the same for every schedule)."""
+    solver noise comes from ``seed_for(seed, k)`` (the same for every schedule). Row i is
+    denoised under ``cond``'s row i (:mod:`ays.data`)."""
     fn = solvers.get(solver)
     s = schedules.to_sampling(sigmas)
     rows = min(noise.shape[0], DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
     out = []
     for k, r0 in enumerate(range(0, noise.shape[0], rows)):
         g = torch.Generator(device=noise.device).manual_seed(seed_for(seed, k))
-        out.append(fn(denoiser, noise[r0 : r0 + rows] * float(s[0]), s, generator=g))
+        chunk = bind(denoiser, take(cond or {}, slice(r0, r0 + rows)))
+        out.append(fn(chunk, noise[r0 : r0 + rows] * float(s[0]), s, generator=g))
     x = torch.cat(out)
     if not torch.isfinite(x).all():
         raise AysError(f"solver {solver!r} produced NaN or inf on a candidate schedule")
@@ -221,30 +225,36 @@ class Evidence:
     val_reference: Tensor
     calls: int
     bandwidth: float | None = None
+    cond: Cond = field(default_factory=dict)  #: the conditioning of ``noise``'s rows
+    val_cond: Cond = field(default_factory=dict)  #: and of ``val_noise``'s
 
 
 def gather_evidence(task: Task, opt: SelectOptions) -> Evidence:
     """Draw the selection and validation noise and compute the two reference sets (module docstring)."""
-    probe = _data_sample(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
+    probe, _ = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
     shape, dtype, dev = tuple(probe.shape[1:]), probe.dtype, probe.device
     n = opt.select_samples
 
-    def normal(*key: object) -> Tensor:
+    def normal(*key: object) -> tuple[Tensor, Cond]:
+        """Noise rows, each with the conditioning of a data row of its own."""
         g = torch.Generator().manual_seed(seed_for(task.seed, "select", *key))
-        return torch.randn((n, *shape), generator=g, dtype=dtype).to(dev)
+        _, cond = draw(task.data, n, torch.Generator().manual_seed(seed_for(task.seed, "select", "cond", *key)))
+        return torch.randn((n, *shape), generator=g, dtype=dtype).to(dev), to(cond, dev)
 
     calls = 0
     refs = []
     for half in ("choose", "validate"):
         if opt.reference == "model":
             ref_s = _reference_schedule(task, opt.reference_steps)
-            refs.append(run_samples(opt.reference_solver, task.denoiser, normal("reference-noise", half), ref_s,
-                                    seed_for(task.seed, "select", "reference", half), task.batch_size))
+            ref_noise, ref_cond = normal("reference-noise", half)
+            refs.append(run_samples(opt.reference_solver, task.denoiser, ref_noise, ref_s,
+                                    seed_for(task.seed, "select", "reference", half), task.batch_size, ref_cond))
             calls += n * solvers.count_calls(opt.reference_solver, schedules.to_sampling(ref_s))
         else:
-            refs.append(_data_sample(task.data, n, torch.Generator().manual_seed(seed_for(task.seed, "select", half))))
+            refs.append(draw(task.data, n, torch.Generator().manual_seed(seed_for(task.seed, "select", half)))[0])
     bandwidth = metrics.median_bandwidth(refs[0]) if opt.select == "mmd" else None
-    return Evidence(normal("noise"), refs[0], normal("val-noise"), refs[1], calls, bandwidth)
+    (noise, cond), (val_noise, val_cond) = normal("noise"), normal("val-noise")
+    return Evidence(noise, refs[0], val_noise, refs[1], calls, bandwidth, cond, val_cond)
 
 
 class _Judge:
@@ -255,10 +265,14 @@ class _Judge:
         self.calls = 0
 
     def __call__(self, sigmas: Tensor, held_out: bool = False) -> float:
-        noise, ref = (self.ev.val_noise, self.ev.val_reference) if held_out else (self.ev.noise, self.ev.reference)
+        ev = self.ev
+        if held_out:
+            noise, ref, cond = ev.val_noise, ev.val_reference, ev.val_cond
+        else:
+            noise, ref, cond = ev.noise, ev.reference, ev.cond
         key = "val-solver" if held_out else "solver"
         x = run_samples(self.task.solver, self.task.denoiser, noise, sigmas, seed_for(self.task.seed, "select", key),
-                        self.task.batch_size)
+                        self.task.batch_size, cond)
         self.calls += noise.shape[0] * solvers.count_calls(self.task.solver, schedules.to_sampling(sigmas))
         return discrepancy(self.opt.select, x, ref, projections=self.opt.projections, bandwidth=self.ev.bandwidth)
 

@@ -26,7 +26,8 @@ from .adapter import (
     read_latents,
 )
 from .export import DIFFUSERS_KINDS, diffusers_kind, plain_scheduler, run_diffusers_pipeline, to_diffusers
-from .family import FAMILIES, Family, family_of
+from .families import FAMILIES, family_of
+from .family import Family
 from .flow import PURE_NOISE_SIGMA
 from .job import DiffusersJob, load_diffusers_job
 from .pipeline import load_pipeline, load_scheduler

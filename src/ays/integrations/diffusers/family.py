@@ -12,7 +12,7 @@ kind, what diffusers' own ``__call__`` does around the network:
 - the default schedule the pipeline runs (:meth:`Family.default_schedule`, with the
   scheduler's shift), its guidance, and what the schedule file records (:meth:`Family.info`).
 
-:func:`family_of` picks the family of a pipeline, or says what is missing and points to
+:func:`~.families.family_of` picks the family of a pipeline, or says what is missing and points to
 :func:`ays.integrations.diffusers.denoiser_from_parts` for anything else.
 """
 
@@ -31,7 +31,7 @@ from ...noise import NoiseSchedule
 from ...validate import AysError
 from .denoiser import PipelineDenoiser
 
-__all__ = ["FAMILIES", "Family", "family_of"]
+__all__ = ["Family", "has", "net_class"]
 
 Tensor = torch.Tensor
 
@@ -181,35 +181,6 @@ def _jsonable(v: Any) -> bool:
     if isinstance(v, (list, tuple)):
         return all(_jsonable(x) for x in v)
     return False
-
-
-def _families() -> list[type[Family]]:
-    from .flux import Flux
-    from .sd import StableDiffusion
-    from .sd3 import SD3
-    from .sdxl import SDXL
-
-    # most specific first: SDXL's UNet also has what SD needs
-    return [Flux, SD3, SDXL, StableDiffusion]
-
-
-#: the family names, in the order :func:`family_of` tries them
-FAMILIES = ("flux", "sd3", "sdxl", "sd")
-
-
-def family_of(pipe: Any) -> Family:
-    """The :class:`Family` of a loaded diffusers pipeline, or an :class:`AysError` saying what is missing."""
-    reasons = []
-    for cls in _families():
-        missing = cls.missing(pipe)
-        if not missing:
-            return cls(pipe)
-        reasons.append(f"{cls.name}: no {', '.join(missing)}")
-    raise AysError(
-        f"{type(pipe).__name__} is not a pipeline family ays knows (SD 1.x/2.x, SDXL, SD3, Flux) — "
-        f"{'; '.join(reasons)}; build its denoiser in Python with "
-        "ays.integrations.diffusers.denoiser_from_parts(model, scheduler, cond=...)"
-    )
 
 
 def has(obj: Any, *names: str) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ...validate import AysError
 from .export import run_diffusers_pipeline
-from .family import family_of
+from .families import family_of
 from .job import parse_resolution
 from .pipeline import load_pipeline
 

@@ -24,7 +24,8 @@ from ...noise import NoiseSchedule
 from ...validate import AysError
 from . import data as D
 from .denoiser import PipelineDenoiser
-from .family import Family, family_of
+from .families import family_of
+from .family import Family
 from .pipeline import load_pipeline, pipeline_folder
 
 __all__ = ["DiffusersJob", "load_diffusers_job", "parse_resolution"]
