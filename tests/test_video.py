@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import ays
-from ays.problems import video
-from ays.problems import digits_data
+from ays.problems import digits_data, video
 from ays.validate import AysError
 
 
