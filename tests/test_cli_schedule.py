@@ -40,6 +40,16 @@ def test_published_schedule_in_sampling_form_ends_in_zero(capsys: pytest.Capture
     assert code == 0 and len(values) == 21 and values[-1] == 0.0 and values[0] == pytest.approx(14.615)
 
 
+def test_a_model_folder_named_like_a_table_does_not_hide_it(tmp_path, monkeypatch, capsys) -> None:
+    # Users keep pipelines in ./sdxl; `ays schedule sdxl` still means NVIDIA's table.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sdxl").mkdir()
+    for fmt in ("sampling", "comfyui"):
+        code, out, err = run(["schedule", "sdxl", "-n", "10", "-f", fmt], capsys)
+        assert code == 0, err
+        assert json.loads(out)[:2] == pytest.approx([14.615, 6.315], abs=1e-3)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -48,6 +48,9 @@ _OPT = "--samples 128 -O select_samples=256 -O grid=32 -O refine_budget=4 -O fin
 _TRAIN = "--steps 30"
 _EVAL = "--samples 128 --seeds 2 -q"
 
+# Small settings of the per-family commands: the tiny pipelines are 16x16 images.
+_FAMILY_SMALL = " --samples 8 --method coordinate -O max_sweeps=1 -O candidates=3 -q"
+
 # The command as the docs show it -> the command run (same files, small settings).
 SMALL: dict[str, str] = {
     "make demo": "ays demo --method dmn --eval-samples 256 --seeds 2 -q",
@@ -84,6 +87,16 @@ SMALL: dict[str, str] = {
         f"ays train digits {_TRAIN} --seed 0 --out src/ays/weights/digits.pt --plot docs/img/train-loss-digits.png",
     "ays train digits --steps 6000 --seed 0 --out digits.pt -N width=16":
         f"ays train digits {_TRAIN} --seed 0 --out digits.pt -N width=16",
+    **{cmd: cmd.replace(res, "--resolution 16").replace("--steps 10", "--steps 3") + _FAMILY_SMALL for cmd, res in [
+        ("ays optimize --diffusers ./sd15 --images photos/ --resolution 512 --steps 10 --out sd15.json",
+         "--resolution 512"),
+        ("ays optimize --diffusers ./sdxl --prompts prompts.txt --resolution 1024 --guidance-scale 5 --steps 10"
+         " --out sdxl.json", "--resolution 1024"),
+        ("ays optimize --diffusers ./sd3 --images photos/ --resolution 1024 --guidance-scale 7 --steps 10"
+         " --out sd3.json", "--resolution 1024"),
+        ("ays optimize --diffusers ./flux-dev --prompts prompts.txt --resolution 1024 --guidance-scale 3.5"
+         " --steps 10 --out flux.json", "--resolution 1024"),
+    ]},
 }
 
 # The only commands the pages show that are not run here.
@@ -288,6 +301,23 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trained.save(root / "model.pt")
     pytest.importorskip("diffusers")
     shutil.move(tiny_pipelines.build("sd15", tmp_path_factory.mktemp("pipelines")), root / "my-sd15")
+    # The model families of the README: tiny random pipelines as users have them, captioned
+    # images and a prompt file; the schedule files the later commands read.
+    for family, folder in (("sd15", "sd15"), ("sdxl", "sdxl"), ("sd3", "sd3"), ("flux", "flux-dev")):
+        shutil.move(tiny_pipelines.build(family, tmp_path_factory.mktemp("pipelines")), root / folder)
+    from PIL import Image
+
+    (root / "photos").mkdir()
+    for i, caption in enumerate(("a cat", "a dog", "a red house")):
+        pixels = torch.randint(0, 256, (20, 24, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(root / "photos" / f"im{i}.png")
+        (root / "photos" / f"im{i}.txt").write_text(caption + "\n")
+    (root / "prompts.txt").write_text("a cat\na dog\n")
+    for cmd in SMALL:
+        if cmd.startswith("ays optimize --diffusers ./") and ("sdxl.json" in cmd or "sd3.json" in cmd
+                                                                or "flux.json" in cmd):
+            done = run(SMALL[cmd], root)
+            assert done.returncode == 0, done.stderr
     sd15 = ays.OptimizeResult(sigmas=ays.schedules.published("sd15", steps=10), steps=10, solver="dpmpp_2m",
                               method="published", model="sd15")
     sd15.save(root / "sd15.json")

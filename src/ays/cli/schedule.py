@@ -52,7 +52,7 @@ def resolve(name: str, steps: int | None, sigma_min: float | None, sigma_max: fl
     from ._defaults import noise_range, range_note
 
     flags = sigma_min is not None or sigma_max is not None
-    if os.path.exists(name) or name.endswith(".json"):
+    if os.path.isfile(name) or name.endswith(".json"):  # a folder named like a table (./sdxl) is no schedule
         from ..optimize import load_schedule
 
         sigmas = load_schedule(name).sigmas

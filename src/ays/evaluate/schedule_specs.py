@@ -27,7 +27,7 @@ Tensor = torch.Tensor
 
 
 def _is_path(spec: str) -> bool:
-    return spec.endswith(".json") or os.sep in spec or os.path.exists(spec)
+    return spec.endswith(".json") or os.sep in spec or os.path.isfile(spec)
 
 
 def schedule_label(spec: Any) -> str:

@@ -108,7 +108,7 @@ def _noise_kind(settings: Any) -> str | None:
 
 
 def _looks_like_path(obj: str) -> bool:
-    return obj.endswith(".json") or os.sep in obj or "/" in obj or os.path.exists(obj)
+    return obj.endswith(".json") or os.sep in obj or "/" in obj or os.path.isfile(obj)
 
 
 def resolve(schedule: ScheduleLike, steps: int | None = None) -> ResolvedSchedule:
