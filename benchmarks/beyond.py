@@ -39,9 +39,9 @@ import torch
 from ays import metrics, problems, schedules
 from ays.io import atomic_write_text
 from ays.klub import table as T
+from ays.optimize import ays as S
 from ays.optimize import dp as D
 from ays.optimize import optimize
-from ays.optimize import select as S
 from ays.optimize.task import Task
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.beyond

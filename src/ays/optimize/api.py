@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .. import device as _device
+from .. import solvers
 from ..data import check_data, draw
 from ..klub import seed_for
 from ..noise import DiscreteVP, NoiseSchedule
@@ -22,33 +23,9 @@ from ..validate import AysError, check_choice, check_range, check_sigmas, check_
 from .result import OptimizeResult
 from .task import DEFAULT_METHOD, DEFAULT_SOLVER, METHODS, Denoiser, Progress, Task
 
-__all__ = ["SOLVER_NAMES", "optimize", "solver_names"]
+__all__ = ["optimize"]
 
 Tensor = torch.Tensor
-
-#: Solver names of DESIGN.md; used when the solver registry is not importable.
-SOLVER_NAMES = (
-    "euler", "heun", "dpmpp_2m", "dpmpp_3m", "stochastic_ddim", "euler_ancestral",
-    "dpmpp_2m_sde", "dpmpp_3m_sde", "er_sde", "edm_stochastic",
-)  # fmt: skip
-
-
-def solver_names() -> list[str]:
-    """The names ``solver=`` accepts: the solver registry's, or DESIGN.md's list without it."""
-    try:
-        from .. import solvers
-    except ImportError:
-        return list(SOLVER_NAMES)
-    for attr in ("names", "available"):
-        fn = getattr(solvers, attr, None)
-        if callable(fn):
-            return list(fn())
-    for attr in ("SOLVERS", "REGISTRY"):
-        reg = getattr(solvers, attr, None)
-        if isinstance(reg, dict):
-            return list(reg)
-    return list(SOLVER_NAMES)
-
 
 def _float_or_none(v: Any, name: str) -> float | None:
     if v is None:
@@ -132,7 +109,7 @@ def optimize(
     check_choice(method, METHODS, what="method")
     if not isinstance(solver, str):
         raise AysError(f"solver must be a name, got {solver!r}")
-    check_choice(solver, solver_names(), what="solver")
+    check_choice(solver, solvers.names(), what="solver")
     samples = check_steps(samples, name="samples", minimum=2)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise AysError(f"seed must be an integer, got {seed!r}")
