@@ -8,6 +8,7 @@ it names, and checked against the order of the rooms below.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,14 @@ def _room(module: str) -> str | None:
 def test_every_room_has_a_place_in_the_order() -> None:
     rooms = {_room(m) for m in MODULES} - {None}
     assert rooms <= set(RANK), f"rooms missing from ROOMS: {sorted(rooms - set(RANK))}"
+
+
+def test_the_order_is_the_one_the_docs_state() -> None:
+    # docs/architecture.md states the order in one line of `room` → `room` → ...
+    text = (SRC.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    start = text.index("`validate` →")
+    stated = re.findall(r"`([a-z_]+)`", text[start : text.index("\n\n", start)])
+    assert stated == [r for r in ROOMS if not r.startswith("_")]
 
 
 def test_the_resolver_sees_real_edges() -> None:
