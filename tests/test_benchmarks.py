@@ -122,6 +122,21 @@ def test_digits(tmp_path: Path) -> None:
     assert {"digits_fd", "precision", "recall", "sliced_w2", "klub"} <= set(rows[0])
 
 
+
+def test_mnist(tmp_path: Path) -> None:
+    _script("mnist").main(["--quick", "--heuristics", "karras,loglinear", "--methods", "dmn", "--judge", "dmn",
+                           "--steps", "4", "--solvers", "euler", "--samples", "64", "--seeds", "2",
+                           "--no-plots", "--out", str(tmp_path)])
+    rows = _check_schedules_table(tmp_path, "mnist", "mnist", tmp_path / "mnist.md")
+    assert {r["schedule"] for r in rows} == {"karras", "loglinear", "dmn"} and all(r["mnist_fd"] > 0 for r in rows)
+    (cost,) = _check_rows(tmp_path, "mnist_cost", "mnist")
+    assert cost["method"] == "dmn" and cost["calls"] == 0  # DMN never calls the model
+    # the summary: the cost table, and the verdict of dmn against the better heuristic in the one cell
+    tables = _md_tables((tmp_path / "mnist_summary.md").read_text())
+    assert [line[0] for line in tables[0][1:]] == ["dmn"]
+    (word,) = H.verdicts(rows, "mnist_fd", "dmn", ["karras", "loglinear"]).values()
+    assert tables[1][1] == ["euler", word]
+
 def test_table4(tmp_path: Path) -> None:
     _script("table4").main(["--quick", "--model", "exact", "--samples", "64", "--opt-samples", "32",
                             "--klub-samples", "64", "--max-sweeps", "1", "--steps", "4", "--cases", "gmm-8x4",
