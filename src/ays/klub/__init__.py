@@ -15,39 +15,18 @@
 from __future__ import annotations
 
 from .._callable import make_callable
-from . import proposal, solver, table
-from .estimator import (
-    DEFAULT_BATCH_SIZE,
-    Denoiser,
-    IntervalEstimate,
-    KlubDraws,
-    KlubEstimate,
-    estimate_schedule,
-    gaussian_klub,
-    gaussian_klub_optimal,
-    interval_klub,
-    klub,
-    seed_for,
-)
+from . import estimator, proposal, solver, table
+from .estimator import *  # noqa: F403  (its __all__ is re-exported whole, below)
+from .estimator import klub
 from .proposal import proposal_cdf, proposal_density, proposal_normalizer, proposal_sample
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "Denoiser",
-    "IntervalEstimate",
-    "KlubDraws",
-    "KlubEstimate",
-    "estimate_schedule",
-    "gaussian_klub",
-    "gaussian_klub_optimal",
-    "interval_klub",
-    "klub",
+    *estimator.__all__,
     "proposal",
     "proposal_cdf",
     "proposal_density",
     "proposal_normalizer",
     "proposal_sample",
-    "seed_for",
     "solver",
     "table",
 ]

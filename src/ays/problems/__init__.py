@@ -1,21 +1,9 @@
 """Exact problems: data distributions whose ideal denoiser is known in closed form.
 
-Every problem here is an isotropic Gaussian mixture
-
-    p(x0) = Σ_k w_k N(x0; mu_k, s_k² I),     s_k >= 0 (s_k = 0 is a point mass),
-
-so that, in the EDM convention ``x_sigma = x0 + sigma * eps``, the noised marginal is
-again a mixture, ``p_sigma = Σ_k w_k N(mu_k, (s_k² + sigma²) I)``, and the ideal
-denoiser ``D(x, sigma) = E[x0 | x_sigma = x]`` (the posterior mean) is exact:
-
-    r_k(x, sigma) ∝ w_k N(x; mu_k, (s_k² + sigma²) I)              (responsibilities)
-    D(x, sigma)   = Σ_k r_k [mu_k + s_k² / (s_k² + sigma²) (x - mu_k)]
-    ∇ log p_sigma = Σ_k r_k (mu_k - x) / (s_k² + sigma²) = (D - x) / sigma²   (Tweedie)
-
-Schedules and solvers can therefore be judged against the truth (Karras et al. 2022,
-"Elucidating the design space", §2; the toy problems of Align Your Steps, arXiv
-2404.14507, App. D). The empirical distribution of a finite data set (all ``s_k = 0``)
-gives the exact denoiser of a training set.
+Every problem here is an isotropic Gaussian mixture ``p(x0) = Σ_k w_k N(x0; mu_k, s_k² I)``, whose
+noised marginal and ideal denoiser (the posterior mean) are exact; the formulas, with their
+sources, are in :mod:`ays.problems.mixture`. The empirical distribution of a finite data set
+(all ``s_k = 0``) gives the exact denoiser of a training set.
 
 Named problems (:func:`get`, :func:`names`): ``gaussian`` (N(0, 0.25 I) in 2-D),
 the 2-D grids ``gmm-8x8``, ``gmm-8x4``, ``gmm-6x6``, ``rings``, ``moons``,
