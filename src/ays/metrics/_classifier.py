@@ -5,9 +5,11 @@ features of a fixed classifier. Each image family of ays (the 8×8 digits,
 :mod:`ays.metrics.digits`; 28×28 MNIST, :mod:`ays.metrics.mnist`) has its own small conv
 net in Inception's role; this module holds the parts that do not depend on the family:
 
+- :class:`ConvNet`: conv + ReLU (+ 2×2 max-pool) blocks, a ReLU feature layer, 10 logits;
 - :func:`fit`: cross-entropy training with Adam, a cosine-decayed learning rate and random
   pixel shifts, every draw (initialisation included) from one generator seeded ``seed``;
-- :func:`accuracy`, :func:`embed` (the penultimate layer, in float64);
+- :func:`accuracy`, :func:`embed` (the penultimate layer, in float64), :func:`embed_images`
+  (the same after checking the image size);
 - :func:`save` (atomic: temp file, fsync, replace) and :func:`load` (``weights_only``,
   checked format, frozen, cached per file).
 
@@ -21,19 +23,45 @@ import functools
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ays.metrics._common import as_samples
 from ays.validate import AysError, check_steps
 
-__all__ = ["accuracy", "embed", "fit", "load", "save", "shift"]
+__all__ = ["ConvNet", "accuracy", "embed", "embed_images", "fit", "load", "save", "shift"]
 
 Tensor = torch.Tensor
 _BATCH = 4096  # images per forward pass when embedding
+
+
+class ConvNet(nn.Module):
+    """``features``: per block ``(c_in, c_out, pool)`` a 3×3 conv, a ReLU and (if ``pool``) a 2×2 max-pool;
+    then a flatten, ``Linear(flat, feature_dim)`` and a ReLU. ``head``: ``Linear(feature_dim, 10)``.
+
+    The layers sit in one ``nn.Sequential`` in that order, so the state-dict keys
+    (``features.0.weight``, ...) are those of the shipped weight files.
+    """
+
+    feature_dim = 64
+
+    def __init__(self, blocks: Sequence[tuple[int, int, bool]], flat: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for c_in, c_out, pool in blocks:
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
+            if pool:
+                layers.append(nn.MaxPool2d(2))
+        layers += [nn.Flatten(), nn.Linear(flat, self.feature_dim), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(self.feature_dim, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
 
 
 def _init(model: nn.Module, generator: torch.Generator) -> None:
@@ -105,6 +133,16 @@ def embed(model: nn.Module, x: Tensor) -> Tensor:
     """``model.features`` of images ``x`` (run in float32 on the CPU, in batches), returned in float64."""
     x = x.to("cpu", torch.float32)
     return torch.cat([model.features(x[s : s + _BATCH]) for s in range(0, x.shape[0], _BATCH)]).to(torch.float64)
+
+
+def embed_images(model: nn.Module, images: Tensor, side: int, family: str) -> Tensor:
+    """:func:`embed` of ``family`` images ``[N, 1, side, side]`` or ``[N, side²]``; other sizes are an AysError."""
+    x = as_samples(images, name="images")
+    if x.shape[1] != side * side:
+        raise AysError(
+            f"{family} images must have {side * side} pixels ([N, 1, {side}, {side}]), got shape {tuple(images.shape)}"
+        )
+    return embed(model, x.reshape(-1, 1, side, side))
 
 
 def save(model: nn.Module, path: str | os.PathLike[str], *, fmt: str, command: str, **meta: Any) -> None:

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from ays.metrics import _classifier
-from ays.metrics._common import as_samples
 from ays.metrics.distances import frechet_distance
 from ays.validate import AysError
 
@@ -49,33 +48,14 @@ _FORMAT = "ays-digits-classifier/1"
 _COMMAND = "python benchmarks/train_digits_classifier.py"
 
 
-class DigitsClassifier(nn.Module):
+class DigitsClassifier(_classifier.ConvNet):
     """A small conv net for 8×8 digits: 3 conv layers, a 64-unit feature layer, 10 logits.
 
     ``features(x)`` (the penultimate layer) is the embedding used by :func:`digits_fd`.
     """
 
-    feature_dim = 64
-
     def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),  # 8x8 -> 4x4
-            nn.Conv2d(32, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),  # 4x4 -> 2x2
-            nn.Flatten(),
-            nn.Linear(128, self.feature_dim),
-            nn.ReLU(),
-        )
-        self.head = nn.Linear(self.feature_dim, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        super().__init__(((1, 16, False), (16, 32, True), (32, 32, True)), flat=128)
 
 
 def digits_labelled(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,17 +110,15 @@ def load_digits_classifier(path: str | os.PathLike[str] | None = None) -> tuple[
 
     Default path: the shipped ``ays/weights/digits_classifier.pt``.
     """
-    return _classifier.load(str(Path(path) if path is not None else DIGITS_CLASSIFIER_PATH), DigitsClassifier, _FORMAT,
-                            _COMMAND)
+    return _classifier.load(
+        str(Path(path) if path is not None else DIGITS_CLASSIFIER_PATH), DigitsClassifier, _FORMAT, _COMMAND
+    )
 
 
 def digits_features(images: torch.Tensor, *, path: str | os.PathLike[str] | None = None) -> torch.Tensor:
     """Penultimate-layer features ``[N, 64]`` (float64) of 8×8 digit images ``[N, 1, 8, 8]`` or ``[N, 64]``."""
-    x = as_samples(images, name="images")
-    if x.shape[1] != 64:
-        raise AysError(f"digit images must have 64 pixels ([N, 1, 8, 8]), got shape {tuple(images.shape)}")
     model, _ = load_digits_classifier(path)
-    return _classifier.embed(model, x.reshape(-1, 1, 8, 8))
+    return _classifier.embed_images(model, images, 8, "digit")
 
 
 def digits_fd(

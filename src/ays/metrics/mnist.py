@@ -27,9 +27,7 @@ import torch
 from torch import nn
 
 from ays.metrics import _classifier
-from ays.metrics._common import as_samples
 from ays.metrics.distances import frechet_distance
-from ays.validate import AysError
 
 __all__ = [
     "MNIST_CLASSIFIER_PATH",
@@ -47,36 +45,14 @@ _FORMAT = "ays-mnist-classifier/1"
 _COMMAND = "python benchmarks/train_mnist_classifier.py"
 
 
-class MnistClassifier(nn.Module):
+class MnistClassifier(_classifier.ConvNet):
     """A small conv net for 28×28 digits: 4 conv layers (28 → 14 → 7 → 3), a 64-unit feature layer, 10 logits.
 
     ``features(x)`` (the penultimate layer) is the embedding used by :func:`mnist_fd`.
     """
 
-    feature_dim = 64
-
     def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),  # 28 -> 14
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),  # 14 -> 7
-            nn.Conv2d(64, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),  # 7 -> 3
-            nn.Flatten(),
-            nn.Linear(64 * 3 * 3, self.feature_dim),
-            nn.ReLU(),
-        )
-        self.head = nn.Linear(self.feature_dim, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        super().__init__(((1, 32, False), (32, 32, True), (32, 64, True), (64, 64, True)), flat=64 * 3 * 3)
 
 
 def _labelled(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,11 +95,8 @@ def load_mnist_classifier(path: str | os.PathLike[str] | None = None) -> tuple[M
 
 def mnist_features(images: torch.Tensor, *, path: str | os.PathLike[str] | None = None) -> torch.Tensor:
     """Penultimate-layer features ``[N, 64]`` (float64) of images ``[N, 1, 28, 28]`` or ``[N, 784]``."""
-    x = as_samples(images, name="images")
-    if x.shape[1] != 784:
-        raise AysError(f"mnist images must have 784 pixels ([N, 1, 28, 28]), got shape {tuple(images.shape)}")
     model, _ = load_mnist_classifier(path)
-    return _classifier.embed(model, x.reshape(-1, 1, 28, 28))
+    return _classifier.embed_images(model, images, 28, "mnist")
 
 
 def mnist_fd(
