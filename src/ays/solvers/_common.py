@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -38,6 +38,7 @@ __all__ = [
     "Denoiser",
     "NoiseSampler",
     "Run",
+    "RunArgs",
     "ancestral_split",
     "check_eta",
     "exp_step",
@@ -51,6 +52,14 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 #: ``noise_sampler(sigma, sigma_next) -> Tensor`` of ``x``'s shape, unit variance.
 NoiseSampler = Callable[[float, float], Tensor]
 Callback = Callable[[dict[str, Any]], None]
+
+
+class RunArgs(TypedDict, total=False):
+    """The keywords every solver takes, k-diffusion's (``solver(denoiser, x, sigmas, **run)``): see :class:`Run`."""
+
+    generator: torch.Generator | None
+    callback: Callback | None
+    noise_sampler: NoiseSampler | None
 
 
 class Run:
@@ -70,9 +79,9 @@ class Run:
         denoiser: Denoiser,
         x: Tensor,
         sigmas: Any,
-        generator: torch.Generator | None,
-        callback: Callback | None,
-        noise_sampler: NoiseSampler | None,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+        noise_sampler: NoiseSampler | None = None,
     ) -> None:
         if not callable(denoiser):
             raise AysError(f"denoiser must be callable, got {type(denoiser).__name__}")
@@ -120,16 +129,25 @@ class Run:
         z = torch.randn(x.shape, generator=g, dtype=x.dtype, device=g.device)
         return z.to(x.device)
 
+    def denoise_step(self, i: int, x: Tensor, sigma: float, sigma_hat: float | None = None) -> Tensor:
+        """``D(x, sigma_hat)`` at the start of step ``i`` (``sigma_hat`` defaults to ``sigma``), reported."""
+        sigma_hat = sigma if sigma_hat is None else sigma_hat
+        denoised = self.denoise(x, sigma_hat)
+        self.report(i, x, sigma, sigma_hat, denoised)
+        return denoised
+
     def report(self, i: int, x: Tensor, sigma: float, sigma_hat: float, denoised: Tensor) -> None:
         """Call the callback with k-diffusion's dict ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}``."""
         if self.callback is not None:
-            self.callback({
-                "x": x,
-                "i": i,
-                "sigma": torch.tensor(sigma, dtype=torch.float64),
-                "sigma_hat": torch.tensor(sigma_hat, dtype=torch.float64),
-                "denoised": denoised,
-            })
+            self.callback(
+                {
+                    "x": x,
+                    "i": i,
+                    "sigma": torch.tensor(sigma, dtype=torch.float64),
+                    "sigma_hat": torch.tensor(sigma_hat, dtype=torch.float64),
+                    "denoised": denoised,
+                }
+            )
 
 
 def log_step(sigma: float, sigma_next: float) -> float:

@@ -14,29 +14,22 @@ The DPM-Solver++ multistep solvers live in :mod:`ays.solvers.dpmpp`.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 
-from ._common import Callback, Denoiser, NoiseSampler, Run, exp_step, to_d
+from ._common import Denoiser, Run, RunArgs, exp_step, to_d
 
 __all__ = ["euler", "heun", "heun_step"]
 
 Tensor = torch.Tensor
 
 
-def euler(
-    denoiser: Denoiser,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    noise_sampler: NoiseSampler | None = None,
-) -> Tensor:
+def euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, **run_args: Unpack[RunArgs]) -> Tensor:
     """Euler's method = DDIM (eta = 0): ``x_next = D + (s_next / s)(x - D)``. First order, one call per step."""
-    run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    run = Run(denoiser, x, sigmas, **run_args)
     for i, s, s_next in run.intervals():
-        denoised = run.denoise(x, s)
-        run.report(i, x, s, s, denoised)
+        denoised = run.denoise_step(i, x, s)
         x = exp_step(x, denoised, s_next / s)
     return x
 
@@ -55,19 +48,10 @@ def heun_step(run: Run, x: Tensor, denoised: Tensor, sigma: float, sigma_next: f
     return x + (sigma_next - sigma) * 0.5 * (to_d(x, sigma, denoised) + d_next)
 
 
-def heun(
-    denoiser: Denoiser,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    noise_sampler: NoiseSampler | None = None,
-) -> Tensor:
+def heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, **run_args: Unpack[RunArgs]) -> Tensor:
     """Heun's second-order method (EDM Algorithm 1): two calls per step, one on a step into 0."""
-    run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    run = Run(denoiser, x, sigmas, **run_args)
     for i, s, s_next in run.intervals():
-        denoised = run.denoise(x, s)
-        run.report(i, x, s, s, denoised)
+        denoised = run.denoise_step(i, x, s)
         x = heun_step(run, x, denoised, s, s_next)
     return x

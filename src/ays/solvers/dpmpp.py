@@ -31,11 +31,12 @@ step's limit).
 from __future__ import annotations
 
 import math
+from typing import Unpack
 
 import torch
 
 from ..validate import check_choice, check_positive
-from ._common import Callback, Denoiser, NoiseSampler, Run, check_eta, exp_step, log_step, phi_functions
+from ._common import Denoiser, Run, RunArgs, check_eta, exp_step, log_step, phi_functions
 
 __all__ = ["dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m", "dpmpp_3m_sde", "dpmpp_multistep"]
 
@@ -58,8 +59,7 @@ def dpmpp_multistep(
     # history of (denoised, h) of the previous steps, newest first
     history: list[tuple[Tensor, float]] = []
     for i, s, s_next in run.intervals():
-        denoised = run.denoise(x, s)
-        run.report(i, x, s, s, denoised)
+        denoised = run.denoise_step(i, x, s)
         if s_next == 0:
             x = denoised
             continue
@@ -87,34 +87,18 @@ def dpmpp_multistep(
     return x
 
 
-def dpmpp_2m(
-    denoiser: Denoiser,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    noise_sampler: NoiseSampler | None = None,
-) -> Tensor:
+def dpmpp_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, **run_args: Unpack[RunArgs]) -> Tensor:
     """DPM-Solver++(2M) on the probability-flow ODE (k-diffusion's ``sample_dpmpp_2m``). Second order."""
-    run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    run = Run(denoiser, x, sigmas, **run_args)
     return dpmpp_multistep(run, x, order=2)
 
 
-def dpmpp_3m(
-    denoiser: Denoiser,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    noise_sampler: NoiseSampler | None = None,
-) -> Tensor:
+def dpmpp_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, **run_args: Unpack[RunArgs]) -> Tensor:
     """DPM-Solver++(3M) on the ODE: k-diffusion's ``sample_dpmpp_3m_sde`` with ``eta = 0``.
 
     Global order 2 (see the module docstring), with a smaller error than 2M.
     """
-    run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    run = Run(denoiser, x, sigmas, **run_args)
     return dpmpp_multistep(run, x, order=3)
 
 
@@ -123,19 +107,17 @@ def dpmpp_2m_sde(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    noise_sampler: NoiseSampler | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
     solver_type: str = "midpoint",
+    **run_args: Unpack[RunArgs],
 ) -> Tensor:
     """SDE-DPM-Solver++(2M) (k-diffusion's ``sample_dpmpp_2m_sde``; diffusers' ``sde-dpmsolver++``).
 
     ``eta`` scales the noise (0: the ODE solver 2M), ``s_noise`` the drawn noise,
     ``solver_type`` is ``"midpoint"`` (default, as k-diffusion and diffusers) or ``"heun"``.
     """
-    run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    run = Run(denoiser, x, sigmas, **run_args)
     return dpmpp_multistep(run, x, order=2, eta=eta, s_noise=s_noise, solver_type=solver_type)
 
 
@@ -144,12 +126,10 @@ def dpmpp_3m_sde(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    noise_sampler: NoiseSampler | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
+    **run_args: Unpack[RunArgs],
 ) -> Tensor:
     """SDE-DPM-Solver++(3M) (k-diffusion's ``sample_dpmpp_3m_sde``); ``eta = 0`` is :func:`dpmpp_3m`."""
-    run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    run = Run(denoiser, x, sigmas, **run_args)
     return dpmpp_multistep(run, x, order=3, eta=eta, s_noise=s_noise)

@@ -30,12 +30,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from typing import Unpack
 
 import numpy as np
 import torch
 
 from ..validate import AysError, check_positive
-from ._common import Callback, Denoiser, NoiseSampler, Run, exp_step
+from ._common import Denoiser, Run, RunArgs, exp_step
 
 __all__ = ["default_noise_scaler", "er_sde"]
 
@@ -78,12 +79,10 @@ def er_sde(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    noise_sampler: NoiseSampler | None = None,
     order: int = 3,
     s_noise: float = 1.0,
     noise_scaler: NoiseScaler | None = None,
+    **run_args: Unpack[RunArgs],
 ) -> Tensor:
     """ER-SDE-Solver-``order`` (1, 2 or 3; default 3 as ComfyUI) in the EDM (VE) convention.
 
@@ -98,13 +97,12 @@ def er_sde(
     scaler = default_noise_scaler if noise_scaler is None else noise_scaler
     if not callable(scaler):
         raise AysError(f"er_sde noise_scaler must be callable, got {type(scaler).__name__}")
-    run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    run = Run(denoiser, x, sigmas, **run_args)
     weights = _step_weights(scaler, run.sigmas)
     prev: Tensor | None = None  # D at the previous step
     prev_d1: Tensor | None = None  # D' estimated at the previous step
     for i, lam_s, lam_t in run.intervals():
-        denoised = run.denoise(x, lam_s)
-        run.report(i, x, lam_s, lam_s, denoised)
+        denoised = run.denoise_step(i, x, lam_s)
         if lam_t == 0:
             x = denoised
             continue

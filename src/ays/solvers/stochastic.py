@@ -24,11 +24,12 @@ solvers in :mod:`ays.solvers.dpmpp`.
 from __future__ import annotations
 
 import math
+from typing import Unpack
 
 import torch
 
 from ..validate import check_positive
-from ._common import Callback, Denoiser, NoiseSampler, Run, ancestral_split, check_eta, exp_step, log_step
+from ._common import Denoiser, Run, RunArgs, ancestral_split, check_eta, exp_step, log_step
 from .deterministic import heun_step
 
 __all__ = ["edm_stochastic", "euler_ancestral", "stochastic_ddim"]
@@ -36,20 +37,11 @@ __all__ = ["edm_stochastic", "euler_ancestral", "stochastic_ddim"]
 Tensor = torch.Tensor
 
 
-def stochastic_ddim(
-    denoiser: Denoiser,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    noise_sampler: NoiseSampler | None = None,
-) -> Tensor:
+def stochastic_ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, **run_args: Unpack[RunArgs]) -> Tensor:
     """Stochastic DDIM (eta = 1): the exact step of the linearised reverse SDE. Weak order 1."""
-    run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    run = Run(denoiser, x, sigmas, **run_args)
     for i, s, s_next in run.intervals():
-        denoised = run.denoise(x, s)
-        run.report(i, x, s, s, denoised)
+        denoised = run.denoise_step(i, x, s)
         # s_next² / s² = e^{-2h}; into sigma = 0 it is 0 and the step is the final denoise
         h = log_step(s, s_next)
         x = exp_step(x, denoised, math.exp(-2.0 * h))
@@ -63,11 +55,9 @@ def euler_ancestral(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    noise_sampler: NoiseSampler | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
+    **run_args: Unpack[RunArgs],
 ) -> Tensor:
     """Euler ancestral (k-diffusion): ODE step to ``sigma_down``, then noise ``sigma_up * s_noise``.
 
@@ -75,10 +65,9 @@ def euler_ancestral(
     """
     eta = check_eta(eta)
     s_noise = check_positive(s_noise, name="s_noise", allow_zero=True)
-    run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    run = Run(denoiser, x, sigmas, **run_args)
     for i, s, s_next in run.intervals():
-        denoised = run.denoise(x, s)
-        run.report(i, x, s, s, denoised)
+        denoised = run.denoise_step(i, x, s)
         down, up = ancestral_split(s, s_next, eta)
         x = exp_step(x, denoised, down / s)
         if up > 0 and s_noise > 0:
@@ -91,13 +80,11 @@ def edm_stochastic(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    noise_sampler: NoiseSampler | None = None,
     S_churn: float = 40.0,
     S_min: float = 0.05,
     S_max: float = 50.0,
     S_noise: float = 1.0,
+    **run_args: Unpack[RunArgs],
 ) -> Tensor:
     """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2).
 
@@ -114,14 +101,13 @@ def edm_stochastic(
     S_min = check_positive(S_min, name="S_min", allow_zero=True)
     S_max = math.inf if S_max == math.inf else check_positive(S_max, name="S_max", allow_zero=True)
     S_noise = check_positive(S_noise, name="S_noise", allow_zero=True)
-    run = Run(denoiser, x, sigmas, generator, callback, noise_sampler)
+    run = Run(denoiser, x, sigmas, **run_args)
     gamma_max = min(S_churn / run.steps, math.sqrt(2.0) - 1.0)
     for i, s, s_next in run.intervals():
         gamma = gamma_max if S_min <= s <= S_max else 0.0
         s_hat = s * (1.0 + gamma)
         if gamma > 0 and S_noise > 0:
             x = x + run.noise(x, s, s_next) * (s * math.sqrt(gamma * (2.0 + gamma)) * S_noise)
-        denoised = run.denoise(x, s_hat)
-        run.report(i, x, s, s_hat, denoised)
+        denoised = run.denoise_step(i, x, s, s_hat)
         x = heun_step(run, x, denoised, s_hat, s_next)
     return x
