@@ -39,6 +39,7 @@ __all__ = [
     "NoiseSampler",
     "Run",
     "RunArgs",
+    "Step",
     "ancestral_split",
     "check_eta",
     "exp_step",
@@ -52,6 +53,8 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 #: ``noise_sampler(sigma, sigma_next) -> Tensor`` of ``x``'s shape, unit variance.
 NoiseSampler = Callable[[float, float], Tensor]
 Callback = Callable[[dict[str, Any]], None]
+#: ``step(run, x, denoised, sigma, sigma_next) -> x_next``: one step of a one-step solver.
+Step = Callable[["Run", Tensor, Tensor, float, float], Tensor]
 
 
 class RunArgs(TypedDict, total=False):
@@ -135,6 +138,19 @@ class Run:
         denoised = self.denoise(x, sigma_hat)
         self.report(i, x, sigma, sigma_hat, denoised)
         return denoised
+
+    def walk(self, x: Tensor, step: Step) -> Tensor:
+        """The loop of a one-step solver: per step ``x = step(run, x, D(x, s_i), s_i, s_{i+1})``, ``D`` reported."""
+        for i, s, s_next in self.intervals():
+            x = step(self, x, self.denoise_step(i, x, s), s, s_next)
+        return x
+
+    def ancestral_step(
+        self, x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, ratio: float, scale: float
+    ) -> Tensor:
+        """:func:`exp_step` with ``ratio``, then fresh noise times ``scale`` (drawn only if ``scale > 0``)."""
+        x = exp_step(x, denoised, ratio)
+        return x + self.noise(x, sigma, sigma_next) * scale if scale > 0 else x
 
     def report(self, i: int, x: Tensor, sigma: float, sigma_hat: float, denoised: Tensor) -> None:
         """Call the callback with k-diffusion's dict ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}``."""

@@ -27,11 +27,7 @@ Tensor = torch.Tensor
 
 def euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, **run_args: Unpack[RunArgs]) -> Tensor:
     """Euler's method = DDIM (eta = 0): ``x_next = D + (s_next / s)(x - D)``. First order, one call per step."""
-    run = Run(denoiser, x, sigmas, **run_args)
-    for i, s, s_next in run.intervals():
-        denoised = run.denoise_step(i, x, s)
-        x = exp_step(x, denoised, s_next / s)
-    return x
+    return Run(denoiser, x, sigmas, **run_args).walk(x, lambda run, x, d, s, s_next: exp_step(x, d, s_next / s))
 
 
 def heun_step(run: Run, x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
@@ -50,8 +46,4 @@ def heun_step(run: Run, x: Tensor, denoised: Tensor, sigma: float, sigma_next: f
 
 def heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, **run_args: Unpack[RunArgs]) -> Tensor:
     """Heun's second-order method (EDM Algorithm 1): two calls per step, one on a step into 0."""
-    run = Run(denoiser, x, sigmas, **run_args)
-    for i, s, s_next in run.intervals():
-        denoised = run.denoise_step(i, x, s)
-        x = heun_step(run, x, denoised, s, s_next)
-    return x
+    return Run(denoiser, x, sigmas, **run_args).walk(x, heun_step)

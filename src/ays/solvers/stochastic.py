@@ -29,7 +29,7 @@ from typing import Unpack
 import torch
 
 from ..validate import check_positive
-from ._common import Denoiser, Run, RunArgs, ancestral_split, check_eta, exp_step, log_step
+from ._common import Denoiser, Run, RunArgs, ancestral_split, check_eta, log_step
 from .deterministic import heun_step
 
 __all__ = ["edm_stochastic", "euler_ancestral", "stochastic_ddim"]
@@ -37,17 +37,17 @@ __all__ = ["edm_stochastic", "euler_ancestral", "stochastic_ddim"]
 Tensor = torch.Tensor
 
 
+def ddim_step(run: Run, x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
+    """One stochastic DDIM step: ``(s_next²/s²) x + (1 - s_next²/s²) D + s_next sqrt(1 - s_next²/s²) z``."""
+    # s_next² / s² = e^{-2h}; into sigma = 0 it is 0, the noise scale too: the final denoise
+    h = log_step(sigma, sigma_next)
+    ratio, scale = math.exp(-2.0 * h), sigma_next * math.sqrt(-math.expm1(-2.0 * h))
+    return run.ancestral_step(x, denoised, sigma, sigma_next, ratio, scale)
+
+
 def stochastic_ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, **run_args: Unpack[RunArgs]) -> Tensor:
     """Stochastic DDIM (eta = 1): the exact step of the linearised reverse SDE. Weak order 1."""
-    run = Run(denoiser, x, sigmas, **run_args)
-    for i, s, s_next in run.intervals():
-        denoised = run.denoise_step(i, x, s)
-        # s_next² / s² = e^{-2h}; into sigma = 0 it is 0 and the step is the final denoise
-        h = log_step(s, s_next)
-        x = exp_step(x, denoised, math.exp(-2.0 * h))
-        if s_next > 0:
-            x = x + run.noise(x, s, s_next) * (s_next * math.sqrt(-math.expm1(-2.0 * h)))
-    return x
+    return Run(denoiser, x, sigmas, **run_args).walk(x, ddim_step)
 
 
 def euler_ancestral(
@@ -65,14 +65,12 @@ def euler_ancestral(
     """
     eta = check_eta(eta)
     s_noise = check_positive(s_noise, name="s_noise", allow_zero=True)
-    run = Run(denoiser, x, sigmas, **run_args)
-    for i, s, s_next in run.intervals():
-        denoised = run.denoise_step(i, x, s)
+
+    def step(run: Run, x: Tensor, denoised: Tensor, s: float, s_next: float) -> Tensor:
         down, up = ancestral_split(s, s_next, eta)
-        x = exp_step(x, denoised, down / s)
-        if up > 0 and s_noise > 0:
-            x = x + run.noise(x, s, s_next) * (up * s_noise)
-    return x
+        return run.ancestral_step(x, denoised, s, s_next, down / s, up * s_noise)
+
+    return Run(denoiser, x, sigmas, **run_args).walk(x, step)
 
 
 def edm_stochastic(
