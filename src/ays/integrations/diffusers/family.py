@@ -19,7 +19,7 @@ kind, what diffusers' own ``__call__`` does around the network:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from ...noise import NoiseSchedule
 from ...validate import AysError
 from .denoiser import PipelineDenoiser
 
-__all__ = ["Family", "has", "net_class"]
+__all__ = ["Family", "has", "is_class", "lacking", "net_class"]
 
 Tensor = torch.Tensor
 
@@ -190,3 +190,21 @@ def has(obj: Any, *names: str) -> list[str]:
 
 def net_class(pipe: Any, attr: str) -> str:
     return type(getattr(pipe, attr, None)).__name__
+
+
+def lacking(pipe: Any, attrs: Sequence[str], *checks: Callable[[Any], str | None]) -> list[str]:
+    """What :meth:`Family.missing` reports: the ``attrs`` that ``pipe`` lacks (:func:`has`); when none
+    lack, the first problem that one of ``checks`` (run in order, each on ``pipe``) names, if any."""
+    lack = has(pipe, *attrs)
+    for check in checks:
+        if lack:
+            break
+        problem = check(pipe)
+        if problem is not None:
+            lack.append(problem)
+    return lack
+
+
+def is_class(attr: str, name: str) -> Callable[[Any], str | None]:
+    """A check for :func:`lacking`: ``pipe.<attr>`` is of the class named ``name`` (else the problem is ``name``)."""
+    return lambda pipe: None if net_class(pipe, attr) == name else name

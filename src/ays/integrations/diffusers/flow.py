@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ...noise import Flow, NoiseSchedule
-from .family import Family
+from .family import Family, is_class, lacking
 
 __all__ = ["PURE_NOISE_SIGMA", "FlowFamily", "calculate_shift"]
 
@@ -49,8 +49,16 @@ class FlowFamily(Family):
     """A flow-matching transformer pipeline with a ``FlowMatch*`` scheduler."""
 
     net_attr = "transformer"
+    #: the class name of the pipeline's transformer
+    transformer_class = ""
     #: the ``max_shift`` the pipeline passes when the scheduler config has none
     default_max_shift = 1.15
+
+    @classmethod
+    def missing(cls, pipe: Any) -> list[str]:
+        return lacking(pipe, ("transformer", "scheduler", "text_encoder", "text_encoder_2", "vae"),
+                       is_class("transformer", cls.transformer_class),
+                       lambda p: None if "FlowMatch" in type(p.scheduler).__name__ else "FlowMatch scheduler")
 
     def prediction(self) -> str:
         return "flow"

@@ -23,7 +23,6 @@ from torch import nn
 
 from ...data import Cond
 from .denoiser import NetworkCall, call_network
-from .family import has, net_class
 from .flow import FlowFamily
 
 __all__ = ["Flux", "FluxCall", "pack", "unpack"]
@@ -70,14 +69,7 @@ class FluxCall(NetworkCall):
 class Flux(FlowFamily):
     name = "flux"
 
-    @classmethod
-    def missing(cls, pipe: Any) -> list[str]:
-        lack = has(pipe, "transformer", "scheduler", "text_encoder", "text_encoder_2", "vae")
-        if not lack and net_class(pipe, "transformer") != "FluxTransformer2DModel":
-            lack.append("FluxTransformer2DModel")
-        if not lack and "FlowMatch" not in type(pipe.scheduler).__name__:
-            lack.append("FlowMatch scheduler")
-        return lack
+    transformer_class = "FluxTransformer2DModel"
 
     @property
     def guidance_embeds(self) -> bool:

@@ -21,7 +21,7 @@ from ...denoisers import prediction_name
 from ...noise import DiscreteVP, NoiseSchedule
 from ...validate import AysError
 from .denoiser import NetworkCall, call_network
-from .family import Family, has, net_class
+from .family import Family, is_class, lacking
 
 __all__ = ["StableDiffusion", "UNetCall"]
 
@@ -45,14 +45,12 @@ class StableDiffusion(Family):
 
     @classmethod
     def missing(cls, pipe: Any) -> list[str]:
-        lack = has(pipe, "unet", "scheduler", "text_encoder", "tokenizer", "vae")
-        if not lack and net_class(pipe, "unet") != "UNet2DConditionModel":
-            lack.append("UNet2DConditionModel")
-        if not lack and not hasattr(pipe.scheduler, "alphas_cumprod"):
-            lack.append("scheduler with alphas_cumprod")
-        if not lack and getattr(pipe.unet.config, "addition_embed_type", None) is not None:
-            lack.append(f"plain UNet (this one has addition_embed_type={pipe.unet.config.addition_embed_type!r})")
-        return lack
+        return lacking(
+            pipe, ("unet", "scheduler", "text_encoder", "tokenizer", "vae"), is_class("unet", "UNet2DConditionModel"),
+            lambda p: None if hasattr(p.scheduler, "alphas_cumprod") else "scheduler with alphas_cumprod",
+            lambda p: None if (kind := getattr(p.unet.config, "addition_embed_type", None)) is None
+            else f"plain UNet (this one has addition_embed_type={kind!r})",
+        )
 
     def encode(self, prompts: Sequence[str], negative_prompt: str | None, resolution: tuple[int, int]
                ) -> tuple[Cond, Cond]:

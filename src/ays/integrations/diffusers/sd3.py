@@ -11,14 +11,12 @@ CLIP pooled projections as ``pooled_projections``; guidance batches the negative
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from ...data import Cond
 from .denoiser import NetworkCall, call_network
-from .family import has, net_class
 from .flow import FlowFamily
 
 __all__ = ["SD3", "TransformerCall"]
@@ -37,14 +35,7 @@ class SD3(FlowFamily):
     name = "sd3"
     default_max_shift = 1.16
 
-    @classmethod
-    def missing(cls, pipe: Any) -> list[str]:
-        lack = has(pipe, "transformer", "scheduler", "text_encoder", "text_encoder_2", "vae")
-        if not lack and net_class(pipe, "transformer") != "SD3Transformer2DModel":
-            lack.append("SD3Transformer2DModel")
-        if not lack and "FlowMatch" not in type(pipe.scheduler).__name__:
-            lack.append("FlowMatch scheduler")
-        return lack
+    transformer_class = "SD3Transformer2DModel"
 
     def encode(self, prompts: Sequence[str], negative_prompt: str | None, resolution: tuple[int, int]
                ) -> tuple[Cond, Cond]:
