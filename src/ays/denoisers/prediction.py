@@ -32,7 +32,7 @@ from .base import (
     work_dtype,
 )
 
-__all__ = ["PREDICTIONS", "ModelDenoiser", "conversion", "denoised_from", "prediction_name", "target_for"]
+__all__ = ["PREDICTIONS", "ModelDenoiser", "NoiseRange", "conversion", "denoised_from", "prediction_name", "target_for"]
 
 Tensor = torch.Tensor
 
@@ -137,7 +137,23 @@ def target_for(prediction: str, x0: Tensor, eps: Tensor, sigma: Tensor | float, 
     return affine(x0, eps, -torch.ones_like(s), torch.ones_like(s))
 
 
-class ModelDenoiser(nn.Module):
+class NoiseRange:
+    """``sigma_min`` / ``sigma_max``: the trained noise range of a model, read from its ``noise`` schedule."""
+
+    noise: NoiseSchedule
+
+    @property
+    def sigma_min(self) -> float:
+        """The model's smallest trained noise level (from its noise schedule)."""
+        return float(self.noise.sigma_min)
+
+    @property
+    def sigma_max(self) -> float:
+        """The model's largest trained noise level (from its noise schedule)."""
+        return float(self.noise.sigma_max)
+
+
+class ModelDenoiser(NoiseRange, nn.Module):
     """A network trained in its own parametrisation, seen as an EDM denoiser ``D(x, σ)``.
 
     ``model`` is called as ``model(x_model, t, **cond)`` with
@@ -192,16 +208,6 @@ class ModelDenoiser(nn.Module):
     def extra_repr(self) -> str:
         return (f"noise={type(self.noise).__name__}, prediction={self.prediction!r}, "
                 f"time_scale={self.time_scale}, quantize={self.quantize}")
-
-    @property
-    def sigma_min(self) -> float:
-        """The model's smallest trained noise level (from its noise schedule)."""
-        return float(self.noise.sigma_min)
-
-    @property
-    def sigma_max(self) -> float:
-        """The model's largest trained noise level (from its noise schedule)."""
-        return float(self.noise.sigma_max)
 
     def _time(self, s: Tensor, x: Tensor) -> Tensor:
         """Model time for CPU float64 noise levels ``s > 0``, on ``x``'s device."""

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ...data import Conditioned
+from ...denoisers.prediction import NoiseRange
 from ...noise import NoiseSchedule
 from ...validate import AysError
 from . import data as D
@@ -34,7 +35,7 @@ Tensor = torch.Tensor
 
 
 @dataclass
-class DiffusersJob:
+class DiffusersJob(NoiseRange):
     denoiser: PipelineDenoiser
     data: Conditioned
     noise: NoiseSchedule
@@ -42,14 +43,6 @@ class DiffusersJob:
     resolution: tuple[int, int]
     guidance_scale: float
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.noise.sigma_min)
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.noise.sigma_max)
 
     def init(self, steps: int) -> Tensor | None:
         """The pipeline's default schedule for ``steps`` (None: ays' default start for this noise)."""
