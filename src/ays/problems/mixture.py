@@ -21,7 +21,7 @@ gives the exact denoiser of a training set.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,8 @@ Tensor = torch.Tensor
 # Bound on rows x components of the [n, K] matrices held at once (float64: 32 MiB each).
 _CHUNK_ELEMENTS = 1 << 22
 _LOG_2PI = math.log(2.0 * math.pi)
+#: ``f(x, sigma, r, v, zero_v)`` on one chunk of rows: see :meth:`GaussianMixture._per_chunk`
+_ChunkFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor | None], Tensor]
 
 
 def _work_dtype(device: torch.device) -> torch.dtype:
@@ -205,20 +207,17 @@ class GaussianMixture:
         atom (every std = 0), or ``x`` off the atoms (a mix). Batches are processed in
         chunks so that the ``[rows, K]`` matrices stay bounded.
         """
-        xf, dtype = self._flatten(x)
-        sig = self._sigma(sigma, xf)
-        parts = []
-        for xc, sc in self._chunks(xf, sig, chunk_size):
-            logits, v, zero_v = self._logits(xc, sc)
-            r = torch.softmax(logits, dim=1)
+
+        def posterior_mean(xc: Tensor, sc: Tensor, r: Tensor, v: Tensor, zero_v: Tensor | None) -> Tensor:
             s2 = sc[:, None] ** 2
             # b_k = sigma²/(s_k² + sigma²): how far component k pulls x toward mu_k;
             # a point mass at sigma 0 pulls all the way (b = 1).
             b = s2 / v if zero_v is None else torch.where(zero_v, torch.ones_like(v), s2 / v)
             rb = r * b
             mu = self._params(xc.device, xc.dtype)[0]
-            parts.append(xc * (1.0 - rb.sum(dim=1, keepdim=True)) + rb @ mu)
-        return torch.cat(parts).reshape(x.shape).to(dtype)
+            return xc * (1.0 - rb.sum(dim=1, keepdim=True)) + rb @ mu
+
+        return self._per_chunk(x, sigma, chunk_size, posterior_mean)
 
     def score(self, x: Tensor, sigma: Tensor | float, *, chunk_size: int | None = None) -> Tensor:
         """The score ``∇_x log p_sigma(x) = (D(x, sigma) - x) / sigma²``.
@@ -226,17 +225,28 @@ class GaussianMixture:
         Computed directly as ``Σ_k r_k (mu_k - x) / (s_k² + sigma²)``, which avoids the
         cancellation in ``D - x`` at small sigma. Undefined at sigma 0 for point masses.
         """
+
+        def score_of(xc: Tensor, sc: Tensor, r: Tensor, v: Tensor, zero_v: Tensor | None) -> Tensor:
+            if zero_v is not None and bool((zero_v & (r > 0)).any()):
+                raise AysError(f"the score of {self.name!r} is undefined at sigma 0: it has point masses (std 0)")
+            rv = r / v
+            mu = self._params(xc.device, xc.dtype)[0]
+            return rv @ mu - xc * rv.sum(dim=1, keepdim=True)
+
+        return self._per_chunk(x, sigma, chunk_size, score_of)
+
+    def _per_chunk(self, x: Tensor, sigma: Tensor | float, chunk_size: int | None, f: _ChunkFn) -> Tensor:
+        """``f(x, sigma, r, v, zero_v)`` per chunk of rows, in float64, reshaped to ``x`` and in its dtype.
+
+        ``r`` are the responsibilities ``r_k(x, sigma)``; ``v = s_k² + sigma²`` (zeros replaced by 1)
+        and ``zero_v`` (the mask of ``v == 0``, or None) are as :meth:`_logits` gives them.
+        """
         xf, dtype = self._flatten(x)
         sig = self._sigma(sigma, xf)
         parts = []
         for xc, sc in self._chunks(xf, sig, chunk_size):
             logits, v, zero_v = self._logits(xc, sc)
-            r = torch.softmax(logits, dim=1)
-            if zero_v is not None and bool((zero_v & (r > 0)).any()):
-                raise AysError(f"the score of {self.name!r} is undefined at sigma 0: it has point masses (std 0)")
-            rv = r / v
-            mu = self._params(xc.device, xc.dtype)[0]
-            parts.append(rv @ mu - xc * rv.sum(dim=1, keepdim=True))
+            parts.append(f(xc, sc, torch.softmax(logits, dim=1), v, zero_v))
         return torch.cat(parts).reshape(x.shape).to(dtype)
 
     # --------------------------------------------------------------- internals
