@@ -25,7 +25,7 @@ A run checkpoints its table after every chunk of chains and, resumed, ends with 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -260,6 +260,14 @@ def schedules_from_table(
 # --------------------------------------------------------------------------
 
 
+def check_option_names(options: Mapping[str, Any], known: Iterable[str], method: str) -> None:
+    """An AysError naming every option of ``method`` not in ``known``, and the valid ones."""
+    known = sorted(known)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise AysError(f"unknown option(s) for method {method!r}: {', '.join(unknown)}; valid: {', '.join(known)}")
+
+
 def jsonable(options: dict[str, Any]) -> dict[str, Any]:
     """Options as they read back from JSON (tuples as lists), so a checkpoint's settings compare equal."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
@@ -284,12 +292,7 @@ class DPOptions:
 
     @classmethod
     def parse(cls, options: dict[str, Any], method: str = "dp") -> DPOptions:
-        known = cls.fields()
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise AysError(
-                f"unknown option(s) for method {method!r}: {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-            )
+        check_option_names(options, cls.fields(), method)
         opt = cls(**options)
         check_steps(opt.grid, name="grid", minimum=3)
         check_steps(opt.solver_grid, name="solver_grid", minimum=3)

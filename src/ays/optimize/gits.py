@@ -34,7 +34,7 @@ from .. import schedules, solvers
 from ..data import Cond, bind, draw, take, to
 from ..klub import seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
-from .dp import dp_paths
+from .dp import check_option_names, dp_paths
 from .result import OptimizeResult
 from .task import Task, register
 
@@ -56,12 +56,7 @@ class GitsOptions:
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> GitsOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise AysError(
-                f"unknown option(s) for method 'gits': {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-            )
+        check_option_names(options, (f.name for f in fields(cls)), "gits")
         opt = cls(**options)
         check_steps(opt.grid, name="grid", minimum=3)
         check_steps(opt.teacher_samples, name="teacher_samples", minimum=1)
