@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ import torch
 from .. import device as _device
 from .. import distributed as _dist
 from ..data import Cond, call, check_cond, draw, repeat, take, to
+from ..solvers import Denoiser
 from ..validate import AysError, check_positive, check_range, check_sigmas, check_steps
 from .proposal import _check_interval, _f64, _h, _x_of, proposal_normalizer, proposal_sample
 
@@ -59,7 +60,6 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-Denoiser = Callable[[Tensor, Tensor], Tensor]
 Data = Any  # a tensor [N, ...], data(n, generator), or either with conditioning: see ays.data
 
 #: Denoiser rows per call when the caller gives no ``batch_size``.
