@@ -13,7 +13,10 @@ that do not depend on the method live here, once:
   draws ALL Gaussian noise through :meth:`Run.noise`. That single noise helper is
   what lets a ``noise_sampler(sigma, sigma_next) -> Tensor`` (k-diffusion's
   convention, e.g. a Brownian tree, or the basis-vector sampler of
-  :mod:`ays.analysis`) replace the generator entirely.
+  :mod:`ays.analysis`) replace the generator entirely. :class:`RunArgs` names its
+  keywords (``generator``, ``callback``, ``noise_sampler``), which every solver takes as
+  ``**run_args``; :meth:`Run.walk` is the loop of every one-step solver (denoise at
+  ``s_i``, report, ``x = step(...)``), :meth:`Run.ancestral_step` an ODE step plus fresh noise.
 - :func:`exp_step` is the exact step of the probability-flow ODE with the
   denoiser frozen, ``x_next = D + (s_next / s) (x - D)``: DDIM, and Euler's
   method in ``sigma`` (Karras et al. 2022, Eq. 3 with ``D`` held fixed).
