@@ -292,3 +292,40 @@ def test_atomic_writes_give_the_permissions_open_would(tmp_path):
         assert fresh.stat().st_mode & 0o777 == 0o604 and fresh.read_text() == "[]"
     finally:
         os.umask(old)
+
+
+# ------------------------------------------------------------------ CUDA out of memory
+class _RunsOutAbove:
+    """The exact denoiser, raising CUDA's out-of-memory error on calls of more than ``rows`` rows."""
+
+    def __init__(self, denoiser, rows: int) -> None:
+        self.denoiser, self.rows, self.refused = denoiser, rows, 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.rows:
+            self.refused += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.denoiser(x, sigma)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_result(capsys) -> None:
+    prob = ays.problems.get("gmm-8x4")
+    sig = ays.schedules.karras(6, 0.002, 80.0)
+    tight = _RunsOutAbove(prob.denoiser, 16)
+    g = lambda: torch.Generator().manual_seed(3)
+    est = ays.klub(tight, prob.sample, sig, samples=200, batch_size=64, generator=g())
+    free = ays.klub(prob.denoiser, prob.sample, sig, samples=200, batch_size=64, generator=g())
+    # rows are independent, so halving the batch changes nothing but the call count
+    torch.testing.assert_close(est.per_interval, free.per_interval, rtol=1e-12, atol=0)
+    assert tight.refused >= 1 and "CUDA out of memory at" in capsys.readouterr().err
+    # the optimiser records the batch that worked: halving stops at the first size <= 16
+    res = ays.optimize(_RunsOutAbove(prob.denoiser, 16), prob.sample, steps=3, method="dp", samples=64, seed=0)
+    ref = ays.optimize(prob.denoiser, prob.sample, steps=3, method="dp", samples=64, seed=0)
+    assert 8 <= res.settings["batch_size_after_oom"] <= 16 and "batch_size_after_oom" not in ref.settings
+    torch.testing.assert_close(res.sigmas, ref.sigmas, rtol=1e-12, atol=0)
+
+
+def test_out_of_memory_on_one_row_is_a_clear_error() -> None:
+    prob = ays.problems.get("gaussian")
+    with pytest.raises(AysError, match="out of GPU memory on a single row"):
+        ays.klub(_RunsOutAbove(prob.denoiser, 0), prob.sample, ays.schedules.karras(3, 0.002, 80.0), samples=8)

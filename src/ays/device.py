@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -185,6 +186,8 @@ class ModelCall:
         self.dtype = dtype
         self.device = device
         self.what = what
+        #: rows per model call after a CUDA out-of-memory error (None: never ran out)
+        self.max_rows: int | None = None
 
     def __repr__(self) -> str:
         return f"ModelCall({self.denoiser!r}, dtype={self.dtype}, device={self.device})"
@@ -197,9 +200,41 @@ class ModelCall:
         if isinstance(sigma, Tensor) and xin is not x:
             s_dtype = torch.promote_types(xin.dtype, torch.float32) if sigma.is_floating_point() else sigma.dtype
             sig = sigma.to(device=xin.device, dtype=s_dtype)
-        out = self.denoiser(xin, sig, **extra)
+        out = self._rows(xin, sig, extra)
         check_output(out, x, sigma, what=self.what)
         return out if xin is x else out.to(device=x.device, dtype=x.dtype)
+
+    def _rows(self, x: Tensor, sigma: Tensor | float, extra: dict[str, Any]) -> Tensor:
+        """The model on these rows; on a CUDA out-of-memory error, on halves of them, down to one row.
+
+        The batch that worked is kept in :attr:`max_rows` (later calls start there) and
+        reported once on stderr. Rows are independent for a denoiser, so the result is the
+        same as one call would have given.
+        """
+        n = x.shape[0]
+        if self.max_rows is not None and n > self.max_rows:
+            step = self.max_rows  # fixed for this split, even if a part lowers max_rows again
+            return torch.cat([self._rows(*_row_slice(x, sigma, extra, a, a + step)) for a in range(0, n, step)])
+        try:
+            return self.denoiser(x, sigma, **extra)
+        except torch.cuda.OutOfMemoryError:
+            if n == 1:
+                raise AysError("the denoiser runs out of GPU memory on a single row; use a smaller model or "
+                               "--dtype float16/bfloat16") from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.max_rows = n // 2
+            print(f"ays: CUDA out of memory at {n} rows per call; continuing with {self.max_rows}",
+                  file=sys.stderr)
+            return self._rows(x, sigma, extra)
+
+
+def _row_slice(x: Tensor, sigma: Tensor | float, extra: dict[str, Any], a: int, b: int
+               ) -> tuple[Tensor, Tensor | float, dict[str, Any]]:
+    """Rows ``a:b`` of the input, its noise levels and its per-row conditioning."""
+    n = x.shape[0]
+    rows = lambda v: v[a:b] if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == n else v
+    return x[a:b], rows(sigma), {k: rows(v) for k, v in extra.items()}
 
 
 def check_output(out: Any, x: Tensor, sigma: Tensor | float, what: str = "denoiser returned NaN or inf") -> None:

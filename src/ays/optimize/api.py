@@ -193,4 +193,7 @@ def optimize(
     # The optimiser never needs gradients; without this, a network denoiser would
     # keep every batch's autograd graph alive.
     with torch.no_grad():
-        return METHODS[method](task, **method_options)
+        res = METHODS[method](task, **method_options)
+    if run.max_rows is not None:  # a CUDA out-of-memory back-off: record the batch that worked
+        res.settings["batch_size_after_oom"] = run.max_rows
+    return res
