@@ -32,7 +32,8 @@ import torch
 from .validate import AysError
 
 __all__ = [
-    "Cond", "Conditioned", "as_conditioned", "bind", "call", "check_cond", "check_data", "draw", "event_shape",
+    "Cond", "Conditioned", "as_conditioned", "bind", "call", "check_cond", "check_data", "conditioning", "draw",
+    "event_shape",
     "repeat", "take", "to",
 ]  # fmt: skip
 
@@ -135,6 +136,15 @@ def draw(data: Any, n: int, generator: torch.Generator) -> tuple[Tensor, Cond]:
     if not torch.isfinite(x0).all():
         raise AysError("data holds NaN or inf")
     return x0, c
+
+
+def conditioning(data: Any, n: int, generator: torch.Generator, probe: Mapping[str, Tensor]) -> Cond:
+    """The conditioning of ``n`` data rows, for ``n`` runs from noise: each noise row gets a row's own.
+
+    ``probe`` is the conditioning of a one-row draw; when it is empty the data carries none and
+    nothing is drawn (unconditioned data costs no extra draw).
+    """
+    return draw(data, n, generator)[1] if probe else {}
 
 
 def event_shape(data: Any, generator: torch.Generator) -> tuple[int, ...]:

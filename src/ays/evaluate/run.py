@@ -18,7 +18,7 @@ import torch
 
 from .. import schedules as _schedules
 from .. import solvers as _solvers
-from ..data import Cond, Conditioned, draw, event_shape, take
+from ..data import Cond, Conditioned, conditioning, draw, event_shape, take
 from ..validate import AysError, check_batch, check_range, check_steps
 from .measure import METRICS, SeedContext, check_metrics, default_metrics, measure, metric_columns
 from .schedule_specs import named_schedules, resolve_schedule
@@ -197,10 +197,10 @@ def evaluate(
         for seed in range(n_seeds):
             g_noise = seed_generator(seed, "noise")
             noise = torch.randn(n_samples, *shape, generator=g_noise, dtype=torch.float64).to(dtype)
-            reference, _ = _draw(problem, n_ref, seed_generator(seed, "reference"))
+            reference, ref_cond = _draw(problem, n_ref, seed_generator(seed, "reference"))
             # Conditioned data: each noise row gets the conditioning of a data row of its own,
-            # the same for every schedule (common random numbers).
-            _, cond = _draw(problem, n_samples, seed_generator(seed, "conditioning"))
+            # the same for every schedule (common random numbers); none is drawn for plain data.
+            cond = conditioning(_data_of(problem), n_samples, seed_generator(seed, "conditioning"), ref_cond)
             ctx = SeedContext(problem, reference, seed, denoiser, klub_samples, problem)
             for key, sigmas in table.items():
                 _, solver, n = key

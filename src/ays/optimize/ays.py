@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from .. import metrics, schedules, solvers
-from ..data import Cond, bind, draw, take, to
+from ..data import Cond, bind, conditioning, draw, take, to
 from ..klub import DEFAULT_BATCH_SIZE, seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
 from .dp import DPOptions, finish, jsonable, run_dp
@@ -231,14 +231,15 @@ class Evidence:
 
 def gather_evidence(task: Task, opt: SelectOptions) -> Evidence:
     """Draw the selection and validation noise and compute the two reference sets (module docstring)."""
-    probe, _ = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
+    probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
     shape, dtype, dev = tuple(probe.shape[1:]), probe.dtype, probe.device
     n = opt.select_samples
 
     def normal(*key: object) -> tuple[Tensor, Cond]:
         """Noise rows, each with the conditioning of a data row of its own."""
         g = torch.Generator().manual_seed(seed_for(task.seed, "select", *key))
-        _, cond = draw(task.data, n, torch.Generator().manual_seed(seed_for(task.seed, "select", "cond", *key)))
+        g_cond = torch.Generator().manual_seed(seed_for(task.seed, "select", "cond", *key))
+        cond = conditioning(task.data, n, g_cond, probe_cond)
         return torch.randn((n, *shape), generator=g, dtype=dtype).to(dev), to(cond, dev)
 
     calls = 0

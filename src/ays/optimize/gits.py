@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .. import schedules, solvers
-from ..data import Cond, bind, draw, take, to
+from ..data import Cond, bind, conditioning, draw, take, to
 from ..klub import seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
 from .dp import check_option_names, dp_paths
@@ -151,9 +151,10 @@ def gits(task: Task, **options: Any) -> OptimizeResult:
     if grid_desc.numel() < task.steps + 1:
         raise AysError(f"{task.steps} steps need a grid of more than {grid_desc.numel()} levels")
     gen = torch.Generator().manual_seed(seed_for(task.seed, "gits", "noise"))
-    probe, _ = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "gits", "probe")))
+    probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "gits", "probe")))
     noise = torch.randn((opt.teacher_samples, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
-    _, cond = draw(task.data, opt.teacher_samples, torch.Generator().manual_seed(seed_for(task.seed, "gits", "cond")))
+    g_cond = torch.Generator().manual_seed(seed_for(task.seed, "gits", "cond"))
+    cond = conditioning(task.data, opt.teacher_samples, g_cond, probe_cond)
     cost, calls = teacher_costs(task.denoiser, noise, grid_desc, opt.refine, opt.metric, task.batch_size,
                                 to(cond, probe.device))
     idx = _coeff_paths(cost, task.steps, opt.coeff)

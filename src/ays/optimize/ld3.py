@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from .. import schedules, solvers
-from ..data import Cond, bind, draw, take, to
+from ..data import Cond, bind, conditioning, draw, take, to
 from ..klub import seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
 from .oss import ode_counterpart, run_student
@@ -173,7 +173,7 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
     opt = Ld3Options.parse(options)
     student = ode_counterpart(task.solver)
     n, lo, hi = task.steps, task.sigma_min, task.sigma_max
-    probe, _ = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "ld3", "probe")))
+    probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "ld3", "probe")))
     dim = probe[0].numel()
     radius = 0.001 * dim / n**2 if opt.radius is None else float(opt.radius)
     shift_lr = 12.0 / n if opt.shift_lr is None else float(opt.shift_lr)
@@ -182,7 +182,8 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
     gen = torch.Generator().manual_seed(seed_for(task.seed, "ld3", "noise"))
     noise = torch.randn((opt.teacher_samples, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
     # each noise is denoised under the conditioning of a data row of its own (ays.data)
-    _, cond = draw(task.data, opt.teacher_samples, torch.Generator().manual_seed(seed_for(task.seed, "ld3", "cond")))
+    g_cond = torch.Generator().manual_seed(seed_for(task.seed, "ld3", "cond"))
+    cond = conditioning(task.data, opt.teacher_samples, g_cond, probe_cond)
     cond = to(cond, probe.device)
     count = _Counter()
     rows = opt.teacher_samples if task.batch_size is None else task.batch_size

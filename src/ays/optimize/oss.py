@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from .. import schedules, solvers
-from ..data import Cond, bind, call, draw, repeat, take, to
+from ..data import Cond, bind, call, conditioning, draw, repeat, take, to
 from ..klub import seed_for
 from ..validate import AysError, check_choice, check_positive, check_sigmas, check_steps
 from .gits import _refined
@@ -318,12 +318,13 @@ def oss(task: Task, **options: Any) -> OptimizeResult:
     levels = grid_levels(task, opt.grid, opt.rho)
     if levels.numel() < task.steps + 1:
         raise AysError(f"{task.steps} steps need a grid of more than {levels.numel() - 1} levels above sigma_min")
-    probe, _ = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "oss", "probe")))
+    probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "oss", "probe")))
     gen = torch.Generator().manual_seed(seed_for(task.seed, "oss", "noise"))
     noise = torch.randn((opt.teacher_samples, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
     x = noise * float(levels[0])
     # each noise is denoised under the conditioning of a data row of its own (ays.data)
-    _, cond = draw(task.data, opt.teacher_samples, torch.Generator().manual_seed(seed_for(task.seed, "oss", "cond")))
+    g_cond = torch.Generator().manual_seed(seed_for(task.seed, "oss", "cond"))
+    cond = conditioning(task.data, opt.teacher_samples, g_cond, probe_cond)
     cond = to(cond, probe.device)
     traj, teacher_calls = teacher_trajectory(task.denoiser, x, levels, opt.teacher, opt.refine, task.batch_size, cond)
     paths, cost, dp_calls = oss_paths(student, task.denoiser, x, levels, traj, task.steps, task.batch_size, cond)
