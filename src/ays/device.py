@@ -188,6 +188,10 @@ class ModelCall:
         self.what = what
         #: rows per model call after a CUDA out-of-memory error (None: never ran out)
         self.max_rows: int | None = None
+        #: denoiser rows evaluated so far by this process: the cost unit, one row = one denoiser call
+        self.rows = 0
+        #: ``listener(rows)`` after every call that succeeded (the progress meter of :mod:`ays.optimize.stages`)
+        self.listener: Callable[[int], None] | None = None
 
     def __repr__(self) -> str:
         return f"ModelCall({self.denoiser!r}, dtype={self.dtype}, device={self.device})"
@@ -202,6 +206,9 @@ class ModelCall:
             sig = sigma.to(device=xin.device, dtype=s_dtype)
         out = self._rows(xin, sig, extra)
         check_output(out, x, sigma, what=self.what)
+        self.rows += x.shape[0]
+        if self.listener is not None:
+            self.listener(x.shape[0])
         return out if xin is x else out.to(device=x.device, dtype=x.dtype)
 
     def _rows(self, x: Tensor, sigma: Tensor | float, extra: dict[str, Any]) -> Tensor:

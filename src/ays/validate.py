@@ -20,6 +20,7 @@ __all__ = [
     "AysError",
     "ScheduleError",
     "check_batch",
+    "check_budget",
     "check_choice",
     "check_finite",
     "check_positive",
@@ -45,6 +46,24 @@ def check_steps(steps: Any, *, name: str = "steps", minimum: int = 1) -> int:
     if steps < minimum:
         raise AysError(f"{name} must be at least {minimum}, got {steps}")
     return steps
+
+
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+
+
+def check_budget(value: Any, *, name: str = "budget") -> int:
+    """A count of denoiser calls: an integer, or a string with a suffix (``"50k"``, ``"1.5M"``, ``"2_000"``)."""
+    if isinstance(value, str):
+        text = value.strip().replace("_", "").replace(",", "").lower()
+        unit = text[-1:] if text[-1:] in _SUFFIX and text[-1:] else ""
+        try:
+            number = float(text[: len(text) - len(unit)])
+        except ValueError:
+            raise AysError(f"{name} must be a number of denoiser calls such as 50000 or 50k, got {value!r}") from None
+        if not math.isfinite(number) or number != number:
+            raise AysError(f"{name} must be finite, got {value!r}")
+        value = round(number * _SUFFIX[unit])
+    return check_steps(value, name=name)
 
 
 def check_positive(value: Any, *, name: str, allow_zero: bool = False) -> float:

@@ -19,7 +19,7 @@ from .. import solvers
 from ..data import check_data, draw
 from ..klub import seed_for
 from ..noise import DiscreteVP, NoiseSchedule
-from ..validate import AysError, check_choice, check_range, check_sigmas, check_steps
+from ..validate import AysError, check_budget, check_choice, check_range, check_sigmas, check_steps
 from .result import OptimizeResult
 from .task import DEFAULT_METHOD, DEFAULT_SOLVER, METHODS, Denoiser, Progress, Task
 
@@ -56,6 +56,7 @@ def optimize(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     max_memory: int | str | None = None,
+    budget: int | str | None = None,
     **method_options: Any,
 ) -> OptimizeResult:
     """Optimise a sampling schedule for ``denoiser`` on ``data`` (Align Your Steps).
@@ -95,6 +96,9 @@ def optimize(
         device: run the denoiser there (default: its parameters' device); the draws follow.
         max_memory: cap (bytes, or ``"8GiB"``) on the memory of one denoiser call; sets the batch
             size (:func:`ays.device.batch_size_for`) and keeps the draws in host memory.
+        budget: denoiser calls the method may spend, all its stages together (an integer, or
+            ``"50k"``); the method splits it over its stages (:mod:`ays.optimize.stages`). Default: the
+            method's own (``"ays"``: :func:`ays.optimize.ays.default_budget`, 50,000 at 10 steps).
         Under ``torch.distributed`` (e.g. ``torchrun``) every rank evaluates its share of the
         draws and the result equals the single-process one (:mod:`ays.distributed`).
         **method_options: options of the method (see ``CoordinateOptions``).
@@ -125,6 +129,8 @@ def optimize(
         raise AysError(f"model must be a string label, got {model!r}")
     if noise is not None and not all(callable(getattr(noise, a, None)) for a in ("sigma", "t")):
         raise AysError(f"noise must be a noise parametrisation from ays.noise, got {type(noise).__name__}")
+    if budget is not None:
+        budget = check_budget(budget)
     if resume and checkpoint is None:
         raise AysError("resume=True needs a checkpoint path")
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
@@ -189,6 +195,7 @@ def optimize(
         model=model,
         method=method,
         dtype=None if dtype is None else str(run.dtype).removeprefix("torch."),
+        budget=budget,
     )
     # The optimiser never needs gradients; without this, a network denoiser would
     # keep every batch's autograd graph alive.

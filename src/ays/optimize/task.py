@@ -15,7 +15,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ import torch
 from .. import schedules
 from ..noise import DiscreteVP, NoiseSchedule
 from ..validate import AysError, check_sigmas
+from .stages import Meter
 
 if TYPE_CHECKING:
     from .result import OptimizeResult
@@ -145,6 +146,11 @@ class Task:
     model: str | None
     method: str
     dtype: str | None = None  #: the dtype asked for the denoiser (it changes the result, so it is a setting)
+    budget: int | None = None  #: denoiser calls the method may spend, all stages and ranks together (None: its default)
+    meter: Meter = field(init=False, repr=False, compare=False)  #: calls by stage, progress, the estimate
+
+    def __post_init__(self) -> None:
+        self.meter = Meter(self.denoiser, self.progress)
 
     @property
     def space(self) -> LevelSpace:
@@ -168,6 +174,8 @@ class Task:
         }
         if self.dtype is not None:  # absent unless asked for: older checkpoints stay valid
             out["dtype"] = self.dtype
+        if self.budget is not None:
+            out["budget"] = self.budget
         return out
 
     def initial(self, steps: int) -> Tensor:
