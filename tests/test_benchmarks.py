@@ -156,6 +156,15 @@ def test_cost(tmp_path: Path) -> None:
     assert {r["schedule"]: r["opt_calls"] for r in doc["rows"]}["method:coordinate"] > 0
 
 
+def test_calls(tmp_path: Path) -> None:
+    _script("calls").main(["--quick", "--methods", "gits,dmn", "--out", str(tmp_path)])
+    rows = _check_rows(tmp_path, "calls", "calls")
+    by = {r["method"]: r for r in rows}
+    # DMN never calls the model; GITS spends teacher_samples × (grid − 1) × refine = 256 × 60 × 2 rows
+    assert by["dmn"]["calls"] == 0 and by["gits"]["calls"] == 256 * 60 * 2
+    (table,) = _md_tables((tmp_path / "calls.md").read_text())
+    assert [line[1] for line in table[1:]] == [f"{r['calls']:,}" for r in rows]
+
 def test_beyond(tmp_path: Path) -> None:
     _script("beyond").main(["--quick", "--steps", "3", "--solvers", "euler", "--out", str(tmp_path)])
     doc = json.loads((tmp_path / "beyond_results.json").read_text())

@@ -95,7 +95,14 @@ def test_demo_writes_a_schedule_results_and_pictures_and_its_schedule_samples(
     assert res.steps == 4 and res.solver == ays.optimize.DEFAULT_SOLVER
     assert res.sigmas[0].item() == prob.sigma_max and res.sigmas[-1].item() == prob.sigma_min
     doc = results_doc(out_dir / f"results-gmm-8x8-{ays.optimize.DEFAULT_SOLVER}-4.json")
-    assert {r["schedule"] for r in doc["rows"]} == {"karras", "loglinear", "time_uniform", "kl_optimal", "ays"}
+    calls = {r["schedule"]: r["calls"] for r in doc["rows"]}
+    assert set(calls) == {"karras", "loglinear", "time_uniform", "kl_optimal", "gits", "ld3", "oss", "ays"}
+    # calls: what finding each schedule cost; a heuristic is a formula, the method's is its file's count, and
+    # GITS at its defaults spends teacher_samples × (grid − 1) × refine = 256 × 60 × 2 rows, whatever the steps
+    assert calls["karras"] == calls["loglinear"] == calls["time_uniform"] == calls["kl_optimal"] == 0
+    assert calls["ays"] == res.calls > 0 and calls["ld3"] > 0 and calls["oss"] > 0
+    assert calls["gits"] == 256 * 60 * 2
+    assert f"{calls['ld3']:,} denoiser calls" in out
     header = (out_dir / f"results-gmm-8x8-{ays.optimize.DEFAULT_SOLVER}-4.csv").read_text().splitlines()[0]
     assert "schedule" in header.split(",")
     assert is_png(out_dir / "schedules.png") and is_png(out_dir / "samples.png")

@@ -1,16 +1,20 @@
 """``ays demo``: the main job on the embedded default, end to end in well under a minute.
 
 Optimise a 10-step schedule for the ``gmm-8x8`` toy problem (an 8×8 grid of
-Gaussians, as in the paper's Table 4) with its exact denoiser, sample with it
-and with the heuristics, print NLL under the true density, sliced W2 to fresh
-data, dropped modes and the KLUB of each schedule, and write the schedule file,
-a plot of the schedules and a picture of the samples.
+Gaussians, as in the paper's Table 4) with its exact denoiser; find the schedules of
+the peer optimisers :data:`PEERS` (GITS, LD3, OSS) at their default settings; sample
+with all of them and with the heuristics from common random numbers (one noise per
+seed for every schedule, ``ays.evaluate``); print NLL under the true density, sliced
+W2 to fresh data and mode coverage of each schedule beside the denoiser calls its
+optimiser spent (0 for a heuristic), and write the schedule file, the results, a plot
+of the schedules and a picture of the samples.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import click
 import torch
@@ -19,13 +23,20 @@ from ._defaults import DEFAULT_METHOD, DEFAULT_SOLVER, EVAL_SAMPLES, SAMPLES
 from .optimize import run_optimize
 from .schedule import parse_options
 
+#: The optimisers the demo's method is compared with, each at its defaults (a few seconds each on gmm-8x8).
+PEERS = ("gits", "ld3", "oss")
+
+#: The heuristics the demo compares with (no denoiser calls).
+HEURISTICS = ("karras", "loglinear", "time_uniform", "kl_optimal")
+
 
 @click.command()
 @click.option("--problem", default="gmm-8x8", show_default=True, help="A named problem of ays.problems.")
 @click.option("--model", "-m", default="exact", show_default=True, help="exact, trained, or a model file.")
 @click.option("--solver", "-s", default=DEFAULT_SOLVER, show_default=True)
 @click.option("--steps", "-n", type=int, default=10, show_default=True)
-@click.option("--method", default=DEFAULT_METHOD, show_default=True, help="Optimiser (ays, coordinate, dp, gits, dmn).")
+@click.option("--method", default=DEFAULT_METHOD, show_default=True,
+              help="Optimiser (ays, coordinate, dp, gits, ld3, oss, dmn).")
 @click.option("--samples", type=int, default=SAMPLES, show_default=True,
               help="Monte Carlo chains per KLUB estimate of the optimiser (as in `ays optimize`).")
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE",
@@ -41,10 +52,10 @@ from .schedule import parse_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def demo(problem: str, model: str, solver: str, steps: int, method: str, samples: int, opts: tuple[str, ...],
          eval_samples: int, seeds: int, seed: int, out: str, threads: int, quiet: bool) -> None:
-    """Optimise a schedule for a toy problem and compare it with the heuristics."""
+    """Optimise a schedule for a toy problem; compare it with the heuristics and with gits, ld3 and oss."""
     from .. import evaluate as ev
+    from .. import optimize, schedules
     from .. import sample as run_sample
-    from .. import schedules
     from ..plot import plot_samples, plot_schedules
     from ..validate import check_steps
     from ._job import load_job
@@ -65,20 +76,33 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     click.echo(f"optimised with method {result.method!r} in {took:.1f} s, {result.calls:,} denoiser calls")
     click.echo("ays schedule: " + " ".join(f"{s:.4g}" for s in result.sigmas.tolist()))
 
-    named = {"karras": "karras", "loglinear": "loglinear", "time_uniform": "time_uniform",
-             "kl_optimal": "kl_optimal", "ays": result}
+    # The peers at their defaults: no -O options (those are the demo method's) and their own draws.
+    found: dict[str, Any] = {}
+    for peer in (p for p in PEERS if p != result.method):
+        start = time.perf_counter()
+        found[peer] = optimize(job.denoiser, job.data, noise=job.noise, steps=steps, solver=solver, seed=seed,
+                               method=peer, sigma_min=result.sigma_min, sigma_max=result.sigma_max,
+                               model=job.label or None)
+        click.echo(f"{peer}: {time.perf_counter() - start:.1f} s, {found[peer].calls:,} denoiser calls")
+    found[result.method] = result
+
+    named: dict[str, Any] = {**{h: h for h in HEURISTICS}, **found}
     metrics = ["nll", "sliced_w2", "modes"]
     rows = ev.evaluate(job.denoiser, job.problem, named, [solver], [steps], seeds=seeds, samples=eval_samples,
                        metrics=metrics, model=job.label)
+    for row in rows:  # what finding the schedule cost; a heuristic is a formula
+        row["calls"] = int(found[row["schedule"]].calls) if row["schedule"] in found else 0
     click.echo("")
-    click.echo(ev.format_table(rows))
-    click.echo(f"(mean ± 95% half width over {seeds} seeds of {eval_samples} samples; lower is better; "
-               "NLL alone rewards dropped modes)")
+    click.echo(ev.format_table(rows, ["calls", *ev.metric_columns(metrics)]))
+    click.echo(f"(mean ± 95% half width over {seeds} seeds of {eval_samples} samples, the same noise for every "
+               "schedule; lower is better; NLL alone rewards dropped modes; calls: denoiser calls spent finding "
+               f"the schedule, 0 for a heuristic; {' and '.join(p for p in PEERS if p != result.method)} "
+               "at their default settings)")
     # Its own name: the schedule file beside it keeps its name and its format (ays-schedule/1).
     results = ev.write_results(rows, out, name=f"results-{problem}-{solver}-{steps}")
 
     lo, hi = result.sigma_min, result.sigma_max
-    scheds = {name: (spec.sigmas if name == "ays" else schedules.build(spec, steps, lo, hi))
+    scheds = {name: (spec.sigmas if name in found else schedules.build(spec, steps, lo, hi))
               for name, spec in named.items()}
     plot_path = plot_schedules(scheds, os.path.join(out, "schedules.png"), title=f"{problem}, {steps} steps")
     g = torch.Generator().manual_seed(seed)
@@ -86,7 +110,7 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     with torch.no_grad():
         x = run_sample(job.denoiser, noise, schedules.to_sampling(result.sigmas), solver=solver, generator=g)
     samples_path = plot_samples(x, os.path.join(out, "samples.png"), reference=job.problem.sample(2000, g),
-                                title=f"ays schedule, {solver}, {steps} steps")
+                                title=f"{result.method} schedule, {solver}, {steps} steps")
     click.echo("")
     click.echo(f"wrote {path} (schedule), {results['json']} and {results['csv']} (results), {plot_path} "
                f"(schedules), {samples_path} (samples)")
