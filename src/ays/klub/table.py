@@ -26,6 +26,10 @@ It is consistent (the trapezoid error vanishes as the grid is refined, the Monte
 error as the chains grow), exact for Gaussian data whose scale is the proposal's ``c``,
 and its value on an interval estimates the same quantity as :func:`ays.klub.interval_klub`.
 
+Under ``torch.distributed`` each rank runs the denoiser on its own share of every chunk's chains
+and the outputs are all-gathered (:func:`ays.distributed.map_shards`): every rank ends with the
+single-process table, having spent ``1/world`` of its rows.
+
 Randomness: chunk ``k`` of chains draws from :func:`ays.klub.seed_for` ``(seed, "dp", k)``, so
 a run resumed from its checkpoint (written after every chunk) ends with the same table.
 """
@@ -39,6 +43,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed as _dist
 from ..data import draw, repeat, take, to
 from ..validate import AysError, check_positive, check_range, check_steps
 from .estimator import DEFAULT_BATCH_SIZE, Data, Denoiser, _call, seed_for
@@ -106,42 +111,59 @@ def _chunk_rows(chains: int, size: int, numel: int, chunk: int | None) -> int:
 def _accumulate_chunk(
     denoiser: Denoiser, data: Data, grid: Tensor, n: int, generator: torch.Generator, batch_size: int
 ) -> tuple[Tensor, int]:
-    """One chunk of ``n`` nested chains: their contribution to ``sums`` and the rows spent."""
+    """One chunk of ``n`` nested chains: their contribution to ``sums`` and the rows spent (all ranks).
+
+    Under ``torch.distributed`` every rank draws the whole chunk's noise (the same numbers)
+    but runs the denoiser on its own share of the chains only (:func:`ays.distributed.shard`);
+    the outputs are all-gathered in rank order, so every rank forms the single-process sums.
+    """
     x0, cond = draw(data, n, generator)
     dev, dt = x0.device, x0.dtype
     cond = to(cond, dev)
     size = grid.numel()
+    numel = x0[0].numel()
     steps = torch.sqrt(torch.cat([grid[:1] ** 2, (grid[1:] - grid[:-1]) * (grid[1:] + grid[:-1])]))
-    outs = torch.empty((n, size, x0[0].numel()), dtype=torch.float64, device=dev)
-    x = x0
-    # Walk up the grid; a batch packs whole levels of the chunk while it fits in batch_size rows.
-    levels_per_call = max(1, batch_size // n)
-    pending: list[tuple[int, Tensor]] = []
+    # Every rank draws every level's noise in the same order: the generator's stream is the chunk's.
+    noise = [torch.randn(x0.shape, generator=generator, dtype=dt, device=generator.device) for _ in range(size)]
 
-    def flush() -> None:
-        if not pending:
-            return
-        xs = torch.cat([p[1] for p in pending])
-        sig = torch.cat([torch.full((n,), float(grid[j]), dtype=dt, device=dev) for j, _ in pending])
-        out = _call(denoiser, xs, sig, repeat(cond, len(pending))).reshape(len(pending), n, -1)
-        for i, (j, _) in enumerate(pending):
-            outs[:, j] = out[i].to(torch.float64)
-        pending.clear()
+    def outputs(ks: slice) -> Tensor:
+        """``D(x_{g_j}, g_j)`` of the chains ``ks`` at every grid level, float64 ``[|ks|, G, d]``."""
+        m = ks.stop - ks.start
+        outs = torch.empty((m, size, numel), dtype=torch.float64, device=dev)
+        if m == 0:
+            return outs
+        c_l = take(cond, ks)
+        x = x0[ks]
+        # Walk up the grid; a batch packs whole levels of the share while it fits in batch_size rows.
+        levels_per_call = max(1, batch_size // m)
+        pending: list[tuple[int, Tensor]] = []
 
-    for j in range(size):
-        z = torch.randn(x0.shape, generator=generator, dtype=dt, device=generator.device).to(dev)
-        x = x + float(steps[j]) * z
-        if n > batch_size:  # a chunk wider than a batch: split rows
-            for r0 in range(0, n, batch_size):
-                r1 = min(n, r0 + batch_size)
-                sig = torch.full((r1 - r0,), float(grid[j]), dtype=dt, device=dev)
-                out = _call(denoiser, x[r0:r1], sig, take(cond, slice(r0, r1)))
-                outs[r0:r1, j] = out.reshape(r1 - r0, -1).to(torch.float64)
-        else:
-            pending.append((j, x))
-            if len(pending) >= levels_per_call:
-                flush()
-    flush()
+        def flush() -> None:
+            if not pending:
+                return
+            xs = torch.cat([p[1] for p in pending])
+            sig = torch.cat([torch.full((m,), float(grid[j]), dtype=dt, device=dev) for j, _ in pending])
+            out = _call(denoiser, xs, sig, repeat(c_l, len(pending))).reshape(len(pending), m, -1)
+            for i, (j, _) in enumerate(pending):
+                outs[:, j] = out[i].to(torch.float64)
+            pending.clear()
+
+        for j in range(size):
+            x = x + float(steps[j]) * noise[j][ks].to(dev)
+            if m > batch_size:  # a share wider than a batch: split rows
+                for r0 in range(0, m, batch_size):
+                    r1 = min(m, r0 + batch_size)
+                    sig = torch.full((r1 - r0,), float(grid[j]), dtype=dt, device=dev)
+                    out = _call(denoiser, x[r0:r1], sig, take(c_l, slice(r0, r1)))
+                    outs[r0:r1, j] = out.reshape(r1 - r0, -1).to(torch.float64)
+            else:
+                pending.append((j, x))
+                if len(pending) >= levels_per_call:
+                    flush()
+        flush()
+        return outs
+
+    outs = _dist.map_shards(n, outputs, dim=0)
     # Centre on the top level: squared norms stay of the size of the differences near the top,
     # where the differences are smallest, so the Gram form loses no digits there.
     y = outs - outs[:, -1:, :]

@@ -53,6 +53,7 @@ resumed from a checkpoint ends with exactly the schedule of an uninterrupted one
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -63,6 +64,7 @@ from .. import schedules
 from ..klub import KlubDraws, KlubEstimate, estimate_schedule, interval_klub
 from ..validate import AysError, check_positive, check_steps
 from .checkpoint import load_state, save_state
+from .dp import fit_budget
 from .result import OptimizeResult
 from .task import LevelSpace, Task, register, stage_plan
 
@@ -152,12 +154,53 @@ class _Run:
     def __init__(self, task: Task, opt: CoordinateOptions) -> None:
         self.task, self.opt = task, opt
         self.space = task.space
-        self.settings = task.settings(asdict(opt))
         self.plan = stage_plan(task.steps, min(opt.base_steps, task.steps))
         self.half = (opt.candidates - 1) // 2
+        # Values tried per point: the candidates, plus the two neighbouring timesteps of a discrete model.
+        self.tried = opt.candidates + (2 if task.space.is_discrete else 0)
+        if task.budget is not None:
+            samples = fit_budget(lambda m: self.expected(m)[0], task.budget, 2, "coordinate", "samples per estimate")
+            meter = task.meter
+            self.task = dataclasses.replace(task, samples=samples)
+            self.task.meter = meter  # the same meter: one plan, one count
+        self.settings = self.task.settings(asdict(opt))
         assert opt.radius is not None
         self.max_radius = float(opt.radius)
         self._draws: dict[tuple[Any, ...], KlubDraws] = {}
+
+    # -- calls -----------------------------------------------------------
+    def stage_calls(self, stage: int, samples: int) -> tuple[int, int]:
+        """(the estimates that start a stage, one sweep at most) in calls, for ``samples`` per estimate.
+
+        ``interval_klub`` spends 2 rows per interval and draw; a point tries ``self.tried`` values
+        (at most), each scored on its two intervals; every sweep ends with the train and held-out
+        estimates of the whole schedule (``2 × 2n`` rows per draw).
+        """
+        n = self.plan[stage]
+        estimates = 2 * 2 * n * samples
+        return estimates, len(self.free(stage, n)) * 2 * 2 * self.tried * samples + estimates
+
+    def sweeps(self, stage: int) -> int:
+        """Sweeps a stage is sized for: its cap with early stopping, else its early-stopping cap as the expectation."""
+        return self.opt.max_sweeps if stage == 0 else self.opt.refine_sweeps
+
+    def expected(self, samples: int) -> tuple[int, list[int], int]:
+        """(total, calls of each stage, final) for ``samples`` per estimate: an upper bound with early stopping."""
+        per_stage = []
+        for st in range(len(self.plan)):
+            start, sweep = self.stage_calls(st, samples)
+            per_stage.append(start + self.sweeps(st) * sweep)
+        final = 2 * self.task.steps * samples
+        return sum(per_stage) + final, per_stage, final
+
+    def over_budget(self, state: dict[str, Any]) -> bool:
+        """Would one more sweep leave too little of ``budget`` for the later stages and the final estimate?"""
+        if self.task.budget is None:
+            return False
+        _, per_stage, final = self.expected(self.task.samples)
+        stage = state["stage"]
+        reserve = sum(per_stage[stage + 1 :]) + final
+        return state["calls"] + self.stage_calls(stage, self.task.samples)[1] + reserve > self.task.budget
 
     # -- randomness ------------------------------------------------------
     def draws(self, *key: Any) -> KlubDraws:
@@ -296,28 +339,39 @@ class _Run:
         return self.finish_sweep(state, s, moved)
 
     # -- driver ----------------------------------------------------------
-    def run(self) -> OptimizeResult:
-        task = self.task
-        path = task.checkpoint_path()
-        state = load_state(path, self.settings) if (task.resume and path is not None) else None
+    def search(self, state: dict[str, Any] | None) -> dict[str, Any]:
+        """Every stage's sweeps, from ``state`` (a resumed checkpoint) or from the start; the last state."""
         if state is None:
-            state = self.start_stage(0, task.initial(self.plan[0]), {"history": [], "calls": 0, "results": []})
+            state = self.start_stage(0, self.task.initial(self.plan[0]), {"history": [], "calls": 0, "results": []})
         while True:
+            if state["stop"] is None and self.over_budget(state):
+                state["stop"] = state["history"][-1]["stop"] = "calls_budget"
             if state["stop"] is None:
                 state = self.sweep(state)
                 continue
             stage = state["stage"]
             chosen = torch.tensor(state["best_sigmas"], dtype=torch.float64)
             if stage + 1 >= len(self.plan):
-                break
+                return state
             nxt = self.space.snap(schedules.subdivide(chosen), f"{self.plan[stage + 1]}-step schedule")
             results = [*state["results"], chosen.tolist()]
             base = {"history": state["history"], "calls": state["calls"], "results": results}
             state = self.start_stage(stage + 1, nxt, base)
+
+    def run(self) -> OptimizeResult:
+        task = self.task
+        path = task.checkpoint_path()
+        state = load_state(path, self.settings) if (task.resume and path is not None) else None
+        total, _, final_planned = self.expected(task.samples)
+        task.meter.plan({"search": total - final_planned, "final": final_planned})
+        with task.meter.stage("search"):
+            state = self.search(state)
+        chosen = torch.tensor(state["best_sigmas"], dtype=torch.float64)
         final = chosen
         if final.numel() - 1 != task.steps:
             final = self.space.snap(schedules.interpolate(final, task.steps), f"{task.steps}-step schedule")
-        est = self.estimate(self.draws("final"), final)
+        with task.meter.stage("final"):
+            est = self.estimate(self.draws("final"), final)
         calls = state["calls"] + est.calls
         if task.progress is not None:
             task.progress({"event": "done", "klub": est.total, "klub_stderr": est.total_stderr, "calls": calls,

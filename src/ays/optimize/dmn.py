@@ -178,8 +178,12 @@ class DmnOptions:
 
 @register("dmn")
 def dmn(task: Task, **options: Any) -> OptimizeResult:
-    """DMN-style schedule (Xue et al., CVPR 2024): no model calls, from the noise range and the solver order."""
+    """DMN-style schedule (Xue et al., CVPR 2024): no model calls, from the noise range and the solver order.
+
+    ``budget=`` is accepted and has nothing to size: the method makes no denoiser call (its plan is empty).
+    """
     opt = DmnOptions.parse(options)
+    task.meter.plan({})
     order = opt.order if opt.order is not None else _SOLVER_ORDER.get(task.solver, 1)
     sigmas = dmn_schedule(task.steps, task.sigma_min, task.sigma_max, order=order, trunc=opt.trunc)
     if task.space.is_discrete:

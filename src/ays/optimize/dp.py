@@ -24,8 +24,9 @@ A run checkpoints its table after every chunk of chains and, resumed, ends with 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -41,10 +42,12 @@ from .task import Task, register
 
 __all__ = [
     "DPOptions",
+    "check_fits",
     "dp",
     "dp_paths",
     "dp_paths_extrapolated",
     "extrapolation_penalty",
+    "fit_budget",
     "grid_for",
     "schedules_from_table",
 ]
@@ -273,6 +276,32 @@ def jsonable(options: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
+def fit_budget(total: Callable[[int], int], budget: int, minimum: int, method: str, what: str) -> int:
+    """The largest count ``n >= minimum`` whose run costs ``total(n) <= budget`` calls (``total`` increasing).
+
+    How every method turns ``budget=`` into its Monte Carlo size (chains, teacher noises,
+    samples per estimate). A budget below ``total(minimum)`` is refused, naming that minimum.
+    """
+    if total(minimum) > budget:
+        raise AysError(
+            f"budget={budget:,} denoiser calls is too small for method {method!r}: "
+            f"its minimum ({minimum} {what}) costs {total(minimum):,} calls"
+        )
+    lo, hi = minimum, minimum + 1
+    while total(hi) <= budget:  # doubling, then bisection: total(lo) <= budget < total(hi)
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if total(mid) <= budget else (lo, mid)
+    return lo
+
+
+def check_fits(calls: int, budget: int | None, method: str) -> None:
+    """Refuse a run whose options, all given explicitly, cost more than ``budget`` calls."""
+    if budget is not None and calls > budget:
+        raise AysError(f"method {method!r} with these options costs {calls:,} denoiser calls, over budget={budget:,}")
+
+
 @dataclass(frozen=True)
 class DPOptions:
     """Options of ``method="dp"`` (and of ``"ays"``, which adds the selection options)."""
@@ -339,10 +368,11 @@ def table_for_task(task: Task, opt: DPOptions, settings: dict[str, Any]) -> Klub
         if task.progress is not None:
             task.progress({"event": "chunk", "chains": tab.chains, "samples": task.samples, "calls": tab.calls})
 
-    return build_table(
-        task.denoiser, task.data, grid, chains=task.samples, seed=task.seed, batch_size=task.batch_size,
-        chunk=opt.chunk, table=table, on_chunk=on_chunk,
-    )
+    with task.meter.stage("table"):
+        return build_table(
+            task.denoiser, task.data, grid, chains=task.samples, seed=task.seed, batch_size=task.batch_size,
+            chunk=opt.chunk, table=table, on_chunk=on_chunk,
+        )
 
 
 def final_estimate(task: Task, sigmas: Tensor, opt: DPOptions) -> tuple[float | None, float | None, int]:
@@ -350,12 +380,46 @@ def final_estimate(task: Task, sigmas: Tensor, opt: DPOptions) -> tuple[float | 
     if opt.final_samples == 0:
         return None, None, 0
     draws = KlubDraws.from_seed(task.data, max(2, opt.final_samples), task.seed, "final")
-    est = estimate_schedule(task.denoiser, draws, sigmas, c=opt.c, batch_size=task.batch_size)
+    with task.meter.stage("final"):
+        est = estimate_schedule(task.denoiser, draws, sigmas, c=opt.c, batch_size=task.batch_size)
     return est.total, est.total_stderr, est.calls
 
 
+def final_calls(steps: int, final_samples: int) -> int:
+    """Denoiser calls of the reported KLUB: two rows per interval and chain (0 when skipped)."""
+    return 0 if final_samples == 0 else 2 * steps * max(2, final_samples)
+
+
+def budget_sizes(task: Task, opt: DPOptions, options: Mapping[str, Any]) -> tuple[int, DPOptions]:
+    """The chains of the table and the final chains that ``task.budget`` buys (``opt`` unchanged without one).
+
+    Calls: ``G × chains + 2 × steps × final_samples``. An explicit ``final_samples`` is kept and the
+    table gets the rest; otherwise ``final_samples = chains // 8`` (the defaults' ratio, 1,024 to
+    8,192), or 0 when that is under 2. At least 2 chains: a budget under ``2G`` is refused.
+    """
+    if task.budget is None:
+        return task.samples, opt
+    size = int(grid_for(task, opt.grid).numel())
+    if "final_samples" in options:
+        fixed = final_calls(task.steps, opt.final_samples)
+        chains = fit_budget(lambda c: fixed + size * c, task.budget, 2, "dp", f"table chains over {size} levels")
+        return chains, opt
+
+    def cost(c: int) -> int:
+        f = c // 8
+        return size * c + final_calls(task.steps, f if f >= 2 else 0)
+
+    chains = fit_budget(cost, task.budget, 2, "dp", f"table chains over {size} levels")
+    f = chains // 8
+    return chains, dataclasses.replace(opt, final_samples=f if f >= 2 else 0)
+
+
 def run_dp(task: Task, opt: DPOptions, settings: dict[str, Any]) -> tuple[KlubTable, Tensor, list[dict[str, Any]]]:
-    """Table, then the optimal ``task.steps`` schedule (snapped for discrete models) and history entries."""
+    """Table, then the optimal ``task.steps`` schedule (snapped for discrete models) and history entries.
+
+    ``task.samples`` chains; ``task.budget`` is not read here (:func:`budget_sizes` is the ``dp``
+    method's). The table is built inside the meter's stage ``"table"``; the caller plans it.
+    """
     table = table_for_task(task, opt, settings)
     objective = opt.resolved_objective(task.solver)
     want = sorted({task.steps, *opt.also_steps})
@@ -379,9 +443,20 @@ def dp(task: Task, **options: Any) -> OptimizeResult:
     drift, else the paper's). Denoiser calls: ``grid × samples`` for the table plus
     ``2 × steps × final_samples`` for the reported KLUB. ``early_stopping`` does not apply:
     this is the minimiser; ``method="ays"`` adds the evidence-based choice along the way to it.
+
+    ``budget=``: the chains (replacing ``samples``) and, unless given, ``final_samples`` are
+    derived from it (:func:`budget_sizes`); the total stays within the budget. Stages
+    ``"table"`` and ``"final"``.
     """
     opt = DPOptions.parse(options, "dp")
+    chains, opt = budget_sizes(task, opt, options)
+    if chains != task.samples:
+        meter = task.meter
+        task = dataclasses.replace(task, samples=chains)
+        task.meter = meter  # the same meter: one plan, one count
     settings = task.settings(jsonable(asdict(opt)))
+    size = int(grid_for(task, opt.grid).numel())
+    task.meter.plan({"table": size * task.samples, "final": final_calls(task.steps, opt.final_samples)})
     table, sigmas, history = run_dp(task, opt, settings)
     return finish(task, opt, sigmas, history, table.calls, settings)
 

@@ -20,21 +20,26 @@ whatever the target solver; the metric is the L2 norm (``metric="l2"``) or its s
 ``refine`` times in log-sigma, recording the states at the grid levels. For
 stochastic target solvers the teacher is still the ODE (GITS is an ODE method).
 
-Denoiser calls: ``teacher_samples × (G − 1) × refine``.
+Denoiser calls: ``teacher_samples × (G − 1) × refine`` (the meter's stage ``"teacher"``). With
+``budget=`` and no explicit ``teacher_samples``, ``teacher_samples = budget // ((G − 1) × refine)``
+(at least 1). Under ``torch.distributed`` the teacher runs are shared out across ranks
+(:func:`teacher_costs`); the result is the single-process one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 
+from .. import distributed as _dist
 from .. import schedules, solvers
 from ..data import Cond, bind, conditioning, draw, take, to
 from ..klub import seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
-from .dp import check_option_names, dp_paths
+from .dp import check_fits, check_option_names, dp_paths, fit_budget
 from .result import OptimizeResult
 from .task import Task, register
 
@@ -78,6 +83,10 @@ def _refined(grid_desc: Tensor, refine: int) -> Tensor:
     return torch.cat([inner, grid_desc[-1:]])
 
 
+#: Noise rows per partial sum of the cost: fixed, so the order of the sum does not depend on the ranks.
+_BLOCK = 8
+
+
 def teacher_costs(
     denoiser: Any, noise: Tensor, grid_desc: Tensor, refine: int = 2, metric: str = "l2", batch_size: int | None = None,
     cond: Cond | None = None,
@@ -85,38 +94,52 @@ def teacher_costs(
     """GITS's cost matrix on a decreasing grid: ``cost[a, b]`` (a < b, indices of the INCREASING grid).
 
     ``noise`` is standard normal ``[N, ...]``, row i denoised under ``cond``'s row i;
-    returns (cost [G, G] float64, denoiser rows).
+    returns (cost [G, G] float64, denoiser rows of all ranks). The errors are summed in
+    blocks of :data:`_BLOCK` rows, then over the blocks in order; under ``torch.distributed``
+    each rank runs the teacher on its share of the blocks and the block sums are all-gathered
+    (:func:`ays.distributed.map_shards`), so every rank gets the single-process matrix.
     """
     g = check_sigmas(grid_desc, allow_final_zero=False)
     size = g.numel()
     fine = _refined(g, refine)
-    rows = noise.shape[0] if batch_size is None else min(noise.shape[0], batch_size)
-    total = torch.zeros(size, size, dtype=torch.float64)
-    calls = 0
-    for r0 in range(0, noise.shape[0], rows):
-        z = noise[r0 : r0 + rows]
-        states: list[Tensor] = []
-        dens: list[Tensor] = []
+    n = noise.shape[0]
+    blocks = -(-n // _BLOCK)
+    # rows per teacher run: whole blocks, so that a block never straddles two runs
+    per_run = n if batch_size is None else max(_BLOCK, batch_size // _BLOCK * _BLOCK)
 
-        def grab(info: dict[str, Any], states: list[Tensor] = states, dens: list[Tensor] = dens) -> None:
-            if info["i"] % refine == 0:
-                states.append(info["x"].reshape(info["x"].shape[0], -1).to(torch.float64))
-                dens.append(info["denoised"].reshape(info["x"].shape[0], -1).to(torch.float64))
+    def block_sums(bs: slice) -> Tensor:
+        """Summed errors of the noise blocks ``bs``: float64 ``[|bs|, G, G]``."""
+        out = torch.zeros(bs.stop - bs.start, size, size, dtype=torch.float64)
+        r_lo, r_hi = bs.start * _BLOCK, min(n, bs.stop * _BLOCK)
+        for r0 in range(r_lo, r_hi, per_run):
+            r1 = min(r_hi, r0 + per_run)
+            z = noise[r0:r1]
+            states: list[Tensor] = []
+            dens: list[Tensor] = []
 
-        rows_den = bind(denoiser, take(cond or {}, slice(r0, r0 + rows)))
-        x_end = solvers.get("dpmpp_2m")(rows_den, z * float(fine[0]), fine, callback=grab)
-        calls += z.shape[0] * (fine.numel() - 1)
-        states.append(x_end.reshape(z.shape[0], -1).to(torch.float64))
-        # states[i] is the teacher at g[i] (decreasing); dens[i] its denoiser output (i < size - 1).
-        for i in range(size - 1):
-            x_i, d_i = states[i], dens[i]
-            for j in range(i + 1, size):
-                step = d_i + (float(g[j]) / float(g[i])) * (x_i - d_i)
-                err = (step - states[j]).square().sum(dim=1)
-                err = err.sqrt() if metric == "l2" else err
-                # increasing-grid indices: level g[j] is index size-1-j, g[i] is size-1-i
-                total[size - 1 - j, size - 1 - i] += float(err.sum())
-    return total / noise.shape[0], calls
+            def grab(info: dict[str, Any], states: list[Tensor] = states, dens: list[Tensor] = dens) -> None:
+                if info["i"] % refine == 0:
+                    states.append(info["x"].reshape(info["x"].shape[0], -1).to(torch.float64))
+                    dens.append(info["denoised"].reshape(info["x"].shape[0], -1).to(torch.float64))
+
+            rows_den = bind(denoiser, take(cond or {}, slice(r0, r1)))
+            x_end = solvers.get("dpmpp_2m")(rows_den, z * float(fine[0]), fine, callback=grab)
+            states.append(x_end.reshape(z.shape[0], -1).to(torch.float64))
+            b0, nb = (r0 - r_lo) // _BLOCK, -(-(r1 - r0) // _BLOCK)
+            padded = torch.zeros(nb * _BLOCK, dtype=torch.float64)
+            # states[i] is the teacher at g[i] (decreasing); dens[i] its denoiser output (i < size - 1).
+            for i in range(size - 1):
+                x_i, d_i = states[i], dens[i]
+                for j in range(i + 1, size):
+                    step = d_i + (float(g[j]) / float(g[i])) * (x_i - d_i)
+                    err = (step - states[j]).square().sum(dim=1)
+                    padded[: r1 - r0] = err.sqrt() if metric == "l2" else err
+                    # increasing-grid indices: level g[j] is index size-1-j, g[i] is size-1-i
+                    out[b0 : b0 + nb, size - 1 - j, size - 1 - i] = padded.reshape(nb, _BLOCK).sum(dim=1)
+        return out
+
+    total = _dist.map_shards(blocks, block_sums, dim=0).sum(dim=0)
+    return total / n, n * (fine.numel() - 1)
 
 
 def _coeff_paths(cost: Tensor, steps: int, coeff: float) -> Tensor:
@@ -141,22 +164,32 @@ def _coeff_paths(cost: Tensor, steps: int, coeff: float) -> Tensor:
 
 @register("gits")
 def gits(task: Task, **options: Any) -> OptimizeResult:
-    """GITS-style schedule: DP over a 61-level grid on the one-step error against a fine ODE teacher."""
+    """GITS-style schedule: DP over a 61-level grid on the one-step error against a fine ODE teacher.
+
+    ``budget=`` sets ``teacher_samples`` unless it is given (module docstring).
+    """
     opt = GitsOptions.parse(options)
-    settings = task.settings(asdict(opt))
     grid_desc = schedules.karras(opt.grid - 1, task.sigma_min, task.sigma_max, rho=opt.rho)
     if task.space.is_discrete:
         # the model's own levels nearest to the grid, duplicates merged
         grid_desc = task.space.level(torch.unique(task.space.index(grid_desc))).to(torch.float64).flip(0)
     if grid_desc.numel() < task.steps + 1:
         raise AysError(f"{task.steps} steps need a grid of more than {grid_desc.numel()} levels")
+    per_noise = (grid_desc.numel() - 1) * opt.refine
+    if task.budget is not None and "teacher_samples" not in options:
+        b = fit_budget(lambda k: k * per_noise, task.budget, 1, "gits", "teacher trajectory")
+        opt = dataclasses.replace(opt, teacher_samples=b)
+    check_fits(opt.teacher_samples * per_noise, task.budget, "gits")
+    settings = task.settings(asdict(opt))
+    task.meter.plan({"teacher": opt.teacher_samples * per_noise})
     gen = torch.Generator().manual_seed(seed_for(task.seed, "gits", "noise"))
     probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "gits", "probe")))
     noise = torch.randn((opt.teacher_samples, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
     g_cond = torch.Generator().manual_seed(seed_for(task.seed, "gits", "cond"))
     cond = conditioning(task.data, opt.teacher_samples, g_cond, probe_cond)
-    cost, calls = teacher_costs(task.denoiser, noise, grid_desc, opt.refine, opt.metric, task.batch_size,
-                                to(cond, probe.device))
+    with task.meter.stage("teacher"):
+        cost, calls = teacher_costs(task.denoiser, noise, grid_desc, opt.refine, opt.metric, task.batch_size,
+                                    to(cond, probe.device))
     idx = _coeff_paths(cost, task.steps, opt.coeff)
     sigmas = torch.flip(grid_desc, [0])[idx]
     sigmas = check_sigmas(task.space.snap(sigmas, f"{task.steps}-step schedule"), allow_final_zero=False)

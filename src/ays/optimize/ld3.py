@@ -36,6 +36,7 @@ training run. The result's history records both.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -43,10 +44,12 @@ from typing import Any
 
 import torch
 
+from .. import distributed as _dist
 from .. import schedules, solvers
 from ..data import Cond, bind, conditioning, draw, take, to
 from ..klub import seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
+from .dp import check_fits, fit_budget
 from .oss import ode_counterpart, run_student
 from .result import OptimizeResult
 from .task import Task, register
@@ -167,6 +170,29 @@ class _Counter:
         return self.forward + BACKWARD_FACTOR * self.backward
 
 
+def _plan(opt: Ld3Options, c_teacher: int, c_student: int, noises: int, valid: int, moves: bool,
+          steps: int) -> dict[str, int]:
+    """Forward rows of each stage and backward rows of a run that trains every epoch (an upper bound).
+
+    ``teacher``: ``B × calls(teacher)``; ``train``: each training noise once per epoch, plus its
+    moved start re-run when the radius is positive; ``validate``: ``valid × calls(student)`` per
+    validation, one every ``eval_every`` optimiser steps; ``backward``: one per training row.
+    """
+    n_train = noises - valid
+    if steps < 2 or n_train < 1:  # one step: nothing to learn
+        return {"teacher": noises * c_teacher, "train": 0, "validate": 0, "backward": 0, "valid_samples": valid}
+    updates = opt.epochs * -(-n_train // opt.batch)
+    train = opt.epochs * n_train * c_student
+    return {"teacher": noises * c_teacher, "train": train * (2 if moves else 1),
+            "validate": (updates // opt.eval_every) * valid * c_student if valid else 0,
+            "backward": train, "valid_samples": valid}
+
+
+def _charged(plan: dict[str, int]) -> int:
+    """The calls a plan is charged: forward rows plus :data:`BACKWARD_FACTOR` per backward row."""
+    return plan["teacher"] + plan["train"] + plan["validate"] + BACKWARD_FACTOR * plan["backward"]
+
+
 @register("ld3")
 def ld3(task: Task, **options: Any) -> OptimizeResult:
     """LD3 (Tong et al., ICLR 2025): the schedule learnt through the solver, with soft teacher forcing."""
@@ -177,8 +203,23 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
     dim = probe[0].numel()
     radius = 0.001 * dim / n**2 if opt.radius is None else float(opt.radius)
     shift_lr = 12.0 / n if opt.shift_lr is None else float(opt.shift_lr)
+    c_student = solvers.count_calls(student, sampling_form(schedules.loglinear(n, lo, hi)))
+    teach = _levels_of(task, opt.teacher_steps)
+    c_teacher = solvers.count_calls(opt.teacher, teach)
+    if task.budget is not None and "teacher_samples" not in options:
+        # The noises the budget buys; half held out unless valid_samples is given (LD3: 50 of 100).
+        def plan_of(b: int) -> dict[str, int]:
+            valid = opt.valid_samples if "valid_samples" in options else b // 2
+            return _plan(opt, c_teacher, c_student, b, valid, radius > 0, n)
+
+        least = opt.valid_samples + 1 if "valid_samples" in options else 2
+        b = fit_budget(lambda k: _charged(plan_of(k)), task.budget, least, "ld3", "teacher noises")
+        opt = dataclasses.replace(opt, teacher_samples=b, valid_samples=plan_of(b)["valid_samples"])
+    planned = _plan(opt, c_teacher, c_student, opt.teacher_samples, opt.valid_samples, radius > 0, n)
+    check_fits(_charged(planned), task.budget, "ld3")
     settings = task.settings({**opt.record(), "student_solver": student, "resolved_radius": radius,
                               "resolved_shift_lr": shift_lr, "backward_factor": BACKWARD_FACTOR})
+    task.meter.plan({k: planned[k] for k in ("teacher", "train", "validate")})
     gen = torch.Generator().manual_seed(seed_for(task.seed, "ld3", "noise"))
     noise = torch.randn((opt.teacher_samples, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
     # each noise is denoised under the conditioning of a data row of its own (ays.data)
@@ -188,29 +229,49 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
     count = _Counter()
     rows = opt.teacher_samples if task.batch_size is None else task.batch_size
 
-    def run(theta: Tensor, z: Tensor, c: Cond) -> Tensor:
+    def run(theta: Tensor, z: Tensor, c: Cond, counted: bool = True) -> Tensor:
         """The student's samples from starts ``z`` under conditioning ``c`` (in chunks of the batch size);
-        counts forward rows."""
+        counts forward rows unless the caller counts them (a shared-out run)."""
         levels = sampling_form(schedule_from_logits(theta, lo, hi))
-        outs = []
+        outs = [z[:0]]
         for a in range(0, z.shape[0], rows):
             den = bind(task.denoiser, take(c, slice(a, a + rows)))
             out, used = run_student(student, den, z[a : a + rows] * hi, levels)
-            count.forward += used
+            count.forward += used if counted else 0
             outs.append(out)
         return torch.cat(outs)
 
-    teach = _levels_of(task, opt.teacher_steps)
     fn = solvers.get(opt.teacher)
-    target = torch.cat([
-        fn(bind(task.denoiser, take(cond, slice(a, a + rows))), noise[a : a + rows] * float(teach[0]), teach)
-        for a in range(0, noise.shape[0], rows)
-    ])
-    count.forward += opt.teacher_samples * solvers.count_calls(opt.teacher, teach)
+
+    def teacher_rows(ks: slice) -> Tensor:
+        """The teacher's samples of the noises ``ks`` (this rank's share under torch.distributed)."""
+        parts = [noise[:0]]
+        for a in range(ks.start, ks.stop, rows):
+            e = min(ks.stop, a + rows)
+            parts.append(fn(bind(task.denoiser, take(cond, slice(a, e))), noise[a:e] * float(teach[0]), teach))
+        return torch.cat(parts)
+
+    with task.meter.stage("teacher"):
+        target = _dist.map_shards(opt.teacher_samples, teacher_rows, dim=0)
+    count.forward += opt.teacher_samples * c_teacher
     n_train = opt.teacher_samples - opt.valid_samples
     z_train, y_train = noise[:n_train], target[:n_train]
     z_valid, y_valid = noise[n_train:], target[n_train:]
     c_train, c_valid = take(cond, slice(0, n_train)), take(cond, slice(n_train, None))
+    world = _dist.world_size()
+
+    def valid_loss(theta_now: Tensor) -> float:
+        """Mean held-out loss; its rows are shared out across ranks and gathered (exact)."""
+
+        def share(ks: slice) -> Tensor:
+            if ks.stop == ks.start:
+                return torch.zeros(0, dtype=torch.float64)
+            return _loss(run(theta_now, z_valid[ks], take(c_valid, ks), counted=False), y_valid[ks], opt.features)
+
+        with task.meter.stage("validate"):
+            per = _dist.map_shards(opt.valid_samples, share, dim=0)
+        count.forward += opt.valid_samples * c_student
+        return float(per.mean())
 
     init = task.initial(n) if task.init is not None else schedules.loglinear(n, lo, hi)
     theta = logits_for(init).clone().requires_grad_(True)
@@ -226,11 +287,12 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
         train_losses = []
         for idx in torch.randperm(n_train, generator=shuffle).split(opt.batch):
             z_b = starts[idx].clone().requires_grad_(radius > 0)
-            with torch.enable_grad():
+            # Training is replicated on every rank (module docstring): the stage's calls are each rank's.
+            with task.meter.stage("train", calls=planned["train"] * world), torch.enable_grad():
                 per = _loss(run(theta, z_b, take(c_train, idx)), y_train[idx], opt.features)
                 loss = per.mean()
                 grads = torch.autograd.grad(loss, [theta, z_b] if radius > 0 else [theta])
-            count.backward += idx.numel() * solvers.count_calls(student, sampling_form(init.detach()))
+            count.backward += idx.numel() * c_student
             train_losses.append(float(loss))
             theta.grad = grads[0]
             torch.nn.utils.clip_grad_norm_([theta], 1.0)
@@ -238,11 +300,13 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
             optim.zero_grad(set_to_none=True)
             if radius > 0:
                 cand = project(z_b.detach() - shift_lr * grads[1], z_train[idx], radius)
-                better = _loss(run(theta.detach(), cand, take(c_train, idx)), y_train[idx], opt.features) < per.detach()
+                with task.meter.stage("train", calls=planned["train"] * world):
+                    moved = run(theta.detach(), cand, take(c_train, idx))
+                better = _loss(moved, y_train[idx], opt.features) < per.detach()
                 starts[idx] = torch.where(better.reshape(-1, *([1] * (cand.ndim - 1))), cand, starts[idx])
             step += 1
             if opt.valid_samples and step % opt.eval_every == 0:
-                v = float(_loss(run(theta.detach(), z_valid, c_valid), y_valid, opt.features).mean())
+                v = valid_loss(theta.detach())
                 if v < best_loss:
                     best_loss, best_theta, bad = v, theta.detach().clone(), 0
                 else:

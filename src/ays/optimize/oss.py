@@ -38,6 +38,7 @@ pair that is not the final denoise); ``B = teacher_samples``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -45,15 +46,20 @@ from typing import Any
 
 import torch
 
+from .. import distributed as _dist
 from .. import schedules, solvers
 from ..data import Cond, bind, call, conditioning, draw, repeat, take, to
 from ..klub import seed_for
 from ..validate import AysError, check_choice, check_positive, check_sigmas, check_steps
+from .dp import check_fits, fit_budget
 from .gits import _refined
 from .result import OptimizeResult
 from .task import Task, register
 
-__all__ = ["ODE_COUNTERPART", "OssOptions", "advance", "oss", "oss_paths", "run_student", "teacher_trajectory"]
+__all__ = [
+    "ODE_COUNTERPART", "OssOptions", "advance", "oss", "oss_paths", "programme_calls", "run_student",
+    "teacher_trajectory",
+]
 
 Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -309,30 +315,77 @@ def grid_levels(task: Task, size: int, rho: float) -> Tensor:
     return torch.cat([pos, pos.new_zeros(1)])
 
 
+def programme_calls(solver: str, levels: Tensor, steps: int) -> int:
+    """Denoiser rows :func:`oss_paths` spends per noise: one per live source level and step, Heun's correctors.
+
+    The live sources of step ``k`` are the levels reached in ``k − 1`` steps (all targets of the
+    step before), so the count is known before any call.
+    """
+    lv = check_sigmas(levels)
+    last = lv.numel() - 1
+    src, calls = [0], 0
+    for k in range(1, steps + 1):
+        targets = list(range(k, last - (steps - k) + 1)) if k < steps else [last]
+        calls += len(src)
+        if solver == "heun":
+            calls += sum(1 for i in src for j in targets if j > i and float(lv[j]) != 0.0)
+        src = sorted({j for i in src for j in targets if j > i})
+    return calls
+
+
 @register("oss")
 def oss(task: Task, **options: Any) -> OptimizeResult:
-    """OSS-ave (Pei et al. 2025): per-noise dynamic programmes with the target solver, then the median."""
+    """OSS-ave (Pei et al. 2025): per-noise dynamic programmes with the target solver, then the median.
+
+    Stages ``"teacher"`` (``B × calls(teacher)``) and ``"search"`` (``B ×``
+    :func:`programme_calls`). ``budget=`` sets ``B = teacher_samples`` unless it is given:
+    the largest ``B`` whose two stages fit. Under ``torch.distributed`` each rank runs the
+    teacher and the programme of its share of the noises (every noise's programme is its
+    own), and the grid paths are all-gathered: every rank takes the single-process median.
+    """
     opt = OssOptions.parse(options)
     student = ode_counterpart(task.solver)
-    settings = task.settings({**asdict(opt), "student_solver": student})
     levels = grid_levels(task, opt.grid, opt.rho)
     if levels.numel() < task.steps + 1:
         raise AysError(f"{task.steps} steps need a grid of more than {levels.numel() - 1} levels above sigma_min")
+    fine = _refined(levels[levels > 0], opt.refine)
+    per_teacher = solvers.count_calls(opt.teacher, torch.cat([fine, fine.new_zeros(1)]))
+    per_search = programme_calls(student, levels, task.steps)
+    if task.budget is not None and "teacher_samples" not in options:
+        b = fit_budget(lambda k: k * (per_teacher + per_search), task.budget, 1, "oss", "teacher noise")
+        opt = dataclasses.replace(opt, teacher_samples=b)
+    n_noise = opt.teacher_samples
+    check_fits(n_noise * (per_teacher + per_search), task.budget, "oss")
+    settings = task.settings({**asdict(opt), "student_solver": student})
+    task.meter.plan({"teacher": n_noise * per_teacher, "search": n_noise * per_search})
     probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "oss", "probe")))
     gen = torch.Generator().manual_seed(seed_for(task.seed, "oss", "noise"))
-    noise = torch.randn((opt.teacher_samples, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
+    noise = torch.randn((n_noise, *probe.shape[1:]), generator=gen, dtype=probe.dtype).to(probe.device)
     x = noise * float(levels[0])
     # each noise is denoised under the conditioning of a data row of its own (ays.data)
     g_cond = torch.Generator().manual_seed(seed_for(task.seed, "oss", "cond"))
-    cond = conditioning(task.data, opt.teacher_samples, g_cond, probe_cond)
+    cond = conditioning(task.data, n_noise, g_cond, probe_cond)
     cond = to(cond, probe.device)
-    traj, teacher_calls = teacher_trajectory(task.denoiser, x, levels, opt.teacher, opt.refine, task.batch_size, cond)
-    paths, cost, dp_calls = oss_paths(student, task.denoiser, x, levels, traj, task.steps, task.batch_size, cond)
+
+    def share(ks: slice) -> Tensor:
+        """Grid paths and final costs of the noises ``ks``: float64 ``[|ks|, steps + 2]``."""
+        if ks.stop == ks.start:
+            return torch.zeros(0, task.steps + 2, dtype=torch.float64)
+        xs, cs = x[ks], take(cond, ks)
+        with task.meter.stage("teacher"):
+            traj, _ = teacher_trajectory(task.denoiser, xs, levels, opt.teacher, opt.refine, task.batch_size, cs)
+        with task.meter.stage("search"):
+            paths, cost, _ = oss_paths(student, task.denoiser, xs, levels, traj, task.steps, task.batch_size, cs)
+        return torch.cat([paths.to(torch.float64), cost.reshape(-1, 1)], dim=1)
+
+    both = _dist.map_shards(n_noise, share, dim=0)
+    paths, cost = both[:, :-1].round().long(), both[:, -1]
     idx = median_path(paths)
     sigmas = torch.cat([levels[idx[:-1]], torch.tensor([task.sigma_min], dtype=torch.float64)])
     sigmas = check_sigmas(task.space.snap(sigmas, f"{task.steps}-step schedule"), allow_final_zero=False)
+    teacher_calls, dp_calls = n_noise * per_teacher, n_noise * per_search
     calls = teacher_calls + dp_calls
-    history = [{"stage": "oss", "grid": int(levels.numel()), "teacher_samples": opt.teacher_samples,
+    history = [{"stage": "oss", "grid": int(levels.numel()), "teacher_samples": n_noise,
                 "teacher_calls": teacher_calls, "dp_calls": dp_calls, "calls": calls,
                 "cost": float(cost.mean()), "paths": paths.tolist(), "sigmas": sigmas.tolist()}]
     if task.progress is not None:
