@@ -30,12 +30,14 @@ import torch
 
 from ..validate import AysError, check_choice, check_sigmas
 from ._common import Callback, Denoiser, NoiseSampler
+from .brownian import BrownianTree
 from .deterministic import euler, heun
 from .dpmpp import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde
 from .er_sde import er_sde
 from .stochastic import edm_stochastic, euler_ancestral, stochastic_ddim
 
 __all__ = [
+    "BrownianTree",
     "Callback",
     "Denoiser",
     "NoiseSampler",
