@@ -5,7 +5,9 @@ The two-process run is launched as a user would (``python -m torch.distributed.r
 common random numbers from the seed, evaluates its share of the draws, and the
 per-draw terms are all-gathered in rank order, so the estimate is the
 single-process one bit for bit (the denoiser here works row by row). Rank 0 alone
-writes files, and a NaN on one rank is reported, with its noise level, on both.
+writes files, and a NaN on one rank is reported, with its noise level, on both. The dp
+table, the gits / oss / ld3 teacher runs, oss's programmes and ld3's validation are shared
+out too: each rank evaluates about half of the rows and gets the single-process schedule.
 """
 
 from __future__ import annotations
@@ -284,3 +286,77 @@ def test_draws_follow_the_data_device_without_changing_the_numbers():
     a = KlubDraws.from_seed(_data, 16, 0, "x")
     b = KlubDraws.from_seed(dv.place_data(_data, torch.device("cpu")), 16, 0, "x")
     assert torch.equal(a.z1, b.z1) and torch.equal(a.x0, b.x0)
+
+
+# Every method but "coordinate" (above) and "ays" (its own module): the same schedule on 2 ranks as
+# on 1, each rank evaluating about half of the rows. One launch runs them all.
+_METHODS = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    import ays
+    from ays import distributed as dd
+
+    C, DIM = 0.5, 3
+
+    class Den:  # exact denoiser of N(0, C² I), row by row; counts this process's rows
+        rows = 0
+
+        def __call__(self, x, sigma):
+            Den.rows += x.shape[0]
+            s = sigma.reshape(-1, 1)
+            return C * C / (C * C + s * s) * x
+
+    def data(n, g):
+        return C * torch.randn(n, DIM, generator=g, dtype=torch.float64)
+
+    CASES = {
+        "dp": dict(grid=32, samples=256, final_samples=64),
+        "dp-budget": dict(method="dp", grid=32, budget=5000),
+        "gits": dict(grid=21, teacher_samples=32),
+        "oss": dict(grid=20, teacher_samples=16),
+        "ld3": dict(teacher_steps=32, teacher_samples=20, valid_samples=10, epochs=1),
+    }
+
+    def run_methods():
+        out = {}
+        for name, kw in CASES.items():
+            kw = {"method": name, **kw}
+            Den.rows = 0
+            res = ays.optimize(Den(), data, steps=4, solver="dpmpp_2m", seed=2, **kw)
+            out[name] = {"sigmas": res.sigmas.tolist(), "calls": res.calls, "klub": res.klub, "rows": Den.rows,
+                         "history": res.history}
+        return out
+    """
+)
+
+
+def test_dp_gits_oss_ld3_share_their_rows_across_two_ranks_and_give_the_single_process_schedule(tmp_path):
+    script = tmp_path / "methods.py"
+    script.write_text(_METHODS + textwrap.dedent(
+        """
+        torch.set_num_threads(1)
+        with dd.session():
+            with open(os.path.join(sys.argv[1], f"methods{dd.rank()}.json"), "w") as f:
+                json.dump(run_methods(), f)
+        """
+    ))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [json.loads((tmp_path / f"methods{r}.json").read_text()) for r in (0, 1)]
+    namespace: dict = {}
+    exec(compile(_METHODS, "methods", "exec"), namespace)
+    ref = namespace["run_methods"]()
+    for name, single in ref.items():
+        for r, out in enumerate(got):
+            mine = out[name]
+            # The same schedule, estimate, history and call count (all ranks together) as one process ...
+            for key in ("sigmas", "calls", "klub", "history"):
+                assert mine[key] == single[key], (name, r, key)
+            # ... with each rank evaluating its share of the rows (ld3's training is replicated).
+            assert mine["rows"] <= 0.6 * single["rows"], (name, r, mine["rows"], single["rows"])
+        assert got[0][name]["rows"] + got[1][name]["rows"] >= single["rows"]
+    assert ref["dp-budget"]["calls"] <= 5000
