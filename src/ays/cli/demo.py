@@ -30,6 +30,11 @@ PEERS = ("gits", "ld3", "oss")
 HEURISTICS = ("karras", "loglinear", "time_uniform", "kl_optimal")
 
 
+def _listed(names: list[str]) -> str:
+    """``a, b and c``."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 @click.command()
 @click.option("--problem", default="gmm-8x8", show_default=True, help="A named problem of ays.problems.")
 @click.option("--model", "-m", default="exact", show_default=True, help="exact, trained, or a model file.")
@@ -57,7 +62,7 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     from .. import optimize, schedules
     from .. import sample as run_sample
     from ..plot import plot_samples, plot_schedules
-    from ..validate import check_steps
+    from ..validate import AysError, check_steps
     from ._job import load_job
 
     # Refuse bad counts before the optimisation runs (evaluation comes after it).
@@ -74,15 +79,19 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
                           **parse_options(opts))
     took = time.perf_counter() - start
     click.echo(f"optimised with method {result.method!r} in {took:.1f} s, {result.calls:,} denoiser calls")
-    click.echo("ays schedule: " + " ".join(f"{s:.4g}" for s in result.sigmas.tolist()))
+    click.echo(f"{result.method} schedule: " + " ".join(f"{s:.4g}" for s in result.sigmas.tolist()))
 
     # The peers at their defaults: no -O options (those are the demo method's) and their own draws.
     found: dict[str, Any] = {}
     for peer in (p for p in PEERS if p != result.method):
         start = time.perf_counter()
-        found[peer] = optimize(job.denoiser, job.data, noise=job.noise, steps=steps, solver=solver, seed=seed,
-                               method=peer, sigma_min=result.sigma_min, sigma_max=result.sigma_max,
-                               model=job.label or None)
+        try:
+            found[peer] = optimize(job.denoiser, job.data, noise=job.noise, steps=steps, solver=solver, seed=seed,
+                                   method=peer, sigma_min=result.sigma_min, sigma_max=result.sigma_max,
+                                   model=job.label or None)
+        except AysError as e:  # a peer that cannot serve this solver or model is left out, not the demo
+            click.echo(f"{peer}: left out: {e}")
+            continue
         click.echo(f"{peer}: {time.perf_counter() - start:.1f} s, {found[peer].calls:,} denoiser calls")
     found[result.method] = result
 
@@ -96,8 +105,8 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     click.echo(ev.format_table(rows, ["calls", *ev.metric_columns(metrics)]))
     click.echo(f"(mean ± 95% half width over {seeds} seeds of {eval_samples} samples, the same noise for every "
                "schedule; lower is better; NLL alone rewards dropped modes; calls: denoiser calls spent finding "
-               f"the schedule, 0 for a heuristic; {' and '.join(p for p in PEERS if p != result.method)} "
-               "at their default settings)")
+               "the schedule, 0 for a heuristic" + (f"; {_listed(list(found)[:-1])} at their default settings)"
+                                                    if len(found) > 1 else ")"))
     # Its own name: the schedule file beside it keeps its name and its format (ays-schedule/1).
     results = ev.write_results(rows, out, name=f"results-{problem}-{solver}-{steps}")
 
