@@ -47,6 +47,15 @@ Choices the paper leaves open, made here:
 - **Discrete-time models**: candidates snap to the model's timesteps (plus the
   two timesteps next to the current one); the result carries ``timesteps``.
 
+**Budget** (``budget=``): ``samples`` per estimate is the largest count for which every stage
+at its sweep cap (``max_sweeps``, ``refine_sweeps``: each sweep ``4 × tried values × samples``
+rows per free point plus ``4n × samples`` for its two estimates), the estimates that start the
+stages and the final estimate fit the budget: a bound with early stopping, which only spends
+less. Without early stopping the sweep count cannot be bounded in advance: the sweeps are
+sized the same way, and a stage stops (``"stop": "calls_budget"``) as soon as one more sweep
+would leave too little for the later stages and the final estimate. Meter stages:
+``"search"`` (the plan is that bound) and ``"final"``.
+
 Randomness is derived from ``(seed, purpose, stage[, sweep])`` only, so a run
 resumed from a checkpoint ends with exactly the schedule of an uninterrupted one.
 """

@@ -32,6 +32,16 @@ counted as two forward calls (the usual cost of a reverse-mode pass: one product
 the two Jacobians per layer). ``forward``: the teacher (``B × teacher_steps``), every student
 run (training, the re-evaluation of moved starts, validation); ``backward``: the rows of every
 training run. The result's history records both.
+
+Budget and stages: the plan (meter stages ``"teacher"``, ``"train"``, ``"validate"``) counts
+model rows, i.e. forward calls; ``budget=`` is charged ``calls`` as above. Unless given,
+``teacher_samples`` is the largest count whose run at every epoch fits the budget (half of it
+held out unless ``valid_samples`` is given); early stopping only spends less.
+
+Under ``torch.distributed`` the teacher run and every validation are shared out across ranks
+(rows gathered, then the same mean), which is exact for a denoiser and ``features`` that work
+row by row. The gradient training is replicated on every rank: splitting a mini-batch would
+sum its gradient in another order, so the result would not be the single-process one bit for bit.
 """
 
 from __future__ import annotations

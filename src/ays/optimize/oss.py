@@ -33,7 +33,8 @@ per-row tensors, so one call batches many ``(i, j)`` pairs and gradients reach t
 
 Denoiser calls: ``B × calls(teacher on the refined grid)`` for the teacher, plus one call per
 noise and live source level at every step of the programme (Heun: plus one per source-target
-pair that is not the final denoise); ``B = teacher_samples``.
+pair that is not the final denoise); ``B = teacher_samples``. Meter stages ``"teacher"`` and
+``"search"``; ``budget=`` sets ``B`` and the noises are shared out across ranks (:func:`oss`).
 """
 
 from __future__ import annotations
