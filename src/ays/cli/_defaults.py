@@ -2,7 +2,8 @@
 
 The solver and the method are the library's own (:data:`ays.optimize.DEFAULT_SOLVER`,
 :data:`ays.optimize.DEFAULT_METHOD`), so ``ays.optimize(...)`` and ``ays optimize``
-agree; the KLUB chains are ``ays.optimize``'s ``samples`` default. A command's noise
+agree; the KLUB chains are ``ays.optimize``'s ``samples`` default (None: the method's, from the budget),
+and ``ays plot --klub`` takes the paper's 8,192. A command's noise
 range is, in this order: the ``--sigma-min``/``--sigma-max`` flags, the problem's or
 model's own range, else EDM's 0.002-80 with a one-line note on stderr.
 """
@@ -18,14 +19,18 @@ from ..optimize import optimize
 from ..optimize.task import DEFAULT_METHOD, DEFAULT_SOLVER
 from ..validate import AysError, check_positive
 
-__all__ = ["DEFAULT_METHOD", "DEFAULT_SOLVER", "EDM_RANGE", "EVAL_SAMPLES", "KLUB_NOTE", "SAMPLES", "model_range",
-           "noise_range", "range_note"]
+__all__ = ["DEFAULT_METHOD", "DEFAULT_SOLVER", "EDM_RANGE", "EVAL_SAMPLES", "KLUB_NOTE", "KLUB_SAMPLES", "SAMPLES",
+           "model_range", "noise_range", "range_note"]
 
 #: EDM's noise range (Karras et al. 2022), ``ays.optimize``'s when the model has none of its own.
 EDM_RANGE = (0.002, 80.0)
 
-#: Monte Carlo chains per KLUB estimate: ``ays.optimize``'s own default (the paper's 8,192).
-SAMPLES: int = inspect.signature(optimize).parameters["samples"].default
+#: Monte Carlo chains per KLUB estimate of an optimisation: ``ays.optimize``'s own default (None: the
+#: method's, the paper's 8,192, or for method "ays" as many as ``--budget`` pays for).
+SAMPLES: int | None = inspect.signature(optimize).parameters["samples"].default
+
+#: Monte Carlo chains per KLUB estimate where a number is needed (`ays plot --klub`): the paper's 8,192.
+KLUB_SAMPLES = 8192
 
 #: Samples per schedule, solver, step count and seed when schedules are compared (`ays evaluate`, `ays demo`).
 EVAL_SAMPLES = 4096

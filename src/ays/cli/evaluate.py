@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import click
 import torch
 
-from ..validate import AysError
+from ..validate import AysError, check_budget
 from ._defaults import DEFAULT_METHOD, DEFAULT_SOLVER, EVAL_SAMPLES, SAMPLES
+from ._progress import bars_wanted, progress_option
 
 DEFAULT_SCHEDULES = "karras,loglinear,time_uniform,kl_optimal"
 
@@ -66,8 +68,8 @@ def load_denoiser(model: str, problem: Any, problem_name: str) -> tuple[Callable
     return net, label
 
 
-def _progress_bar(total: int, quiet: bool) -> tuple[Callable[[dict[str, Any]], None] | None, Any]:
-    if quiet:
+def _progress_bar(total: int, bars: bool) -> tuple[Callable[[dict[str, Any]], None] | None, Any]:
+    if not bars:
         return None, None
     from tqdm import tqdm
 
@@ -93,6 +95,38 @@ def _progress_bar(total: int, quiet: bool) -> tuple[Callable[[dict[str, Any]], N
     return progress, lazy
 
 
+def _optimize_cells(denoiser: Any, prob: Any, solvers: list[str], steps: list[int], *, folder: str | None,
+                    resume: bool, quiet: bool, progress_bars: bool | None, **kwargs: Any) -> dict[Any, torch.Tensor]:
+    """``--optimize``: a schedule per (solver, steps), each cell with its stage bars, saved and resumed per cell."""
+    from ..evaluate.optimized import optimize_cells
+    from ._progress import StageBars
+
+    bars = StageBars.for_command(quiet, progress_bars)
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") != "cell":
+            bars(event)
+            return
+        bars.close()  # the previous cell's last bar
+        solver, n = event["solver"], event["steps"]
+        bars.label = f"{solver} n={n}"
+        if not quiet:
+            what = f"optimised already ({event['saved']})" if event["saved"] else "optimising"
+            bars.write(f"ays: {solver} at {n} steps ({event['done'] + 1} of {event['total']}): {what}")
+
+    try:
+        results = optimize_cells(denoiser, prob, solvers, steps, folder=folder, resume=resume, progress=on_event,
+                                 **kwargs)
+    except KeyboardInterrupt:
+        bars.close()
+        hint = f"; resume with the same command and --resume (cells in {folder})" if folder else ""
+        click.echo(f"ays: interrupted{hint}", err=True)
+        sys.exit(130)
+    finally:
+        bars.close()  # the error line of an AysError must not share a line with a bar
+    return {key: res.sigmas for key, res in results.items()}
+
+
 @click.command()
 @click.argument("problem")
 @click.option("--model", "-m", default="exact", show_default=True,
@@ -109,15 +143,26 @@ def _progress_bar(total: int, quiet: bool) -> tuple[Callable[[dict[str, Any]], N
 @click.option("--optimize", "do_optimize", is_flag=True,
               help="Also optimise a schedule per (solver, steps) with ays.optimize and evaluate it as 'ays'.")
 @click.option("--method", default=DEFAULT_METHOD, show_default=True, help="Optimiser for --optimize.")
-@click.option("--optimize-samples", type=int, default=SAMPLES, show_default=True,
-              help="Monte Carlo chains per KLUB estimate for --optimize (`ays optimize --samples`).")
+@click.option("--optimize-samples", type=int, default=SAMPLES,
+              help="Monte Carlo chains per KLUB estimate for --optimize (`ays optimize --samples`; default: the "
+                   "method's).")
+@click.option("--budget", default=None, metavar="CALLS",
+              help="For --optimize: denoiser calls each cell's optimisation may spend (50000, 50k, 1.5M; "
+                   "default: the method's own).")
+@click.option("--checkpoint", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="For --optimize: folder of each cell's schedule and the running cell's checkpoint "
+                   "(default: --out).")
+@click.option("--resume", is_flag=True,
+              help="For --optimize: reuse the cells saved in the checkpoint folder and continue the interrupted one.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Folder for results.csv, results.json and the plots.")
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@progress_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no estimate lines.")
 def evaluate(problem: str, model: str, schedules: str, solvers: str, steps: str, seeds: int, samples: int,
              metrics: str | None, sigma_min: float | None, sigma_max: float | None, do_optimize: bool, method: str,
-             optimize_samples: int, out: str | None, markdown: bool, quiet: bool) -> None:
+             optimize_samples: int, budget: str | None, checkpoint: str | None, resume: bool, out: str | None,
+             markdown: bool, progress_bars: bool | None, quiet: bool) -> None:
     """Sample PROBLEM's model with each schedule × solver × step count and print the metrics
     (mean ± 95 % t-interval over seeds; the same noise for every schedule within a seed).
 
@@ -139,6 +184,12 @@ def evaluate(problem: str, model: str, schedules: str, solvers: str, steps: str,
     for label, value in (("seeds", seeds), ("samples", samples)):
         if value < 1:
             raise AysError(f"--{label} must be a positive integer, got {value}")
+    calls = None if budget is None else check_budget(budget, name="--budget")
+    if not do_optimize and (budget is not None or checkpoint is not None or resume):
+        raise AysError("--budget, --checkpoint and --resume are options of --optimize")
+    folder = checkpoint if checkpoint is not None else out
+    if resume and folder is None:
+        raise AysError("--resume needs the folder of the interrupted run: --checkpoint DIR or --out DIR")
     denoiser, label = load_denoiser(model, prob, problem)
     lo = prob.sigma_min if sigma_min is None else sigma_min
     hi = prob.sigma_max if sigma_max is None else sigma_max
@@ -151,26 +202,25 @@ def evaluate(problem: str, model: str, schedules: str, solvers: str, steps: str,
         ev.resolve_schedule(spec, step_list[0], solver_list[0], lo, hi, name=key)  # fail fast on a bad name/file
         named[key] = spec
     if do_optimize:
-        from ..optimize import METHODS, optimize
+        from ..optimize import METHODS
 
         if method not in METHODS:
             raise AysError(f"unknown method {method!r}; choose one of: {', '.join(sorted(METHODS))}")
         if "ays" in named:
             raise AysError("a schedule named 'ays' is given and --optimize would add another")
-        optimised: dict[tuple[str, int], torch.Tensor] = {}
-        for solver in solver_list:
-            for n in step_list:
-                if not quiet:
-                    click.echo(f"optimising {solver} at {n} steps ...", err=True)
-                res = optimize(denoiser, prob, steps=n, solver=solver, sigma_min=lo, sigma_max=hi, seed=0,
-                               method=method, model=label, samples=optimize_samples)
-                optimised[(solver, n)] = res.sigmas
-                if out is not None:
-                    os.makedirs(out, exist_ok=True)
-                    res.save(os.path.join(out, f"ays_{solver}_{n}.json"))
+        optimised = _optimize_cells(denoiser, prob, solver_list, step_list, folder=folder, resume=resume,
+                                    quiet=quiet, progress_bars=progress_bars, sigma_min=lo, sigma_max=hi, seed=0,
+                                    method=method, model=label, samples=optimize_samples, budget=calls)
+        if out is not None and folder is not None and folder != out:  # the schedules beside the results too
+            from ..evaluate.optimized import cell_paths
+
+            os.makedirs(out, exist_ok=True)
+            for solver, n in optimised:
+                shutil.copyfile(cell_paths(folder, solver, n)[0], cell_paths(out, solver, n)[0])
         named["ays"] = optimised
 
-    progress, bar = _progress_bar(len(named) * len(solver_list) * len(step_list) * seeds, quiet)
+    progress, bar = _progress_bar(len(named) * len(solver_list) * len(step_list) * seeds,
+                                  bars_wanted(quiet, progress_bars))
     try:
         rows = ev.evaluate(denoiser, prob, named, solver_list, step_list, seeds=seeds, samples=samples,
                            metrics=metric_list, progress=progress, sigma_min=lo, sigma_max=hi, model=label)

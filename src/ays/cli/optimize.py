@@ -11,49 +11,23 @@ import click
 from ..validate import AysError
 from ._defaults import DEFAULT_METHOD, DEFAULT_SOLVER, KLUB_NOTE, SAMPLES, model_range, noise_range, range_note
 from ._job import load_job, model_options
+from ._progress import StageBars, progress_option
 from .schedule import parse_options
 
 
-class SweepBar:
-    """A tqdm bar over sweeps that shows the current KLUB; also the resume hint."""
-
-    def __init__(self, quiet: bool) -> None:
-        from ..distributed import is_rank_zero
-
-        # Under torchrun every rank runs this command; only rank 0 shows the bar. The bar
-        # opens with the first sweep, so an argument refused before any work prints nothing.
-        self.quiet = quiet or not is_rank_zero()
-        self.bar: Any = None
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("event") == "done":
-            return
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(desc="optimising", unit="sweep", disable=self.quiet, leave=False, dynamic_ncols=True)
-        self.bar.update(1)
-        post = {"stage": f"{event['steps']} steps"} if "steps" in event else {}
-        for key in ("klub", "heldout"):
-            if isinstance(event.get(key), (int, float)):
-                post[key] = f"{event[key]:.5g}"
-        self.bar.set_postfix(post, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_optimize(job: Any, *, out: str | None, checkpoint: str | None, resume: bool, quiet: bool,
-                 **kwargs: Any) -> Any:
-    """Run :func:`ays.optimize` for a job with a progress bar; write the schedule file."""
+                 progress_bars: bool | None = None, **kwargs: Any) -> Any:
+    """Run :func:`ays.optimize` for a job with a bar per stage and the estimate line; write the schedule file.
+
+    ``progress_bars``: ``--progress/--no-progress`` (None: bars when stderr is a terminal; see :mod:`._progress`).
+    """
     from .. import optimize
 
     if checkpoint is None and out is not None:
         checkpoint = out + ".ckpt.json"
     if resume and (checkpoint is None or not os.path.exists(checkpoint)):
         raise AysError(f"--resume: no checkpoint at {checkpoint!r}")
-    bar = SweepBar(quiet)
+    bar = StageBars.for_command(quiet, progress_bars)
     try:
         result = optimize(job.denoiser, job.data, noise=job.noise, checkpoint=checkpoint, resume=resume,
                           progress=bar, model=job.label or None, **kwargs)
@@ -98,10 +72,14 @@ def _remove_checkpoint(checkpoint: str) -> None:
               help="Largest noise level (default: the problem's/model's, else EDM's 80).")
 @click.option("--method", default=DEFAULT_METHOD, show_default=True,
               help="Optimiser: ays (global + evidence-based stopping), coordinate (the paper's), dp, gits, dmn.")
-@click.option("--samples", type=int, default=SAMPLES, show_default=True,
+@click.option("--samples", type=int, default=SAMPLES,
               help="Monte Carlo chains per KLUB estimate: each sweep's (coordinate), the KLUB table's (dp, ays) and "
-                   "the final one; ays's selection draws its own -O select_samples (2048).")
+                   "the final one (default: 8,192; ays: as many as --budget pays for); ays's selection draws its "
+                   "own -O select_samples.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--budget", default=None, metavar="CALLS",
+              help="Denoiser calls the method may spend, all stages together: 50000, 50k, 1.5M "
+                   "(default: the method's own).")
 @click.option("--early-stopping/--no-early-stopping", default=True, show_default=True,
               help="--no-early-stopping runs to the KLUB minimiser (it over-aligns; see the README).")
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Method option, e.g. -O max_sweeps=8.")
@@ -117,12 +95,14 @@ def _remove_checkpoint(checkpoint: str) -> None:
               help="Checkpoint file (default: OUT.ckpt.json), written after every sweep.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also plot the schedule (PNG).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@progress_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no estimate line.")
 def optimize(target: str | None, model: str, diffusers: str | None, prompts: tuple[str, ...], guidance_scale: float,
              latents: str | None, solver: str, steps: int, sigma_min: float | None, sigma_max: float | None,
-             method: str, samples: int, seed: int, early_stopping: bool, opts: tuple[str, ...],
+             method: str, samples: int, seed: int, budget: str | None, early_stopping: bool, opts: tuple[str, ...],
              batch_size: int | None, max_memory: str | None, dtype: str | None, device: str | None, out: str,
-             checkpoint: str | None, resume: bool, plot: str | None, quiet: bool) -> None:
+             checkpoint: str | None, resume: bool, plot: str | None, progress_bars: bool | None,
+             quiet: bool) -> None:
     """Optimise a sampling schedule (Align Your Steps) and save it as an ays-schedule/1 file.
 
     PROBLEM is a named problem of ays.problems (gmm-8x8, gmm-8x4, gmm-6x6, gaussian,
@@ -142,20 +122,22 @@ def optimize(target: str | None, model: str, diffusers: str | None, prompts: tup
 
     with session():
         _optimize(target, model, diffusers, prompts, guidance_scale, latents, solver, steps, sigma_min, sigma_max,
-                  method, samples, seed, early_stopping, opts, batch_size, max_memory, dtype, device, out,
-                  checkpoint, resume, plot, quiet, is_rank_zero)
+                  method, samples, seed, budget, early_stopping, opts, batch_size, max_memory, dtype, device, out,
+                  checkpoint, resume, plot, progress_bars, quiet, is_rank_zero)
 
 
 def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tuple[str, ...],
               guidance_scale: float, latents: str | None, solver: str, steps: int, sigma_min: float | None,
-              sigma_max: float | None, method: str | None, samples: int, seed: int, early_stopping: bool,
-              opts: tuple[str, ...], batch_size: int | None, max_memory: str | None, dtype: str | None,
-              device: str | None, out: str, checkpoint: str | None, resume: bool, plot: str | None, quiet: bool,
-              is_rank_zero: Any) -> None:
+              sigma_max: float | None, method: str | None, samples: int, seed: int, budget: str | None,
+              early_stopping: bool, opts: tuple[str, ...], batch_size: int | None, max_memory: str | None,
+              dtype: str | None, device: str | None, out: str, checkpoint: str | None, resume: bool,
+              plot: str | None, progress_bars: bool | None, quiet: bool, is_rank_zero: Any) -> None:
     from ..device import parse_device, parse_memory
     from ..io import check_writable
+    from ..validate import check_budget
 
     # Refuse bad flags and unwritable outputs before the model is loaded and the work done.
+    calls = None if budget is None else check_budget(budget, name="--budget")
     parse_device(device)
     parse_memory(max_memory)
     check_writable(out, what="--out")
@@ -166,6 +148,8 @@ def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tu
     kwargs: dict[str, Any] = dict(steps=steps, solver=solver, seed=seed, samples=samples,
                                   early_stopping=early_stopping, batch_size=batch_size, max_memory=max_memory,
                                   dtype=dtype, device=device)
+    if calls is not None:
+        kwargs["budget"] = calls  # absent otherwise: the method's default, and old checkpoints stay valid
     kwargs["sigma_min"], kwargs["sigma_max"] = noise_range(sigma_min, sigma_max, model_range(job), note=False)
     kwargs["method"] = method
     if getattr(job, "init", None) is not None and sigma_min is None and sigma_max is None:
@@ -173,7 +157,8 @@ def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tu
         if init is not None:
             kwargs.update(init=init, sigma_min=float(init[-1]), sigma_max=float(init[0]))
     kwargs.update(parse_options(opts))
-    result = run_optimize(job, out=out, checkpoint=checkpoint, resume=resume, quiet=quiet, **kwargs)
+    result = run_optimize(job, out=out, checkpoint=checkpoint, resume=resume, quiet=quiet,
+                          progress_bars=progress_bars, **kwargs)
     if not is_rank_zero():
         return
     click.echo(" ".join(f"{s:.6g}" for s in result.sigmas.tolist()))

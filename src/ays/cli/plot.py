@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..validate import AysError
-from ._defaults import KLUB_NOTE, SAMPLES, noise_range, range_note
+from ._defaults import KLUB_NOTE, KLUB_SAMPLES, noise_range, range_note
 from ._job import load_job
 from .schedule import resolve
 
@@ -19,7 +19,7 @@ from .schedule import resolve
               help="Range for heuristics (default: the --klub problem's, else EDM's 80).")
 @click.option("--klub", "klub_problem", default=None, metavar="PROBLEM",
               help="Also estimate each interval's KLUB with PROBLEM's exact denoiser.")
-@click.option("--samples", type=int, default=SAMPLES, show_default=True,
+@click.option("--samples", type=int, default=KLUB_SAMPLES, show_default=True,
               help="Monte Carlo chains per KLUB estimate for --klub.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedules.png", show_default=True)
