@@ -345,3 +345,14 @@ def test_evaluate_resume_with_method_dp_equals_an_uninterrupted_run(
     a, b = ays.evaluate.read_results(whole / "results.csv"), ays.evaluate.read_results(parts / "results.csv")
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in a] == \
         [{k: v for k, v in r.items() if k != "seconds"} for r in b]
+
+
+def test_the_estimate_line_reads_as_the_docs_show_it() -> None:
+    event = {"event": "estimate", "seconds": 2400.0, "seconds_per_call": 0.048, "calls": 50_000}
+    line = "ays: about 40 min on this device (50,000 denoiser calls, 0.048 s per call)"
+    assert _progress.estimate_line(event) == line
+    m = ESTIMATE.match(_progress.estimate_line({**event, "seconds_per_call": 2.2e-5}, "euler n=5"))
+    assert m is not None and m["label"] == "euler n=5" and m["per"] == "22" and m["per_unit"] == "µs"
+    for per in [9.96e-5, 9.96e-4, 0.0996, 150.0]:  # never an exponent, and within rounding of the truth
+        m = ESTIMATE.match(_progress.estimate_line({**event, "seconds_per_call": per}))
+        assert m is not None and seconds(m, "per", "per_unit") == pytest.approx(per, rel=0.06), per

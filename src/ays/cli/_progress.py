@@ -41,13 +41,18 @@ def human_duration(seconds: float) -> str:
     return f"{hours:.1f} h" if hours < 10 else f"{round(hours)} h"
 
 
+def _digits(value: float) -> str:
+    """Two significant digits, without the exponent ``:.2g`` writes from 99.5 up (``1e+02``)."""
+    return f"{value:.2g}" if value < 99.5 else str(round(value))
+
+
 def _per_call(seconds: float) -> str:
     """Seconds per denoiser call, two significant digits, in s, ms or µs so that no exponent shows."""
     if seconds >= 0.01:
-        return f"{seconds:.2g} s"
-    if seconds >= 1e-5:
-        return f"{seconds * 1e3:.2g} ms"
-    return f"{seconds * 1e6:.2g} µs"
+        return f"{_digits(seconds)} s"
+    if seconds >= 1e-3:
+        return f"{_digits(seconds * 1e3)} ms"
+    return f"{_digits(seconds * 1e6)} µs"
 
 
 def estimate_line(event: dict[str, Any], label: str = "") -> str:

@@ -92,7 +92,7 @@ def _remove_checkpoint(checkpoint: str) -> None:
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedule.json", show_default=True,
               help="Where to write the ays-schedule/1 file.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="Checkpoint file (default: OUT.ckpt.json), written after every sweep.")
+              help="Checkpoint file (default: OUT.ckpt.json), written as the method goes (every sweep or chunk).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also plot the schedule (PNG).")
 @progress_option

@@ -19,6 +19,8 @@ The rooms, in the order an evaluation uses them:
 - :mod:`.measure`: the metrics (:data:`METRICS`), which a problem gets
   (:func:`default_metrics`) and computing them.
 - :mod:`.run`: the driver, :func:`evaluate`.
+- :mod:`.optimized`: an optimised schedule per (solver, steps) cell, saved and resumed per
+  cell (:func:`~.optimized.optimize_cells`, what ``ays evaluate --optimize`` runs).
 - :mod:`.results`: results files (:func:`write_results`, :func:`read_results`,
   :data:`FORMAT`) and :func:`machine_description`; :mod:`.tables`: results as text
   (:func:`format_table`, :func:`format_pivot`).
