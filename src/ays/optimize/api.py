@@ -44,7 +44,7 @@ def optimize(
     sigma_max: float | None = None,
     seed: int = 0,
     method: str = DEFAULT_METHOD,
-    samples: int = 8192,
+    samples: int | None = None,
     early_stopping: bool = True,
     init: Tensor | Sequence[float] | None = None,
     noise: NoiseSchedule | None = None,
@@ -75,7 +75,8 @@ def optimize(
             global optimiser ``"dp"`` plus a stopping point chosen
             from evidence, sliced W2 of few-step samples to a many-step reference run),
             ``"dp"`` (the exact grid KLUB minimiser), ``"gits"``, ``"dmn"`` (baselines).
-        samples: Monte Carlo chains per KLUB estimate (paper: 8,192).
+        samples: Monte Carlo chains per KLUB estimate (default 8,192, the paper's; ``"ays"`` sets its
+            table's chains from the budget unless this is given).
         early_stopping: stop early (the paper's method; the default). ``False``: run to
             convergence of the KLUB estimate, i.e. return the KLUB minimiser.
         init: starting schedule (else EDM rho=7, or time-uniform for discrete-time models).
@@ -114,7 +115,8 @@ def optimize(
     if not isinstance(solver, str):
         raise AysError(f"solver must be a name, got {solver!r}")
     check_choice(solver, solvers.names(), what="solver")
-    samples = check_steps(samples, name="samples", minimum=2)
+    given = frozenset(name for name, v in (("samples", samples), ("budget", budget)) if v is not None)
+    samples = 8192 if samples is None else check_steps(samples, name="samples", minimum=2)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise AysError(f"seed must be an integer, got {seed!r}")
     if not isinstance(early_stopping, bool):
@@ -196,6 +198,7 @@ def optimize(
         method=method,
         dtype=None if dtype is None else str(run.dtype).removeprefix("torch."),
         budget=budget,
+        given=given,
     )
     # The optimiser never needs gradients; without this, a network denoiser would
     # keep every batch's autograd graph alive.

@@ -1,91 +1,123 @@
-"""Where to stop, chosen from evidence: the replacement for the paper's early stopping (``method="ays"``).
+"""The default optimiser (``method="ays"``): the KLUB's path, judged against a teacher, within a budget.
 
-The converged KLUB minimum over-aligns: for 5-10 steps it takes one giant first
-step and drops the outer modes of a mixture (REFERENCES.md, "What we measured";
-the paper stops its coordinate search early by looking at image metrics). Here the
-program makes that call itself, from evidence it can compute without a human:
+Long because it holds the one default method end to end: its budget plan, its evidence,
+the choice along the path, the refinement and the significance gate, and their resume.
 
-1. **Candidates on the way to the KLUB optimum.** The start is ``kl_optimal``
-   (paper Thm 3.1, the KL-optimal schedule of Euler/DDIM for Gaussian data) with
-   ``c`` the data's RMS per-coordinate standard deviation ``ĉ`` estimated from ``data``
-   (or ``init`` when given); the end is the global grid optimum of the KLUB
-   (:mod:`ays.optimize.dp`; the paper's bound by default, ``objective="solver"`` for the
-   solver-aware one, which made no better end in the benchmark's ablation). Candidates
-   blend the two in log-sigma, ``log s(λ) = (1 − λ) log s_start + λ log s_dp``,
-   ``λ = 0, 1/(P−1), ..., 1`` (a convex combination of two decreasing schedules is
-   decreasing); ``family="grid"`` (default) also varies the start's scale,
-   ``c ∈ ĉ·c_factors``. The standard heuristics named in ``heuristics`` join the
-   candidates, so the evidence can also fall back on one of them.
-2. **A cheap output-space discrepancy.** The target solver runs ``select_samples``
-   draws with each candidate (the same noise and solver noise for every candidate:
-   common random numbers), and their sliced W2 (or MMD, energy distance) to a
-   reference set is computed. The reference is a many-step run of the same model
-   (``reference_steps`` steps of ``reference_solver``, EDM's rho=7 spacing) on
-   held-out noise — or, with ``reference="data"``, fresh data. The ``finalists`` best
-   are scored again on independent noise against an independent reference set, and
-   the mean of the two scores picks one (less selection noise).
-3. **Refinement on the same evidence**: coordinate moves of single levels (a fraction
-   ``refine_delta`` of the gap to a neighbour in log-sigma, halved each sweep, at most
-   ``refine_budget`` schedules), each kept when it lowers the discrepancy.
-4. **A held-out check**: the refined schedule replaces the path's best only if it is
-   also better on independent noise against an independent reference set, so the
-   refinement cannot win by fitting the noise of the first set.
+The converged KLUB minimum over-aligns: for 5-10 steps it takes one giant first step and
+drops the outer modes of a mixture (REFERENCES.md, "What we measured"; the paper stops its
+coordinate search early by looking at image metrics). This method makes that call itself,
+from evidence, inside a budget of denoiser calls (``budget=``, default
+:func:`default_budget`: 50,000 calls at 10 steps) that it splits over five stages:
 
-Denoiser calls: the DP table (``grid × samples``), the two reference sets
-(``2 × select_samples × reference_steps``) and ``select_samples × steps`` per schedule
-tried — an order of magnitude below the paper's coordinate search (see
-``benchmarks/beyond.py``).
+1. **table**: the KLUB table of :mod:`ays.optimize.dp` at a fraction of the paper's chains
+   (``table_share`` of the budget; ``samples=`` sets the chains instead) and its grid optimum,
+   the end of the path. The start is ``kl_optimal`` (paper Thm 3.1) at the data's scale ``ĉ``
+   (RMS per-coordinate standard deviation), or ``init``.
+2. **teacher**: two independent sets of ``select_samples`` noises (one to choose on, one to
+   check on), each run through a many-step teacher: ``reference_steps`` steps of the target
+   solver itself when it is stochastic, driven by a Brownian tree
+   (:class:`ays.solvers.brownian.BrownianTree`) so that every few-step run from the same noise
+   shares its Brownian path; of ``reference_solver`` (DPM-Solver++(2M)) for an ODE solver.
+3. **candidates**: schedules on the way from the start to the end,
+   ``log s(λ) = (1 − λ) log s_start + λ log s_dp`` (and, ``family="grid"``, starts at
+   ``ĉ·c_factors``), plus the heuristics named in ``heuristics``. Each is judged by the
+   **paired** error (``select="paired"``): the mean over noises ``z_i`` of
+   ``|f(x_s(z_i)) − f(x_teacher(z_i))|² / d``, with the same noise and Brownian path for the
+   schedule and the teacher; ``f`` is ``features`` (a feature network) or the identity. The
+   coupling makes it an upper bound on the squared W2 distance between the few-step and
+   the teacher's laws, and, because every schedule meets the same noise, the differences
+   between schedules have a small variance even with ~100 noises in 16k dimensions, where
+   two independent sample sets do not (``select="sw2"``/``"mmd"``/``"energy"``: the
+   unpaired distances to a reference set, kept for the ablation of BENCHMARKS.md).
+4. **refine**: coordinate moves of single levels (a fraction ``refine_delta`` of the gap to
+   a neighbour in log-sigma, halved each sweep) on the same evidence, while the budget lasts.
+5. **validate**: the significance gate. On the second noise set, the paired differences
+   ``d_i = e_start(z_i) − e_chosen(z_i)`` must have a mean above ``significance`` standard
+   errors; otherwise the start is returned. So the result is never worse beyond noise than
+   ``kl_optimal`` at the data's scale. (Unpaired evidence: the chosen one must beat the start.)
+
+Under ``torch.distributed`` every stage shares its rows out (:func:`ays.distributed.map_shards`):
+each rank runs its share of the noises, per-noise errors are gathered, and every rank takes
+the same decisions. A checkpoint is written after every stage and every schedule judged; a
+resumed run reloads the table, the teacher outputs (a ``.teacher.pt`` file beside the
+checkpoint) and every score, and judges nothing twice.
 """
 
 from __future__ import annotations
 
+import io
 import math
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import distributed as _dist
 from .. import metrics, schedules, solvers
 from ..data import Cond, bind, conditioning, draw, take, to
-from ..klub import DEFAULT_BATCH_SIZE, seed_for
+from ..io import atomic_write_bytes
+from ..klub import seed_for
+from ..solvers.brownian import BrownianTree
 from ..validate import AysError, check_positive, check_sigmas, check_steps
-from .dp import DPOptions, finish, jsonable, run_dp
+from .checkpoint import load_state, save_state
+from .dp import DPOptions, finish, grid_for, jsonable, run_dp
 from .result import OptimizeResult
 from .task import Task, register
 
-__all__ = ["Evidence", "SelectOptions", "ays", "blend", "choose", "data_scale", "discrepancy", "gather_evidence",
-           "parse_options", "run_samples"]
+__all__ = [
+    "Evidence",
+    "Plan",
+    "SelectOptions",
+    "ays",
+    "blend",
+    "data_scale",
+    "default_budget",
+    "gather_evidence",
+    "make_plan",
+    "parse_options",
+    "run_rows",
+]
 
 Tensor = torch.Tensor
+Features = Callable[[Tensor], Tensor]
 
-DISCREPANCIES = ("sw2", "mmd", "energy")
+EVIDENCE = ("paired", "coupled", "sw2", "mmd", "energy")
+
+
+def default_budget(steps: int) -> int:
+    """The default budget in denoiser calls: ``5,000 × steps``, at least 20,000 (50,000 at 10 steps)."""
+    return max(20_000, 5_000 * steps)
 
 
 @dataclass(frozen=True)
 class SelectOptions:
-    """Selection options of ``method="ays"`` (it takes every :class:`~ays.optimize.dp.DPOptions` too)."""
+    """Options of ``method="ays"`` beyond those of :class:`~ays.optimize.dp.DPOptions` (module docstring)."""
 
-    select: str = "sw2"  #: discrepancy: "sw2", "mmd", "energy"; "none" returns the KLUB optimum
+    select: str = "coupled"  #: evidence: "coupled", "paired" (module docstring), "sw2", "mmd", "energy"; "none"
     family: str = "grid"  #: "blend": λ-path kl_optimal(ĉ) → DP optimum; "grid": also c ∈ ĉ·c_factors
     path_points: int = 5  #: λ values on each path, ends included
     c_factors: tuple[float, ...] = (0.7, 1.0, 1.4)  #: scales of the start tried by family="grid"
     heuristics: tuple[str, ...] = ("kl_optimal", "loglinear", "karras")  #: named schedules also tried
-    refine_sweeps: int = 2  #: sweeps of coordinate moves on the discrepancy (0: none)
+    refine_sweeps: int = 3  #: sweeps of coordinate moves on the evidence (0: none)
     refine_delta: float = 0.3  #: first move, as a fraction of the gap to a neighbour (halves per sweep)
-    refine_budget: int = 40  #: at most this many schedules tried by the refinement
-    finalists: int = 3  #: best candidates re-scored on the held-out set; the mean of both scores decides
-    validate: bool = True  #: keep the refinement only if it also wins on held-out noise and reference
-    select_samples: int = 2048  #: few-step samples per candidate, and reference samples per half
-    reference: str = "model"  #: "model": many-step run of the same model; "data": fresh data
-    reference_steps: int = 64  #: steps of the reference run
-    reference_solver: str = "dpmpp_2m"  #: solver of the reference run
-    projections: int = 256  #: directions of the sliced W2
+    refine_budget: int | None = None  #: at most this many schedules refined (None: what the budget leaves)
+    validate: bool = True  #: the significance gate against the start on the second noise set
+    significance: float = 2.0  #: standard errors the gain over the start must exceed (one-sided, ~97.7 %)
+    bootstrap: int = 200  #: resamples of the noises for the standard error of a coupled gain
+    select_samples: int | None = None  #: noises per set (choose, validate); None: from the budget
+    reference_steps: int = 32  #: steps of the teacher run
+    reference_solver: str | None = None  #: teacher: None = the target solver if stochastic, else "dpmpp_2m"
+    projections: int = 256  #: directions of the sliced W2 (select="sw2")
+    table_share: float = 0.15  #: share of the budget spent on the KLUB table
+    teacher_share: float = 0.3  #: share of the budget spent on the teacher runs (sets select_samples)
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> SelectOptions:
         opt = cls(**options)
-        if opt.select not in (*DISCREPANCIES, "none"):
-            raise AysError(f"select must be one of {', '.join((*DISCREPANCIES, 'none'))}, got {opt.select!r}")
+        if opt.select not in (*EVIDENCE, "none"):
+            raise AysError(f"select must be one of {', '.join((*EVIDENCE, 'none'))}, got {opt.select!r}")
         if opt.family not in ("blend", "grid"):
             raise AysError(f"family must be 'blend' or 'grid', got {opt.family!r}")
         check_steps(opt.path_points, name="path_points", minimum=2)
@@ -98,22 +130,30 @@ class SelectOptions:
                 raise AysError(f"heuristics: {h!r} is not a heuristic that takes the range; choose from "
                                "karras, loglinear, polyexponential, kl_optimal, beta")
         check_steps(opt.refine_sweeps, name="refine_sweeps", minimum=0)
-        check_steps(opt.refine_budget, name="refine_budget", minimum=0)
+        if opt.refine_budget is not None:
+            check_steps(opt.refine_budget, name="refine_budget", minimum=0)
         delta = check_positive(opt.refine_delta, name="refine_delta")
         if delta >= 1:
             raise AysError(f"refine_delta must be below 1 (a fraction of the gap), got {delta}")
-        check_steps(opt.finalists, name="finalists")
         if not isinstance(opt.validate, bool):
             raise AysError(f"validate must be True or False, got {opt.validate!r}")
-        check_steps(opt.select_samples, name="select_samples", minimum=8)
-        if opt.reference not in ("model", "data"):
-            raise AysError(f"reference must be 'model' or 'data', got {opt.reference!r}")
+        check_positive(opt.significance, name="significance", allow_zero=True)
+        if opt.select_samples is not None:
+            check_steps(opt.select_samples, name="select_samples", minimum=8)
         check_steps(opt.reference_steps, name="reference_steps", minimum=2)
-        if not isinstance(opt.reference_solver, str):
-            raise AysError(f"reference_solver must be a solver name, got {opt.reference_solver!r}")
-        solvers.info(opt.reference_solver)
+        if opt.reference_solver is not None:
+            if not isinstance(opt.reference_solver, str):
+                raise AysError(f"reference_solver must be a solver name, got {opt.reference_solver!r}")
+            solvers.info(opt.reference_solver)
         check_steps(opt.projections, name="projections")
-        return cls(**{**asdict(opt), "c_factors": factors, "refine_delta": delta, "heuristics": heuristics})
+        check_steps(opt.bootstrap, name="bootstrap", minimum=10)
+        share = check_positive(opt.table_share, name="table_share")
+        teach = check_positive(opt.teacher_share, name="teacher_share")
+        if share + teach >= 0.9:
+            raise AysError(f"table_share + teacher_share must be below 0.9 (shares of the budget), got {share + teach}")
+        return cls(**{**asdict(opt), "c_factors": factors, "refine_delta": delta, "heuristics": heuristics,
+                      "significance": float(opt.significance), "table_share": share,
+                      "teacher_share": teach})
 
 
 def data_scale(data: Any, seed: int, n: int = 4096) -> float:
@@ -137,37 +177,11 @@ def blend(start: Tensor, end: Tensor, lam: float) -> Tensor:
     return out
 
 
-def run_samples(
-    solver: str, denoiser: Any, noise: Tensor, sigmas: Tensor, seed: int, batch_size: int | None = None,
-    cond: Cond | None = None,
-) -> Tensor:
-    """``solver`` from ``noise · sigmas[0]`` over ``to_sampling(sigmas)``, in chunks; chunk k's
-    solver noise comes from ``seed_for(seed, k)`` (the same for every schedule). Row i is
-    denoised under ``cond``'s row i (:mod:`ays.data`)."""
-    fn = solvers.get(solver)
-    s = schedules.to_sampling(sigmas)
-    rows = min(noise.shape[0], DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
-    out = []
-    for k, r0 in enumerate(range(0, noise.shape[0], rows)):
-        g = torch.Generator(device=noise.device).manual_seed(seed_for(seed, k))
-        chunk = bind(denoiser, take(cond or {}, slice(r0, r0 + rows)))
-        out.append(fn(chunk, noise[r0 : r0 + rows] * float(s[0]), s, generator=g))
-    x = torch.cat(out)
-    if not torch.isfinite(x).all():
-        raise AysError(f"solver {solver!r} produced NaN or inf on a candidate schedule")
-    return x
-
-
-def discrepancy(kind: str, x: Tensor, ref: Tensor, *, projections: int = 256, bandwidth: float | None = None) -> float:
-    """Distance between the sample sets ``x`` and ``ref``: sliced W2, MMD² or energy distance."""
-    if kind == "sw2":
-        return metrics.sliced_w2(x, ref, projections=projections,
-                                 generator=torch.Generator().manual_seed(0)).value
-    if kind == "mmd":
-        return metrics.mmd(x, ref, bandwidth=bandwidth)
-    if kind == "energy":
-        return metrics.energy_distance(x, ref)
-    raise AysError(f"unknown discrepancy {kind!r}; choose one of: {', '.join(DISCREPANCIES)}")
+def teacher_solver(task: Task, opt: SelectOptions) -> str:
+    """The teacher's solver: the target itself when stochastic (same SDE, same Brownian path), else 2M."""
+    if opt.reference_solver is not None:
+        return opt.reference_solver
+    return task.solver if solvers.info(task.solver).stochastic else "dpmpp_2m"
 
 
 def _reference_schedule(task: Task, steps: int) -> Tensor:
@@ -178,120 +192,272 @@ def _reference_schedule(task: Task, steps: int) -> Tensor:
     return schedules.karras(steps, task.sigma_min, task.sigma_max, rho=7.0)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How the budget is spent: table chains, noises per set, schedules judged, calls per stage."""
+
+    budget: int
+    chains: int
+    final_samples: int
+    rows: int
+    candidates: int
+    refine: int
+    stages: dict[str, int]
+
+
+def make_plan(task: Task, dopt: DPOptions, sopt: SelectOptions, candidates: int, chains_given: bool) -> Plan:
+    """Split ``task.budget`` (or :func:`default_budget`) over the stages (module docstring).
+
+    A schedule costs ``rows × calls per row`` of the target solver, the teacher
+    ``2 × rows × its calls per row``. Refused with the minimum named when the budget
+    cannot pay for 16 chains, 16 noises per set and every candidate once.
+    """
+    budget = default_budget(task.steps) if task.budget is None else task.budget
+    grid = int(grid_for(task, dopt.grid).numel())
+    per_cand = solvers.count_calls(task.solver, schedules.to_sampling(
+        schedules.kl_optimal(task.steps, task.sigma_min, task.sigma_max)))
+    per_teacher = solvers.count_calls(teacher_solver(task, sopt),
+                                      schedules.to_sampling(_reference_schedule(task, sopt.reference_steps)))
+    chains = task.samples if chains_given else max(16, int(sopt.table_share * budget) // grid)
+    final = dopt.final_samples
+    final_calls = 2 * task.steps * final if final else 0
+    if sopt.select == "none":
+        return Plan(budget, chains, final, 0, 0, 0, {"table": chains * grid, "final": final_calls})
+    # Per noise row: its two teacher runs, every candidate and the two checks; a quarter of what is left
+    # after the table is kept for the refinement.
+    per_row = 2 * per_teacher + (candidates + (2 if sopt.validate else 0)) * per_cand
+    fits = int(0.75 * (budget - chains * grid - final_calls)) // per_row
+    rows = sopt.select_samples or min(4096, max(16, int(sopt.teacher_share * budget) // (2 * per_teacher), fits))
+    if sopt.select_samples is None:
+        rows = max(16, min(rows, fits))
+    teacher = 2 * rows * per_teacher
+    checks = 2 * rows * per_cand if sopt.validate else 0
+    left = budget - chains * grid - final_calls - teacher - checks - candidates * rows * per_cand
+    if left < 0 and task.budget is not None:
+        need = budget - left
+        raise AysError(f"a budget of {budget:,} denoiser calls is too small for method 'ays' at {task.steps} steps "
+                       f"with these options; it needs at least {need:,} (or fewer select_samples, samples, grid)")
+    refine = max(0, left) // (rows * per_cand)
+    if sopt.refine_budget is not None:
+        refine = min(refine, sopt.refine_budget) if task.budget is not None else sopt.refine_budget
+    if sopt.refine_sweeps == 0:
+        refine = 0
+    stages = {"table": chains * grid, "teacher": teacher, "candidates": candidates * rows * per_cand,
+              "refine": refine * rows * per_cand, "validate": checks, "final": final_calls}
+    return Plan(budget, chains, final, rows, candidates, refine, stages)
+
+
+def run_rows(
+    solver: str, denoiser: Any, noise: Tensor, sigmas: Tensor, rows: slice, tree: BrownianTree,
+    batch_size: int | None = None, cond: Cond | None = None,
+) -> Tensor:
+    """``solver`` on rows ``rows`` of ``noise`` (scaled by ``sigmas[0]``) over ``to_sampling(sigmas)``.
+
+    All solver noise is the Brownian tree's increments (:class:`BrownianTree`), so a run of
+    any schedule from the same noise row shares its Brownian path with every other; row i
+    is denoised under ``cond``'s row i. The output of row i does not depend on the rest of
+    the batch, which is what lets the rows be shared across ranks.
+    """
+    fn = solvers.get(solver)
+    s = schedules.to_sampling(sigmas)
+    step = rows.stop - rows.start if batch_size is None else batch_size
+    out = []
+    for r0 in range(rows.start, rows.stop, max(1, step)):
+        part = slice(r0, min(rows.stop, r0 + step))
+        chunk = bind(denoiser, take(cond or {}, part))
+        out.append(fn(chunk, noise[part] * float(s[0]), s, noise_sampler=tree.rows(part)))
+    x = torch.cat(out) if out else noise[rows]
+    if not torch.isfinite(x).all():
+        raise AysError(f"solver {solver!r} produced NaN or inf on a candidate schedule")
+    return x
+
+
+@dataclass
+class Evidence:
+    """One set of noises and what a schedule is judged against on it.
+
+    ``target``: the teacher's outputs from these noises (paired), or an independent
+    reference set (unpaired), all rows, through ``features`` when given.
+    """
+
+    noise: Tensor
+    cond: Cond
+    tree: BrownianTree
+    target: Tensor
+    calls: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _features(x: Tensor, features: Features | None) -> Tensor:
+    y = x if features is None else features(x)
+    return y.reshape(y.shape[0], -1).to(torch.float64)
+
+
+def _teacher_file(task: Task) -> Path | None:
+    path = task.checkpoint_path()
+    return None if path is None else path.with_name(path.name + ".teacher.pt")
+
+
+def gather_evidence(task: Task, opt: SelectOptions, plan: Plan, features: Features | None = None,
+                    settings: dict[str, Any] | None = None) -> tuple[Evidence, Evidence]:
+    """The two noise sets (choose, validate) and their teacher (or reference) outputs (module docstring)."""
+    probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
+    shape, dtype, dev = tuple(probe.shape[1:]), probe.dtype, probe.device
+    n = plan.rows
+    ref_s = _reference_schedule(task, opt.reference_steps)
+    solver = teacher_solver(task, opt)
+    saved = _load_teacher(task, settings)
+
+    def normal(*key: object) -> tuple[Tensor, Cond, BrownianTree]:
+        """Noise rows, each with the conditioning of a data row of its own, and their Brownian tree."""
+        g = torch.Generator().manual_seed(seed_for(task.seed, "select", *key))
+        cond = conditioning(task.data, n, torch.Generator().manual_seed(seed_for(task.seed, "select", "cond", *key)),
+                            probe_cond)
+        noise = torch.randn((n, *shape), generator=g, dtype=dtype).to(dev)
+        tree = BrownianTree((n, *shape), task.sigma_min, task.sigma_max, seed_for(task.seed, "select", "tree", *key),
+                            dtype=dtype, device=dev)
+        return noise, to(cond, dev), tree
+
+    out = []
+    for half in ("choose", "validate"):
+        noise, cond, tree = normal("noise", half)
+        if opt.select in ("paired", "coupled"):
+            src_noise, src_cond, src_tree = noise, cond, tree
+        else:  # an independent reference set
+            src_noise, src_cond, src_tree = normal("reference-noise", half)
+        if saved is not None:
+            target = saved[half].to(dev)
+        else:
+            def teach(rows: slice, z: Tensor = src_noise, w: BrownianTree = src_tree, c: Cond = src_cond) -> Tensor:
+                return _features(run_rows(solver, task.denoiser, z, ref_s, rows, w, task.batch_size, c), features)
+
+            with task.meter.stage("teacher"):
+                target = _dist.map_shards(n, teach, dim=0)
+        out.append(Evidence(noise, cond, tree, target))
+    calls = 0 if saved is not None else 2 * n * solvers.count_calls(solver, schedules.to_sampling(ref_s))
+    out[0].calls = calls
+    if saved is None:
+        _save_teacher(task, settings, out[0].target, out[1].target)
+    if opt.select == "mmd":
+        out[0].extra["bandwidth"] = out[1].extra["bandwidth"] = metrics.median_bandwidth(out[0].target)
+    return out[0], out[1]
+
+
+def _save_teacher(task: Task, settings: dict[str, Any] | None, choose: Tensor, validate: Tensor) -> None:
+    path = _teacher_file(task)
+    if path is None:
+        return
+    buf = io.BytesIO()
+    torch.save({"settings": settings, "choose": choose.cpu(), "validate": validate.cpu()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_teacher(task: Task, settings: dict[str, Any] | None) -> dict[str, Tensor] | None:
+    path = _teacher_file(task)
+    if path is None or not task.resume or not path.exists():
+        return None
+
+    def read() -> dict[str, Any] | None:
+        try:
+            doc = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged file is recomputed, not trusted
+            return None
+        return doc if isinstance(doc, dict) and doc.get("settings") == settings else None
+
+    return _dist.from_rank_zero(read)
+
+
+class _Judge:
+    """Scores schedules on one evidence set, counting denoiser rows; the same noise for all (CRN).
+
+    Paired evidence: the per-noise errors ``[rows]``; unpaired: the discrepancy as ``[1]``.
+    ``scores`` keeps every result by schedule (checkpointed, so a resumed run judges nothing twice).
+    """
+
+    def __init__(self, task: Task, opt: SelectOptions, ev: Evidence, features: Features | None,
+                 scores: dict[str, list[float]]) -> None:
+        self.task, self.opt, self.ev, self.features = task, opt, ev, features
+        self.scores = scores
+        self.outputs: dict[str, Tensor] = {}  #: unpaired evidence: the samples behind each score
+        self.calls = 0
+
+    def samples(self, sigmas: Tensor) -> Tensor:
+        """The samples of a schedule judged by unpaired evidence (judged again if only its score was saved)."""
+        key = repr(sigmas.tolist())
+        if key not in self.outputs:
+            self.scores.pop(key, None)
+            self(sigmas, "validate")
+        return self.outputs[key]
+
+    def __call__(self, sigmas: Tensor, stage: str) -> Tensor:
+        key = repr(sigmas.tolist())
+        if key in self.scores:
+            return torch.tensor(self.scores[key], dtype=torch.float64)
+        ev, task = self.ev, self.task
+        n = ev.noise.shape[0]
+
+        def rows_of(rows: slice) -> Tensor:
+            x = _features(run_rows(task.solver, task.denoiser, ev.noise, sigmas, rows, ev.tree,
+                                   task.batch_size, ev.cond), self.features)
+            if self.opt.select == "paired":
+                return (x - ev.target[rows]).square().mean(dim=1)
+            return x
+
+        with task.meter.stage(stage):
+            values = _dist.map_shards(n, rows_of, dim=0)
+        self.calls += n * solvers.count_calls(task.solver, schedules.to_sampling(sigmas))
+        if self.opt.select != "paired":
+            self.outputs[key] = values  # the gate resamples them
+            values = torch.tensor([_discrepancy(self.opt, values, ev.target, ev)], dtype=torch.float64)
+        self.scores[key] = values.tolist()
+        return values
+
+
+def _discrepancy(opt: SelectOptions, x: Tensor, target: Tensor, ev: Evidence) -> float:
+    if opt.select in ("sw2", "coupled"):
+        return metrics.sliced_w2(x, target, projections=opt.projections,
+                                 generator=torch.Generator().manual_seed(0)).value
+    if opt.select == "mmd":
+        return metrics.mmd(x, target, bandwidth=ev.extra.get("bandwidth"))
+    return metrics.energy_distance(x, target)
+
+
 def _candidates(task: Task, opt: SelectOptions, end: Tensor, c_hat: float) -> list[tuple[dict[str, Any], Tensor]]:
+    """The start first, then the λ-paths (one per start scale) and the heuristics, each once."""
     n = task.steps
     starts: list[tuple[float | None, Tensor]]
     if task.init is not None:
         starts = [(None, task.initial(n))]
     else:
-        factors = opt.c_factors if opt.family == "grid" else (1.0,)
+        factors = (1.0, *[f for f in opt.c_factors if f != 1.0]) if opt.family == "grid" else (1.0,)
         starts = [(c_hat * f, schedules.kl_optimal(n, task.sigma_min, task.sigma_max, c=c_hat * f)) for f in factors]
+    named = [({"heuristic": h}, schedules.build(h, n, task.sigma_min, task.sigma_max)) for h in opt.heuristics]
+    paths = [({"lambda": lam, "c": c}, blend(start, end, lam)) for c, start in starts
+             for lam in torch.linspace(0.0, 1.0, opt.path_points, dtype=torch.float64).tolist()]
     out: list[tuple[dict[str, Any], Tensor]] = []
-    seen: list[Tensor] = []
-    for c, start in starts:
-        for lam in torch.linspace(0.0, 1.0, opt.path_points, dtype=torch.float64).tolist():
-            s = blend(start, end, lam)
-            try:
-                s = check_sigmas(task.space.snap(s, "candidate"), allow_final_zero=False)
-            except AysError:  # collapses onto too few model timesteps
-                continue
-            if any(torch.equal(s, t) for t in seen):
-                continue
-            seen.append(s)
-            out.append(({"lambda": lam, "c": c}, s))
-    for name in opt.heuristics:
+    for params, s in paths + named:
         try:
-            s = check_sigmas(task.space.snap(schedules.build(name, n, task.sigma_min, task.sigma_max), "candidate"),
-                             allow_final_zero=False)
-        except AysError:
+            s = check_sigmas(task.space.snap(s, "candidate"), allow_final_zero=False)
+        except AysError:  # collapses onto too few model timesteps
             continue
-        if not any(torch.equal(s, t) for t in seen):
-            seen.append(s)
-            out.append(({"heuristic": name}, s))
+        if not any(torch.equal(s, t) for _, t in out):
+            out.append((params, s))
     return out
 
 
-@dataclass
-class Evidence:
-    """What candidates are judged against: noise for the target solver and reference samples.
-
-    ``noise``/``reference`` drive the choice, ``val_noise``/``val_reference`` (independent draws)
-    the held-out check of the refinement. ``calls``: denoiser rows spent on the references.
-    """
-
-    noise: Tensor
-    reference: Tensor
-    val_noise: Tensor
-    val_reference: Tensor
-    calls: int
-    bandwidth: float | None = None
-    cond: Cond = field(default_factory=dict)  #: the conditioning of ``noise``'s rows
-    val_cond: Cond = field(default_factory=dict)  #: and of ``val_noise``'s
-
-
-def gather_evidence(task: Task, opt: SelectOptions) -> Evidence:
-    """Draw the selection and validation noise and compute the two reference sets (module docstring)."""
-    probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
-    shape, dtype, dev = tuple(probe.shape[1:]), probe.dtype, probe.device
-    n = opt.select_samples
-
-    def normal(*key: object) -> tuple[Tensor, Cond]:
-        """Noise rows, each with the conditioning of a data row of its own."""
-        g = torch.Generator().manual_seed(seed_for(task.seed, "select", *key))
-        g_cond = torch.Generator().manual_seed(seed_for(task.seed, "select", "cond", *key))
-        cond = conditioning(task.data, n, g_cond, probe_cond)
-        return torch.randn((n, *shape), generator=g, dtype=dtype).to(dev), to(cond, dev)
-
-    calls = 0
-    refs = []
-    for half in ("choose", "validate"):
-        if opt.reference == "model":
-            ref_s = _reference_schedule(task, opt.reference_steps)
-            ref_noise, ref_cond = normal("reference-noise", half)
-            refs.append(run_samples(opt.reference_solver, task.denoiser, ref_noise, ref_s,
-                                    seed_for(task.seed, "select", "reference", half), task.batch_size, ref_cond))
-            calls += n * solvers.count_calls(opt.reference_solver, schedules.to_sampling(ref_s))
-        else:
-            refs.append(draw(task.data, n, torch.Generator().manual_seed(seed_for(task.seed, "select", half)))[0])
-    bandwidth = metrics.median_bandwidth(refs[0]) if opt.select == "mmd" else None
-    (noise, cond), (val_noise, val_cond) = normal("noise"), normal("val-noise")
-    return Evidence(noise, refs[0], val_noise, refs[1], calls, bandwidth, cond, val_cond)
-
-
-class _Judge:
-    """Scores schedules on the evidence, counting denoiser rows; solver noise shared by all (CRN)."""
-
-    def __init__(self, task: Task, opt: SelectOptions, ev: Evidence) -> None:
-        self.task, self.opt, self.ev = task, opt, ev
-        self.calls = 0
-
-    def __call__(self, sigmas: Tensor, held_out: bool = False) -> float:
-        ev = self.ev
-        if held_out:
-            noise, ref, cond = ev.val_noise, ev.val_reference, ev.val_cond
-        else:
-            noise, ref, cond = ev.noise, ev.reference, ev.cond
-        key = "val-solver" if held_out else "solver"
-        x = run_samples(self.task.solver, self.task.denoiser, noise, sigmas, seed_for(self.task.seed, "select", key),
-                        self.task.batch_size, cond)
-        self.calls += noise.shape[0] * solvers.count_calls(self.task.solver, schedules.to_sampling(sigmas))
-        return discrepancy(self.opt.select, x, ref, projections=self.opt.projections, bandwidth=self.ev.bandwidth)
-
-
-def _refine(task: Task, opt: SelectOptions, judge: _Judge, start: Tensor, value: float,
+def _refine(task: Task, opt: SelectOptions, judge: _Judge, start: Tensor, value: float, budget: int,
             records: list[dict[str, Any]]) -> tuple[Tensor, float]:
-    """Coordinate moves of single levels (in log-sigma, a fraction of the gap to a neighbour)
-    on the discrepancy; a move is kept when it lowers it. The fraction halves every sweep; at most
-    ``refine_budget`` schedules are tried."""
+    """Coordinate moves of single levels (in log-sigma, a fraction of the gap to a neighbour) on the
+    evidence; a move is kept when it lowers the mean error. The fraction halves every sweep; at
+    most ``budget`` schedules are judged."""
     u = start.log()
     best, best_val = start, value
     delta = opt.refine_delta
-    n = start.numel() - 1
     tried = 0
     for sweep in range(opt.refine_sweeps):
-        for i in range(1, n):
+        for i in range(1, start.numel() - 1):
             for toward in (i - 1, i + 1):
-                if tried >= opt.refine_budget:
+                if tried >= budget:
                     return best, best_val
                 v = u.clone()
                 v[i] = u[i] + delta * (u[toward] - u[i])
@@ -301,10 +467,9 @@ def _refine(task: Task, opt: SelectOptions, judge: _Judge, start: Tensor, value:
                     continue
                 if torch.equal(s, best):
                     continue
-                val = judge(s)
+                val = float(judge(s, "refine").mean())
                 tried += 1
-                records.append({"stage": "refine", "sweep": sweep, "level": i, "discrepancy": val,
-                                "sigmas": s.tolist()})
+                records.append({"stage": "refine", "sweep": sweep, "level": i, "evidence": val, "sigmas": s.tolist()})
                 if val < best_val:
                     best, best_val, u = s, val, s.log()
                     break
@@ -312,73 +477,145 @@ def _refine(task: Task, opt: SelectOptions, judge: _Judge, start: Tensor, value:
     return best, best_val
 
 
-def choose(task: Task, opt: SelectOptions, end: Tensor, evidence: Evidence | None = None
-           ) -> tuple[Tensor, list[dict[str, Any]], int]:
-    """Pick the schedule on the way to ``end`` (the KLUB optimum) that the evidence prefers.
+def gate(opt: SelectOptions, start_errors: Tensor, chosen_errors: Tensor) -> tuple[bool, float]:
+    """Keep the chosen schedule only if it beats the start beyond noise on the second set: (keep, z).
 
-    Returns (sigmas, history records, denoiser rows spent, references included).
+    ``z = mean(d) / (sd(d)/√n)`` for the per-noise gains ``d = e_start − e_chosen`` (paired
+    evidence), kept when ``z > significance``.
     """
-    ev = gather_evidence(task, opt) if evidence is None else evidence
-    judge = _Judge(task, opt, ev)
+    d = start_errors - chosen_errors
+    se = float(d.std(unbiased=True)) / math.sqrt(d.numel())
+    mean = float(d.mean())
+    z = mean / se if se > 0 else (math.inf if mean > 0 else 0.0)
+    return z > opt.significance, z
+
+
+def coupled_gate(opt: SelectOptions, ev: Evidence, start: Tensor, chosen: Tensor, seed: int) -> tuple[bool, float]:
+    """:func:`gate` for set-level evidence (coupled, sw2, ...): the gain's standard error from a bootstrap
+    of the noises, resampled together for the start, the chosen schedule and the target (the coupling
+    kept), ``opt.bootstrap`` times; ``z = gain / se``."""
+    gain = _discrepancy(opt, start, ev.target, ev) - _discrepancy(opt, chosen, ev.target, ev)
+    g = torch.Generator().manual_seed(seed)
+    n, m = start.shape[0], ev.target.shape[0]
+    coupled = opt.select in ("paired", "coupled")
+    draws = []
+    for _ in range(opt.bootstrap):
+        i = torch.randint(0, n, (n,), generator=g)
+        j = i if coupled else torch.randint(0, m, (m,), generator=g)
+        draws.append(_discrepancy(opt, start[i], ev.target[j], ev) - _discrepancy(opt, chosen[i], ev.target[j], ev))
+    se = float(torch.tensor(draws, dtype=torch.float64).std(unbiased=True))
+    z = gain / se if se > 0 else (math.inf if gain > 0 else 0.0)
+    return z > opt.significance, z
+
+
+def choose(task: Task, opt: SelectOptions, end: Tensor, plan: Plan, evidence: tuple[Evidence, Evidence],
+           state: dict[str, Any], save: Callable[[], None], features: Features | None = None,
+           ) -> tuple[Tensor, list[dict[str, Any]], int]:
+    """The schedule the evidence prefers on the way to ``end``, gated against the start.
+
+    ``state["scores"]`` holds every schedule judged so far (by set); ``save()`` checkpoints it.
+    Returns (sigmas, history records, denoiser rows spent judging).
+    """
+    scores = state.setdefault("scores", {"choose": {}, "validate": {}})
+    judge = _Judge(task, opt, evidence[0], features, scores["choose"])
+    check = _Judge(task, opt, evidence[1], features, scores["validate"])
     c_hat = data_scale(task.data, task.seed)
     records: list[dict[str, Any]] = []
     cands = _candidates(task, opt, end, c_hat)
     if not cands:  # every candidate collapsed onto too few model timesteps: nothing to choose from
-        return end, records, judge.calls + (ev.calls if evidence is None else 0)
-    scores: list[float] = []
+        return end, records, 0
+    means = []
     for params, s in cands:
-        val = judge(s)
-        scores.append(val)
-        records.append({"stage": "select", **params, "c_hat": c_hat, "discrepancy": val, "sigmas": s.tolist()})
+        means.append(float(judge(s, "candidates").mean()))
+        save()
+        records.append({"stage": "select", **params, "c_hat": c_hat, "evidence": means[-1], "sigmas": s.tolist()})
         if task.progress is not None:
             task.progress({"event": "select", "candidates": len(cands), **records[-1]})
-    # The few best are scored again on the held-out set; the mean of the two scores decides
-    # (stable sort: ties keep the earlier candidate, the one nearer the start).
-    order = sorted(range(len(cands)), key=lambda k: scores[k])[: opt.finalists]
-    held: dict[int, float] = {}
-    if len(order) > 1:
-        for k in order:
-            held[k] = judge(cands[k][1], held_out=True)
-            records.append({"stage": "finalist", "candidate": k, "discrepancy": scores[k], "held_out": held[k]})
-        pick = min(order, key=lambda k: (scores[k] + held[k]) / 2)
-    else:
-        pick = order[0]
-    best, best_val = cands[pick][1], scores[pick]
-    chosen = best
-    if opt.refine_sweeps > 0 and task.steps > 1:
-        refined, _ = _refine(task, opt, judge, best, best_val, records)
-        if not torch.equal(refined, best):
-            keep = True
-            if opt.validate:
-                held_path = held[pick] if pick in held else judge(best, held_out=True)
-                held_refined = judge(refined, held_out=True)
-                keep = held_refined < held_path
-                records.append({"stage": "validate", "path": held_path, "refined": held_refined, "kept": keep})
-            if keep:
-                chosen = refined
-    return chosen, records, judge.calls + (ev.calls if evidence is None else 0)
+    pick = min(range(len(cands)), key=lambda k: means[k])  # ties keep the earlier one, nearer the start
+    start = cands[0][1]
+    chosen, value = cands[pick][1], means[pick]
+    refine = plan.refine + (plan.candidates - len(cands) if plan.refine > 0 else 0)
+    if refine > 0 and task.steps > 1:
+        chosen, value = _refine(task, opt, _Saving(judge, save), chosen, value, refine, records)
+    if opt.validate and not torch.equal(chosen, start):
+        # Both sets: twice the noises of one; the second is fresh to the choice, which halves its bias.
+        e_start, e_chosen = check(start, "validate"), check(chosen, "validate")
+        save()
+        if opt.select == "paired":
+            keep, z = gate(opt, torch.cat([judge(start, "validate"), e_start]),
+                           torch.cat([judge(chosen, "validate"), e_chosen]))
+        else:
+            both = Evidence(torch.empty(0), {}, evidence[1].tree, torch.cat([evidence[0].target, evidence[1].target]),
+                            extra=evidence[0].extra)
+            keep, z = coupled_gate(opt, both, torch.cat([judge.samples(start), check.samples(start)]),
+                                   torch.cat([judge.samples(chosen), check.samples(chosen)]),
+                                   seed_for(task.seed, "select", "bootstrap"))
+        records.append({"stage": "validate", "start": float(e_start.mean()), "chosen": float(e_chosen.mean()),
+                        "z": z, "kept": keep})
+        if not keep:
+            chosen = start
+    return chosen, records, judge.calls + check.calls
+
+
+class _Saving:
+    """A judge that checkpoints after every schedule it judges."""
+
+    def __init__(self, judge: _Judge, save: Callable[[], None]) -> None:
+        self.judge, self.save = judge, save
+
+    def __call__(self, sigmas: Tensor, stage: str) -> Tensor:
+        out = self.judge(sigmas, stage)
+        self.save()
+        return out
 
 
 @register("ays")
-def ays(task: Task, **options: Any) -> OptimizeResult:
-    """The global KLUB optimum (``dp``) plus the evidence-based choice of where to stop (module docstring).
+def ays(task: Task, features: Features | None = None, **options: Any) -> OptimizeResult:
+    """The KLUB's path judged against a teacher, within ``budget`` denoiser calls (module docstring).
 
-    ``early_stopping=False`` returns the KLUB optimum itself (the minimiser), as for the
-    paper's optimiser. Options: those of :class:`~ays.optimize.dp.DPOptions` and
-    :class:`SelectOptions`.
+    ``features``: a network ``f(x) -> [rows, ...]`` whose outputs the paired error compares
+    (e.g. a classifier's penultimate layer); default the samples themselves.
+    ``early_stopping=False`` returns the KLUB optimum itself (the minimiser). Options: those
+    of :class:`~ays.optimize.dp.DPOptions` and :class:`SelectOptions`.
     """
+    if features is not None and not callable(features):
+        raise AysError(f"features must be a callable network f(x), got {type(features).__name__}")
     dopt, sopt = parse_options(options)
     if not task.early_stopping:
-        sopt = SelectOptions(**{**asdict(sopt), "select": "none"})
-    settings = task.settings(jsonable({**asdict(dopt), **asdict(sopt)}))
-    table, end, history = run_dp(task, dopt, settings)
+        sopt = replace(sopt, select="none")
+    # At most this many candidates (fewer when some coincide); the refinement gets what they leave.
+    c_count = sopt.path_points * (len(sopt.c_factors) if sopt.family == "grid" and task.init is None else 1)
+    c_count += len(sopt.heuristics)
+    plan = make_plan(task, dopt, sopt, c_count, chains_given="samples" in task.given)
+    dopt = replace(dopt, final_samples=plan.final_samples)
+    settings = task.settings(jsonable({**asdict(dopt), **asdict(sopt), "budget": plan.budget,
+                                       "features": None if features is None else repr(features)}))
+    task.meter.plan(plan.stages)
+    table_task = replace(task, samples=plan.chains)
+    table_task.meter = task.meter
+    with task.meter.stage("table"):
+        table, end, history = run_dp(table_task, dopt, settings)
     calls = table.calls
     sigmas = end
     if sopt.select != "none":
-        sigmas, records, sel_calls = choose(task, sopt, end)
-        history += records
-        calls += sel_calls
-    return finish(task, dopt, sigmas, history, calls, settings)
+        path = task.checkpoint_path()
+        resumed = load_state(path, settings) if (task.resume and path is not None) else None
+        state: dict[str, Any] = {"scores": resumed["scores"]} if resumed and "scores" in resumed else {}
+
+        def save() -> None:
+            if path is not None:
+                save_state(path, settings, {"stage": "select", "grid": table.grid.tolist(),
+                                            "sums": table.sums.tolist(), "chains": table.chains,
+                                            "calls": table.calls, "chunks": table.chunks, **state})
+
+        evidence = gather_evidence(task, sopt, plan, features, settings)
+        save()
+        sigmas, records, sel_calls = choose(task, sopt, end, plan, evidence, state, save, features)
+        history += [{"stage": "plan", "budget": plan.budget, "rows": plan.rows, "chains": plan.chains,
+                     "stages": plan.stages}, *records]
+        calls += sel_calls + evidence[0].calls
+    with task.meter.stage("final"):
+        return finish(task, dopt, sigmas, history, calls, settings)
 
 
 def parse_options(options: dict[str, Any]) -> tuple[DPOptions, SelectOptions]:
@@ -391,7 +628,9 @@ def parse_options(options: dict[str, Any]) -> tuple[DPOptions, SelectOptions]:
                        f"valid: {', '.join(sorted(dp_names | sel_names))}")
     # The path ends at the paper's bound unless asked otherwise: with the 2M solvers' bound as the
     # end the choice was no better in 11 of 12 benchmark cells (BENCHMARKS.md, section 2, ablation).
-    dp_opts = {"objective": "ddim", **{k: v for k, v in options.items() if k in dp_names}}
+    # A coarser grid than dp's: the table is a small share of the budget and only sets the path's end.
+    dp_opts = {"objective": "ddim", "grid": 64, "final_samples": 64,
+               **{k: v for k, v in options.items() if k in dp_names}}
     dopt = DPOptions.parse(dp_opts, "ays")
     sopt = SelectOptions.parse({k: v for k, v in options.items() if k in sel_names})
     return dopt, sopt

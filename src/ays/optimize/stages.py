@@ -48,6 +48,7 @@ class Meter:
         self._estimated = False
         self._timed_rows = 0
         self._timed_seconds = 0.0
+        self._done: dict[str, int] = {}  #: calls so far by stage (a stage may be entered many times)
 
     @property
     def rows(self) -> int:
@@ -72,16 +73,15 @@ class Meter:
         if self.model is None:
             yield
             return
-        done = 0
         last = time.perf_counter()
 
         def listener(rows: int) -> None:
-            nonlocal done, last
+            nonlocal last
             now = time.perf_counter()
-            done += rows
+            self._done[name] = done = self._done.get(name, 0) + rows
             self._time(rows, now - last)
             last = now
-            self._emit({"event": "calls", "stage": name, "done": done, "total": total})
+            self._emit({"event": "calls", "stage": name, "done": done, "total": max(total, done)})
 
         previous, self.model.listener = self.model.listener, listener
         try:

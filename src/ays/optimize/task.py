@@ -147,6 +147,7 @@ class Task:
     method: str
     dtype: str | None = None  #: the dtype asked for the denoiser (it changes the result, so it is a setting)
     budget: int | None = None  #: denoiser calls the method may spend, all stages and ranks together (None: its default)
+    given: frozenset[str] = frozenset()  #: the arguments the caller set rather than left at their defaults
     meter: Meter = field(init=False, repr=False, compare=False)  #: calls by stage, progress, the estimate
 
     def __post_init__(self) -> None:

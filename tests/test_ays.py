@@ -1,0 +1,158 @@
+"""The default method ``"ays"``: its evidence against closed forms, its budget, its gate, its resume.
+
+Gaussian data N(0, c²) has exact output laws for every solver (:mod:`ays.analysis`), so the paired
+evidence can be held to the coupling bound it stands on: for an ODE solver both runs are linear in
+the same noise, and the paired error *is* the squared W2 distance of the two laws; for an SDE solver
+with a shared Brownian path it is an upper bound on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ays import analysis, schedules
+from ays.optimize import ays as A
+from ays.optimize import optimize
+from ays.validate import AysError
+from gaussian import gaussian_data, gaussian_denoiser
+
+C = 0.5
+
+
+def _counting(den):
+    calls = {"rows": 0}
+
+    def f(x, sigma):
+        calls["rows"] += x.shape[0]
+        return den(x, sigma)
+
+    return f, calls
+
+
+def _evidence_of(solver: str, sigmas: torch.Tensor, rows: int = 4096, teacher_steps: int = 256) -> float:
+    """The paired evidence ``ays`` computes for one schedule on 1-D Gaussian data (its own functions)."""
+    den = gaussian_denoiser(C)
+    teacher = A.teacher_solver(_task(solver), A.SelectOptions(reference_steps=teacher_steps))
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(rows, 1, generator=g, dtype=torch.float64)
+    tree = A.BrownianTree((rows, 1), 0.002, 80.0, 11, dtype=torch.float64)
+    everything = slice(0, rows)
+    x_t = A.run_rows(teacher, den, noise, schedules.karras(teacher_steps, 0.002, 80.0, rho=7.0), everything, tree)
+    x_s = A.run_rows(solver, den, noise, sigmas, everything, tree)
+    return float((x_s - x_t).square().mean())
+
+
+def _task(solver: str):
+    from ays.optimize.task import Task
+
+    return Task(denoiser=gaussian_denoiser(C), data=gaussian_data(C, 1), steps=4, solver=solver, sigma_min=0.002,
+                sigma_max=80.0, seed=0, samples=64, early_stopping=True, init=None, noise=None, checkpoint=None,
+                resume=False, batch_size=None, progress=None, model=None, method="ays")
+
+
+@pytest.mark.parametrize("name", ["karras", "loglinear", "kl_optimal"])
+def test_paired_error_of_an_ode_solver_is_the_squared_w2_of_the_two_laws(name):
+    # Both runs are x = a·z for the same z: E(x_s − x_T)² = (a_s − a_T)² = W2²(N(0, a_s²), N(0, a_T²)).
+    s = schedules.build(name, 4, 0.002, 80.0)
+    e = _evidence_of("euler", s)
+    v_s = analysis.output_variance("euler", schedules.to_sampling(s), C)
+    v_t = analysis.output_variance("dpmpp_2m", schedules.to_sampling(schedules.karras(256, 0.002, 80.0, rho=7.0)), C)
+    w2 = (math.sqrt(v_s) - math.sqrt(v_t)) ** 2
+    assert e == pytest.approx(w2, rel=0.1)  # the noise's sample variance is 1 ± 2 %
+
+
+@pytest.mark.parametrize("solver", ["stochastic_ddim", "dpmpp_2m_sde"])
+def test_paired_error_of_an_sde_solver_bounds_the_squared_w2_and_vanishes_with_the_steps(solver):
+    # A shared Brownian path is a coupling of the two laws, so the paired error is at least W2²;
+    # and the strong error of the few-step run shrinks as its steps approach the teacher's.
+    teacher = schedules.to_sampling(schedules.karras(256, 0.002, 80.0, rho=7.0))
+    errors = []
+    for steps in (4, 16, 64):
+        s = schedules.karras(steps, 0.002, 80.0, rho=7.0)
+        e = _evidence_of(solver, s)
+        w2 = (math.sqrt(analysis.output_variance(solver, schedules.to_sampling(s), C))
+              - math.sqrt(analysis.output_variance(solver, teacher, C))) ** 2
+        assert e >= 0.9 * w2
+        errors.append(e)
+    assert errors[0] > 2 * errors[1] > 4 * errors[2]
+
+
+def test_the_gate_keeps_a_gain_beyond_noise_and_refuses_one_within_it():
+    opt = A.SelectOptions(significance=2.0)
+    g = torch.Generator().manual_seed(0)
+    start = 1.0 + 0.1 * torch.randn(400, generator=g, dtype=torch.float64)
+    noise = 0.1 * torch.randn(400, generator=g, dtype=torch.float64)
+    keep, z = A.gate(opt, start, start - 0.05 + noise)  # mean gain 0.05, se 0.005: z ≈ 10
+    assert keep and z > 5
+    keep, z = A.gate(opt, start, start + noise)  # no gain: z ~ N(0, 1)
+    assert not keep and abs(z) < 4
+    keep, _ = A.gate(opt, start, start + 0.05 + noise)  # a loss
+    assert not keep
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m_sde"])
+def test_the_budget_bounds_the_denoiser_calls_and_the_plan_and_the_result_say_what_was_spent(solver):
+    den, calls = _counting(gaussian_denoiser(C))
+    events = []
+    res = optimize(den, gaussian_data(C, 2), steps=4, solver=solver, budget=6000, seed=1, reference_steps=16,
+                   progress=events.append)
+    assert calls["rows"] <= 6000
+    assert res.calls == calls["rows"]
+    plan = next(e for e in events if e["event"] == "plan")
+    assert plan["calls"] <= 6000 and abs(plan["calls"] - calls["rows"]) <= 0.1 * plan["calls"]
+    by_stage: dict[str, int] = {}
+    for e in events:
+        if e["event"] == "calls":
+            by_stage[e["stage"]] = e["done"]
+    assert sum(by_stage.values()) == calls["rows"]
+    assert {"table", "teacher", "candidates"} <= set(by_stage)
+    assert any(e["event"] == "estimate" and e["seconds"] > 0 for e in events)
+    with pytest.raises(AysError, match="too small"):
+        optimize(den, gaussian_data(C, 2), steps=4, solver=solver, budget=500)
+
+
+def test_the_default_budget_is_50k_calls_at_10_steps():
+    assert A.default_budget(10) == 50_000
+    den, calls = _counting(gaussian_denoiser(C))
+    optimize(den, gaussian_data(C, 2), steps=10, solver="euler")
+    assert 0.8 * 50_000 <= calls["rows"] <= 50_000
+
+
+def test_on_gaussian_data_euler_keeps_the_kl_optimal_start_thm_3_1():
+    # Thm 3.1: kl_optimal(c) is the optimal Euler schedule for N(0, c²); nothing may beat it beyond
+    # noise, so the gate must return the start (or a schedule whose exact output KL is as small).
+    res = optimize(gaussian_denoiser(C), gaussian_data(C, 2), steps=4, solver="euler", budget=8000, seed=2,
+                   reference_steps=32)
+    best = analysis.output_kl("euler", schedules.to_sampling(schedules.kl_optimal(4, 0.002, 80.0, c=C)), C)
+    got = analysis.output_kl("euler", schedules.to_sampling(res.sigmas), C)
+    assert got <= 1.5 * best + 1e-4
+
+
+@pytest.mark.parametrize("stage", ["table", "teacher", "candidates", "refine", "validate"])
+def test_a_run_killed_in_any_stage_resumes_to_the_uninterrupted_result(tmp_path, stage):
+    kw = dict(steps=4, solver="dpmpp_2m_sde", budget=6000, seed=4, reference_steps=16)
+    den, calls = _counting(gaussian_denoiser(C))
+    whole = optimize(den, gaussian_data(C, 2), **kw)
+    whole_calls = calls["rows"]
+    path = tmp_path / "ckpt.json"
+
+    class Kill(Exception):
+        pass
+
+    def killer(event):
+        if event["event"] == "calls" and event["stage"] == stage and event["done"] >= 1:
+            raise Kill
+
+    calls["rows"] = 0
+    with pytest.raises(Kill):
+        optimize(den, gaussian_data(C, 2), checkpoint=path, progress=killer, **kw)
+    first = calls["rows"]
+    calls["rows"] = 0
+    again = optimize(den, gaussian_data(C, 2), checkpoint=path, resume=True, **kw)
+    assert torch.equal(again.sigmas, whole.sigmas)
+    # Nothing checkpointed is recomputed: the two runs together spend the uninterrupted calls plus at most
+    # the one piece of work that was cut short (a table chunk, a teacher set or one schedule).
+    assert first + calls["rows"] <= whole_calls + max(2 * 64 * 17, 1000)
