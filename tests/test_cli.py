@@ -29,7 +29,7 @@ from ays.optimize.api import optimize as optimize_fn
 
 #: Small settings for method "ays" (the default): a coarse KLUB table and few selection draws.
 SMALL_AYS = ["--samples", "64", "-O", "grid=24", "-O", "final_samples=64", "-O", "select_samples=32",
-             "-O", "reference_steps=6", "-O", "refine_sweeps=0", "-O", "path_points=3", "-O", "finalists=1"]
+             "-O", "reference_steps=6", "-O", "refine_sweeps=0", "-O", "path_points=3"]
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -119,7 +119,7 @@ def test_optimize_problem_equals_the_library_call(tmp_path: Path, capsys: pytest
     res = ays.load_schedule(path)
     prob = ays.problems.get("gaussian")
     lib = ays.optimize(prob.denoiser, prob, steps=3, samples=64, grid=24, final_samples=64, select_samples=32,
-                       reference_steps=6, refine_sweeps=0, path_points=3, finalists=1,
+                       reference_steps=6, refine_sweeps=0, path_points=3,
                        model="gaussian (exact denoiser)")
     assert torch.equal(res.sigmas, lib.sigmas)  # the command is the library call with the same defaults
     assert (res.solver, res.method) == (lib.solver, lib.method) == (ays.optimize.DEFAULT_SOLVER,

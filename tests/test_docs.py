@@ -44,7 +44,7 @@ BIN = Path(sys.executable).parent  # the environment's bin folder: python and th
 
 # Small settings of the Monte Carlo work, shared by the SMALL commands below (the real ones use
 # the defaults: thousands of chains and a 128-level table).
-_OPT = "--samples 128 -O select_samples=256 -O grid=32 -O refine_budget=4 -O final_samples=128 -q"
+_OPT = "--samples 128 -O select_samples=64 -O grid=32 -O refine_budget=4 -O final_samples=32 -q"
 _TRAIN = "--steps 30"
 _EVAL = "--samples 128 --seeds 2 -q"
 
@@ -108,7 +108,7 @@ NOT_RUN: dict[str, str] = {
 
 # Lines of python snippets replaced by small settings (the snippet as shown -> as run).
 SMALL_PYTHON: dict[str, str] = {
-    "samples=4096, seed=0)": "samples=128, seed=0, select_samples=256, grid=32, refine_budget=4, final_samples=128)",
+    "samples=4096, seed=0)": "samples=128, seed=0, select_samples=64, grid=32, refine_budget=4, final_samples=32)",
     "steps=20000": "steps=30",
     "seeds=3, samples=4096,": "seeds=2, samples=256,",
     "seeds=2, samples=2048)": "seeds=2, samples=256)",

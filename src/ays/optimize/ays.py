@@ -20,21 +20,22 @@ from evidence, inside a budget of denoiser calls (``budget=``, default
    shares its Brownian path; of ``reference_solver`` (DPM-Solver++(2M)) for an ODE solver.
 3. **candidates**: schedules on the way from the start to the end,
    ``log s(λ) = (1 − λ) log s_start + λ log s_dp`` (and, ``family="grid"``, starts at
-   ``ĉ·c_factors``), plus the heuristics named in ``heuristics``. Each is judged by the
-   **paired** error (``select="paired"``): the mean over noises ``z_i`` of
-   ``|f(x_s(z_i)) − f(x_teacher(z_i))|² / d``, with the same noise and Brownian path for the
-   schedule and the teacher; ``f`` is ``features`` (a feature network) or the identity. The
-   coupling makes it an upper bound on the squared W2 distance between the few-step and
-   the teacher's laws, and, because every schedule meets the same noise, the differences
-   between schedules have a small variance even with ~100 noises in 16k dimensions, where
-   two independent sample sets do not (``select="sw2"``/``"mmd"``/``"energy"``: the
-   unpaired distances to a reference set, kept for the ablation of BENCHMARKS.md).
+   ``ĉ·c_factors``), plus the heuristics named in ``heuristics``. The evidence
+   (``select``) compares each schedule's samples with the teacher's from the *same* noises
+   and Brownian paths. ``"coupled"`` (default): their sliced W2 distance, a distance between
+   laws whose sampling noise is largely shared by the two sets, so that it does not blur the
+   comparison. ``"paired"``: the mean over noises ``z_i`` of ``|f(x_s(z_i)) − f(x_teacher(z_i))|² / d``
+   (``f``: ``features``, a feature network, or the identity), an upper bound on W2² by the
+   coupling, equal to it for an ODE solver on Gaussian data. ``"sw2"``/``"mmd"``/``"energy"``:
+   unpaired distances to an independent reference set (the previous evidence, kept for the
+   ablation of BENCHMARKS.md).
 4. **refine**: coordinate moves of single levels (a fraction ``refine_delta`` of the gap to
    a neighbour in log-sigma, halved each sweep) on the same evidence, while the budget lasts.
-5. **validate**: the significance gate. On the second noise set, the paired differences
-   ``d_i = e_start(z_i) − e_chosen(z_i)`` must have a mean above ``significance`` standard
-   errors; otherwise the start is returned. So the result is never worse beyond noise than
-   ``kl_optimal`` at the data's scale. (Unpaired evidence: the chosen one must beat the start.)
+5. **validate**: the significance gate. On both noise sets together (the second is fresh to
+   the choice), the gain of the chosen schedule over the start must exceed ``significance``
+   standard errors (paired: of the per-noise gains; coupled: from a bootstrap of the noises
+   that resamples the two schedules' and the teacher's samples together); otherwise the start
+   is returned, so the result is never worse beyond noise than ``kl_optimal`` at the data's scale.
 
 Under ``torch.distributed`` every stage shares its rows out (:func:`ays.distributed.map_shards`):
 each rank runs its share of the noises, per-noise errors are gathered, and every rank takes
