@@ -1,6 +1,6 @@
 """KLUB estimation across processes and under a memory cap: throughput and peak memory.
 
-Two tables.
+Three tables.
 
 1. **Scaling.** The same total work - the KLUB of a 10-step schedule on ``--samples``
    Monte Carlo chains, ``--repeats`` times - with 1 process and with 2 processes
@@ -14,12 +14,18 @@ Two tables.
    the draws (3 × samples × row, resident before the estimation starts) and the
    estimator's float64 bookkeeping per (interval, draw), which the table measures with a
    free denoiser and subtracts.
+3. **The default method.** ``ays.optimize(model, data, steps=--ays-steps)`` (``method="ays"``,
+   its default solver, ``budget=--ays-budget`` or the default budget) with 1, 2 and 4 processes
+   (``--ays-worlds``): the wall time, each rank's denoiser rows (counted in the model's
+   ``forward``), the most any rank did as a share of the single process's rows, and whether
+   every rank returned the single-process schedule, call count and history (it must).
 
 The model is an EDM-preconditioned MLP with random weights (``--dim`` data dimensions,
 ``--hidden`` units, 3 hidden layers): heavy enough that denoiser calls dominate.
 
     python benchmarks/distributed_scaling.py               # 8192 samples, dim 64, hidden 512
     python benchmarks/distributed_scaling.py --quick
+    python benchmarks/distributed_scaling.py --quick --ays-worlds 1,2,4,8 --ays-budget 20000
 
 Results: ``benchmarks/results/distributed_scaling[-quick]/`` (CSV, JSON and markdown, by :mod:`_harness`).
 """
@@ -50,7 +56,10 @@ except ImportError:  # pragma: no cover
 
 
 class MLPDenoiser(torch.nn.Module):
-    """``D(x, σ) = c_skip x + c_out F(c_in x, log σ / 4)`` (EDM preconditioning), F an MLP with random weights."""
+    """``D(x, σ) = c_skip x + c_out F(c_in x, log σ / 4)`` (EDM preconditioning), F an MLP with random weights.
+
+    ``rows``: the rows this process has evaluated (the cost unit of a budget).
+    """
 
     def __init__(self, dim: int, hidden: int, seed: int = 0) -> None:
         super().__init__()
@@ -62,8 +71,10 @@ class MLPDenoiser(torch.nn.Module):
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) / max(1, p.shape[-1]) ** 0.5)
+        self.rows = 0
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
         s = sigma.reshape(-1, 1).to(x.dtype)
         sd = 0.5
         c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt(), 1 / (s**2 + sd**2).sqrt()
@@ -122,6 +133,30 @@ def worker_scaling(args: argparse.Namespace) -> None:
             Path(args.result).write_text(json.dumps(out))
 
 
+def worker_ays(args: argparse.Namespace) -> None:
+    """One rank of the default method's run: every rank writes its schedule, calls, history and rows."""
+    import ays
+    from ays import distributed as dd
+    from ays.optimize.task import DEFAULT_SOLVER
+
+    torch.set_num_threads(1)
+    with dd.session():
+        model = MLPDenoiser(args.dim, args.hidden)
+        dd.barrier()
+        start = time.perf_counter()
+        with torch.no_grad():
+            res = ays.optimize(model, _data(args.dim), steps=args.ays_steps, seed=0,
+                               budget=args.ays_budget or None)
+        dd.barrier()
+        seconds = time.perf_counter() - start
+        plan = next(h for h in res.history if h.get("stage") == "plan")
+        out = {"world": dd.world_size(), "rank": dd.rank(), "seconds": seconds, "rows": model.rows,
+               "calls": res.calls, "solver": DEFAULT_SOLVER, "budget": plan["budget"],
+               "plan_rows": plan["rows"], "chains": plan["chains"],
+               "sigmas": res.sigmas.tolist(), "history": res.history}
+        Path(f"{args.result}.{dd.rank()}").write_text(json.dumps(out))
+
+
 def worker_memory(args: argparse.Namespace) -> None:
     """One process: the KLUB under a cap; peak resident memory during the estimate above what was resident.
 
@@ -166,10 +201,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: argparse.Namespace, mode: str, world: int, result: Path, extra: list[str]) -> dict[str, Any]:
+def _launch(args: argparse.Namespace, mode: str, world: int, result: Path, extra: list[str]) -> Any:
     common = [__file__, "--worker", mode, "--out", str(args.out), "--result", str(result), "--samples",
               str(args.samples), "--dim", str(args.dim), "--hidden", str(args.hidden), "--repeats",
-              str(args.repeats), "--batch-size", str(args.batch_size), *extra]
+              str(args.repeats), "--batch-size", str(args.batch_size), "--ays-steps", str(args.ays_steps),
+              "--ays-budget", str(args.ays_budget), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo",
            # Blocks of 64 KiB and more are mapped and unmapped by glibc at once, so resident memory
            # tracks live tensors instead of what the allocator keeps cached (which varies run to run).
@@ -182,6 +218,8 @@ def _launch(args: argparse.Namespace, mode: str, world: int, result: Path, extra
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{mode} run with {world} process(es) failed:\n{proc.stderr[-3000:]}")
+    if mode == "ays":  # one file per rank
+        return [json.loads(Path(f"{result}.{r}").read_text()) for r in range(world)]
     return json.loads(result.read_text())
 
 
@@ -194,7 +232,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--worlds", default="1,2")
     p.add_argument("--caps", default="8MiB,32MiB,128MiB,0", help="max_memory values; 0 = no cap (batch 8192)")
-    p.add_argument("--worker", choices=["scaling", "memory"], help=argparse.SUPPRESS)
+    p.add_argument("--ays-worlds", default="1,2,4", help="process counts for the default method ('' = none)")
+    p.add_argument("--ays-steps", type=int, default=10)
+    p.add_argument("--ays-budget", type=int, default=0, help="denoiser calls; 0 = the default budget")
+    p.add_argument("--worker", choices=["scaling", "memory", "ays"], help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--cap", type=int, default=0, help=argparse.SUPPRESS)
     args = H.parse(p, argv, {"samples": 2048, "caps": "4MiB,16MiB,64MiB,0"})
@@ -202,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return worker_scaling(args)
     if args.worker == "memory":
         return worker_memory(args)
+    if args.worker == "ays":
+        return worker_ays(args)
     from ays.device import parse_memory
 
     out = args.out
@@ -218,6 +261,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         memory.append(r)
         print(f"cap {text}: batch {r['batch']}, peak growth {r['peak_growth'] / 2**20:.1f} MiB", flush=True)
     book, memory = memory[0]["peak_growth"], memory[1:]
+    runs = []
+    for w in (int(v) for v in args.ays_worlds.split(",") if v.strip()):
+        ranks = _launch(args, "ays", w, out / f"ays-{w}.json", [])
+        runs.append(ranks)
+        print(f"ays, {w} process(es): {max(r['seconds'] for r in ranks):.2f} s, rows per rank "
+              f"{[r['rows'] for r in ranks]}", flush=True)
 
     mib = 2**20
     lines = [
@@ -250,12 +299,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines.append(f"| {'none' if cap is None else f'{cap / mib:g} MiB'} | {r['batch']} | {r['per_row_estimate']:,} "
                      f"| {r['peak_growth'] / mib:.1f} MiB | {(r['peak_growth'] - book) / mib:.1f} MiB | {within} "
                      f"| {r['seconds']:.2f} |")
+    if runs:
+        one = runs[0][0]
+        lines += [
+            "",
+            f"The default method (`ays.optimize(model, data, steps={args.ays_steps})`, method 'ays', solver "
+            f"{one['solver']}, budget {one['budget']:,} calls: {one['chains']} table chains, {one['plan_rows']} noises "
+            f"per evidence set), same model. Rows: this rank's denoiser rows; share: the most any rank did over "
+            f"the single process's rows (1/world is perfect). Same schedule: every rank's sigmas, call count and "
+            f"history equal those of {one['world']} process(es).",
+            "",
+            "| processes | seconds | rows per rank | max share of 1-process rows | speed-up vs 1 | same schedule |",
+            "|---|---|---|---|---|---|",
+        ]
+        for ranks in runs:
+            secs = max(r["seconds"] for r in ranks)
+            same = all(r[k] == one[k] for r in ranks for k in ("sigmas", "calls", "history"))
+            per_rank = " / ".join(f"{r['rows']:,}" for r in ranks)
+            lines.append(f"| {ranks[0]['world']} | {secs:.2f} | {per_rank} | "
+                         f"{max(r['rows'] for r in ranks) / one['rows']:.3f} | "
+                         f"{max(x['seconds'] for x in runs[0]) / secs:.2f}x | {'yes' if same else 'NO'} |")
     table = "\n".join(lines)
     print("\n" + table)
     rows = [{"table": "scaling", **r} for r in scaling] + [{"table": "memory", **r} for r in memory]
+    rows += [{"table": "ays", **{k: v for k, v in r.items() if k != "history"}} for ranks in runs for r in ranks]
     H.write_rows(rows, out, "distributed_scaling", cmd=args.command,
                  meta={"args": {k: v for k, v in vars(args).items() if k not in ("out", "_name", "command")},
-                       "scaling": scaling, "bookkeeping": book, "memory": memory})
+                       "scaling": scaling, "bookkeeping": book, "memory": memory, "ays": runs})
     atomic_write_text(out / "distributed_scaling.md", f"Command: `{args.command}`  \n{H.machine_line()}\n\n{table}\n")
 
 

@@ -256,11 +256,14 @@ def test_train_digits_classifier(tmp_path: Path) -> None:
 
 def test_distributed_scaling(tmp_path: Path) -> None:
     _script("distributed_scaling").main(["--quick", "--worlds", "1", "--caps", "1MiB,0", "--samples", "256",
-                                         "--dim", "8", "--hidden", "16", "--out", str(tmp_path)])
+                                         "--dim", "8", "--hidden", "16", "--ays-worlds", "1", "--ays-steps", "4",
+                                         "--ays-budget", "6000", "--out", str(tmp_path)])
     rows = _check_rows(tmp_path, "distributed_scaling", "distributed_scaling")
-    assert [r["table"] for r in rows] == ["scaling", "memory", "memory"]
-    scaling, capped, free = rows
+    assert [r["table"] for r in rows] == ["scaling", "memory", "memory", "ays"]
+    scaling, capped, free, default = rows
     assert scaling["rows"] == 256 * 20  # a 10-step schedule: 20 denoiser rows per chain
     assert capped["batch"] < free["batch"] == 8192 and capped["total"] == pytest.approx(free["total"], rel=1e-6)
+    # One process evaluates every row the method counts, within its budget.
+    assert default["rows"] == default["calls"] <= default["budget"] == 6000 and len(default["sigmas"]) == 5
     tables = _md_tables((tmp_path / "distributed_scaling.md").read_text())
-    assert [len(t) - 1 for t in tables] == [1, 2]  # one line per process count, one per cap
+    assert [len(t) - 1 for t in tables] == [1, 2, 1]  # one line per process count, one per cap, one per ays run

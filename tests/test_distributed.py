@@ -6,8 +6,10 @@ common random numbers from the seed, evaluates its share of the draws, and the
 per-draw terms are all-gathered in rank order, so the estimate is the
 single-process one bit for bit (the denoiser here works row by row). Rank 0 alone
 writes files, and a NaN on one rank is reported, with its noise level, on both. The dp
-table, the gits / oss / ld3 teacher runs, oss's programmes and ld3's validation are shared
-out too: each rank evaluates about half of the rows and gets the single-process schedule.
+table, the gits / oss / ld3 teacher runs, oss's programmes, ld3's validation and every stage
+of the default method ``ays`` (table, teacher, candidates, refinement, gate; coupled and paired
+evidence) are shared out too: each rank evaluates about half of the rows and gets the
+single-process schedule.
 """
 
 from __future__ import annotations
@@ -288,8 +290,8 @@ def test_draws_follow_the_data_device_without_changing_the_numbers():
     assert torch.equal(a.z1, b.z1) and torch.equal(a.x0, b.x0)
 
 
-# Every method but "coordinate" (above) and "ays" (its own module): the same schedule on 2 ranks as
-# on 1, each rank evaluating about half of the rows. One launch runs them all.
+# Every method but "coordinate" (above): the same schedule on 2 ranks as on 1, each rank evaluating
+# about half of the rows. One launch runs them all.
 _METHODS = textwrap.dedent(
     """
     import json, os, sys
@@ -316,14 +318,18 @@ _METHODS = textwrap.dedent(
         "gits": dict(grid=21, teacher_samples=32),
         "oss": dict(grid=20, teacher_samples=16),
         "ld3": dict(teacher_steps=32, teacher_samples=20, valid_samples=10, epochs=1),
+        # The default method: table chains, teacher rows, every candidate, the refinement and the
+        # gate's rows shared out; an SDE solver, so the teacher and candidates share a Brownian tree.
+        "ays": dict(solver="dpmpp_2m_sde", budget=6000, reference_steps=16),
+        "ays-paired": dict(method="ays", solver="dpmpp_2m_sde", budget=6000, reference_steps=16, select="paired"),
     }
 
     def run_methods():
         out = {}
         for name, kw in CASES.items():
-            kw = {"method": name, **kw}
+            kw = {"method": name, "solver": "dpmpp_2m", **kw}
             Den.rows = 0
-            res = ays.optimize(Den(), data, steps=4, solver="dpmpp_2m", seed=2, **kw)
+            res = ays.optimize(Den(), data, steps=4, seed=2, **kw)
             out[name] = {"sigmas": res.sigmas.tolist(), "calls": res.calls, "klub": res.klub, "rows": Den.rows,
                          "history": res.history}
         return out
@@ -331,7 +337,7 @@ _METHODS = textwrap.dedent(
 )
 
 
-def test_dp_gits_oss_ld3_share_their_rows_across_two_ranks_and_give_the_single_process_schedule(tmp_path):
+def test_dp_gits_oss_ld3_ays_share_their_rows_across_two_ranks_and_give_the_single_process_schedule(tmp_path):
     script = tmp_path / "methods.py"
     script.write_text(_METHODS + textwrap.dedent(
         """
@@ -360,3 +366,5 @@ def test_dp_gits_oss_ld3_share_their_rows_across_two_ranks_and_give_the_single_p
             assert mine["rows"] <= 0.6 * single["rows"], (name, r, mine["rows"], single["rows"])
         assert got[0][name]["rows"] + got[1][name]["rows"] >= single["rows"]
     assert ref["dp-budget"]["calls"] <= 5000
+    for name in ("ays", "ays-paired"):  # within its budget, and the plan it followed is in the history
+        assert ref[name]["calls"] <= 6000 and any(h.get("stage") == "plan" for h in ref[name]["history"])
