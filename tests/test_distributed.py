@@ -107,7 +107,7 @@ def test_two_gloo_processes_give_the_single_process_result_exactly(tmp_path):
     port = _free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
 
@@ -350,7 +350,7 @@ def test_dp_gits_oss_ld3_ays_share_their_rows_across_two_ranks_and_give_the_sing
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"methods{r}.json").read_text()) for r in (0, 1)]
     namespace: dict = {}
