@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..evaluate.optimized import remove_checkpoint
 from ..validate import AysError
 from ._defaults import DEFAULT_METHOD, DEFAULT_SOLVER, KLUB_NOTE, SAMPLES, model_range, noise_range, range_note
 from ._job import load_job, model_options
@@ -47,19 +48,8 @@ def run_optimize(job: Any, *, out: str | None, checkpoint: str | None, resume: b
 
         result.save(out)  # atomic; rank 0 only under torchrun
         if checkpoint is not None and is_rank_zero():
-            _remove_checkpoint(checkpoint)
+            remove_checkpoint(checkpoint)
     return result
-
-
-def _remove_checkpoint(checkpoint: str) -> None:
-    """Delete the checkpoint, and temporary files a killed write of it left behind (``.NAME.*.tmp``)."""
-    import glob
-
-    # The schedule file now holds everything the checkpoint did.
-    folder, name = os.path.split(os.path.abspath(checkpoint))
-    for path in [checkpoint, *glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp"))]:
-        if os.path.isfile(path):
-            os.unlink(path)
 
 
 @click.command()

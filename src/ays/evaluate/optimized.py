@@ -27,7 +27,7 @@ from typing import Any
 from ..distributed import is_rank_zero
 from ..validate import AysError
 
-__all__ = ["cell_paths", "optimize_cells"]
+__all__ = ["cell_paths", "optimize_cells", "remove_checkpoint"]
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -55,10 +55,12 @@ def _mismatch(saved: dict[str, Any], want: dict[str, Any]) -> list[str]:
     return out
 
 
-def _remove(checkpoint: str) -> None:
-    """Delete a finished cell's checkpoint and the temporary files a killed write of it left (``.NAME.*.tmp``)."""
+def remove_checkpoint(checkpoint: str) -> None:
+    """Delete a finished run's checkpoint, the teacher outputs beside it (``NAME.teacher.pt``, method
+    ``ays``) and the temporary files a killed write of either left (``.NAME.*.tmp``)."""
     folder, name = os.path.split(os.path.abspath(checkpoint))
-    for path in [checkpoint, *glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp"))]:
+    left = glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp"))
+    for path in [checkpoint, checkpoint + ".teacher.pt", *left]:
         if os.path.isfile(path):
             os.unlink(path)
 
@@ -131,7 +133,7 @@ def optimize_cells(
         if schedule_file is not None and checkpoint is not None:
             result.save(schedule_file)  # atomic; rank 0 only under torchrun
             if is_rank_zero():
-                _remove(checkpoint)
+                remove_checkpoint(checkpoint)
         out[(solver, n)] = result
     return out
 
