@@ -18,7 +18,7 @@ PACKAGE = SRC / "ays"
 
 #: Rooms from the lowest to the highest; a room may import only rooms before it.
 ROOMS = [
-    "_callable", "validate", "data", "distributed", "device", "io", "noise", "schedules", "denoisers",
+    "_callable", "validate", "seeds", "data", "distributed", "device", "io", "noise", "schedules", "denoisers",
     "solvers", "sample", "analysis", "klub", "problems", "metrics", "nets", "model_file", "plot", "train", "optimize",
     "evaluate", "integrations", "cli", "__main__",
 ]  # fmt: skip

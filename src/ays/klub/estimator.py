@@ -30,7 +30,6 @@ are far more precise than each estimate alone.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import torch
 from .. import device as _device
 from .. import distributed as _dist
 from ..data import Cond, call, check_cond, draw, repeat, take, to
+from ..seeds import seed_for
 from ..solvers import Denoiser
 from ..validate import AysError, check_positive, check_range, check_sigmas, check_steps
 from .proposal import _check_interval, _f64, _h, _x_of, proposal_normalizer, proposal_sample
@@ -68,16 +68,6 @@ DEFAULT_BATCH_SIZE = 8192
 # --------------------------------------------------------------------------
 # Draws (common random numbers)
 # --------------------------------------------------------------------------
-
-
-def seed_for(seed: int, *keys: object) -> int:
-    """A 63-bit seed derived from ``seed`` and ``keys``: the same on every platform and run.
-
-    The optimiser draws its randomness for (stage, sweep, purpose) from here, so a
-    resumed run re-creates exactly the draws an uninterrupted one used.
-    """
-    text = repr((int(seed), *keys)).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 @dataclass(frozen=True)

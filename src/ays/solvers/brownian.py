@@ -46,11 +46,11 @@ last few levels.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
 
+from ..seeds import seed_for
 from ..validate import AysError, check_range
 
 __all__ = ["LEAF_FRACTION", "MAX_DEPTH", "BrownianTree", "default_depth"]
@@ -63,12 +63,6 @@ LEAF_FRACTION = 1.0 / 1024.0
 MAX_DEPTH = 48
 #: How many queried ``W(t)`` are kept: a solver asks ``W(s_i)`` again on the next step.
 _KEEP = 2
-
-
-def _key_seed(seed: int, *keys: object) -> int:
-    """A 63-bit generator seed from ``(seed, *keys)``, the same on every platform and run."""
-    text = repr((seed, *keys)).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 def _check_shape(shape: object) -> tuple[int, ...]:
@@ -208,7 +202,7 @@ class BrownianTree:
         not depend on which rows are asked for. Float32 draws (twice as fast as
         float64 on the CPU) are cast up for the float64 arithmetic of ``W``.
         """
-        g = torch.Generator().manual_seed(_key_seed(self.seed, *keys))
+        g = torch.Generator().manual_seed(seed_for(self.seed, *keys))
         z = torch.randn(self.shape, generator=g, dtype=torch.float32)
         r = self._rows
         if len(r) != self.shape[0] or r.step != 1:
