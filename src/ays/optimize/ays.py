@@ -592,10 +592,8 @@ def ays(task: Task, features: Features | None = None, **options: Any) -> Optimiz
     settings = task.settings(jsonable({**asdict(dopt), **asdict(sopt), "budget": plan.budget,
                                        "features": None if features is None else repr(features)}))
     task.meter.plan(plan.stages)
-    table_task = replace(task, samples=plan.chains)
-    table_task.meter = task.meter
-    with task.meter.stage("table"):
-        table, end, history = run_dp(table_task, dopt, settings)
+    # run_dp builds the table inside the meter's stage "table" (the same meter: replace carries it over)
+    table, end, history = run_dp(replace(task, samples=plan.chains), dopt, settings)
     calls = table.calls
     sigmas = end
     if sopt.select != "none":
@@ -615,8 +613,7 @@ def ays(task: Task, features: Features | None = None, **options: Any) -> Optimiz
         history += [{"stage": "plan", "budget": plan.budget, "rows": plan.rows, "chains": plan.chains,
                      "stages": plan.stages}, *records]
         calls += sel_calls + evidence[0].calls
-    with task.meter.stage("final"):
-        return finish(task, dopt, sigmas, history, calls, settings)
+    return finish(task, dopt, sigmas, history, calls, settings)  # the final KLUB in the meter's stage "final"
 
 
 def parse_options(options: dict[str, Any]) -> tuple[DPOptions, SelectOptions]:

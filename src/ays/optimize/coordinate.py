@@ -169,9 +169,7 @@ class _Run:
         self.tried = opt.candidates + (2 if task.space.is_discrete else 0)
         if task.budget is not None:
             samples = fit_budget(lambda m: self.expected(m)[0], task.budget, 2, "coordinate", "samples per estimate")
-            meter = task.meter
-            self.task = dataclasses.replace(task, samples=samples)
-            self.task.meter = meter  # the same meter: one plan, one count
+            self.task = dataclasses.replace(task, samples=samples)  # the same meter: one plan, one count
         self.settings = self.task.settings(asdict(opt))
         assert opt.radius is not None
         self.max_radius = float(opt.radius)

@@ -451,9 +451,7 @@ def dp(task: Task, **options: Any) -> OptimizeResult:
     opt = DPOptions.parse(options, "dp")
     chains, opt = budget_sizes(task, opt, options)
     if chains != task.samples:
-        meter = task.meter
-        task = dataclasses.replace(task, samples=chains)
-        task.meter = meter  # the same meter: one plan, one count
+        task = dataclasses.replace(task, samples=chains)  # the same meter: one plan, one count
     settings = task.settings(jsonable(asdict(opt)))
     size = int(grid_for(task, opt.grid).numel())
     task.meter.plan({"table": size * task.samples, "final": final_calls(task.steps, opt.final_samples)})

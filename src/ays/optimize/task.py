@@ -148,10 +148,13 @@ class Task:
     dtype: str | None = None  #: the dtype asked for the denoiser (it changes the result, so it is a setting)
     budget: int | None = None  #: denoiser calls the method may spend, all stages and ranks together (None: its default)
     given: frozenset[str] = frozenset()  #: the arguments the caller set rather than left at their defaults
-    meter: Meter = field(init=False, repr=False, compare=False)  #: calls by stage, progress, the estimate
+    #: calls by stage, progress, the estimate; made from ``denoiser`` and ``progress`` when not given, and
+    #: carried over by ``dataclasses.replace`` (a task resized for one stage counts into the same plan)
+    meter: Meter = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        self.meter = Meter(self.denoiser, self.progress)
+        if self.meter is None:
+            self.meter = Meter(self.denoiser, self.progress)
 
     @property
     def space(self) -> LevelSpace:
