@@ -49,7 +49,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ from ..klub import seed_for
 from ..solvers.brownian import BrownianTree
 from ..validate import AysError, check_positive, check_sigmas, check_steps
 from .checkpoint import load_state, save_state
-from .dp import DPOptions, finish, grid_for, jsonable, run_dp
+from .dp import DPOptions, final_calls, finish, grid_for, jsonable, run_dp
 from .result import OptimizeResult
 from .task import Task, register
 
@@ -221,19 +221,19 @@ def make_plan(task: Task, dopt: DPOptions, sopt: SelectOptions, candidates: int,
                                       schedules.to_sampling(_reference_schedule(task, sopt.reference_steps)))
     chains = task.samples if chains_given else max(16, int(sopt.table_share * budget) // grid)
     final = dopt.final_samples
-    final_calls = 2 * task.steps * final if final else 0
+    final_cost = final_calls(task.steps, final)
     if sopt.select == "none":
-        return Plan(budget, chains, final, 0, 0, 0, {"table": chains * grid, "final": final_calls})
+        return Plan(budget, chains, final, 0, 0, 0, {"table": chains * grid, "final": final_cost})
     # Per noise row: its two teacher runs, every candidate and the two checks; a quarter of what is left
     # after the table is kept for the refinement.
     per_row = 2 * per_teacher + (candidates + (2 if sopt.validate else 0)) * per_cand
-    fits = int(0.75 * (budget - chains * grid - final_calls)) // per_row
+    fits = int(0.75 * (budget - chains * grid - final_cost)) // per_row
     rows = sopt.select_samples or min(4096, max(16, int(sopt.teacher_share * budget) // (2 * per_teacher), fits))
     if sopt.select_samples is None:
         rows = max(16, min(rows, fits))
     teacher = 2 * rows * per_teacher
     checks = 2 * rows * per_cand if sopt.validate else 0
-    left = budget - chains * grid - final_calls - teacher - checks - candidates * rows * per_cand
+    left = budget - chains * grid - final_cost - teacher - checks - candidates * rows * per_cand
     if left < 0 and task.budget is not None:
         need = budget - left
         raise AysError(f"a budget of {budget:,} denoiser calls is too small for method 'ays' at {task.steps} steps "
@@ -244,7 +244,7 @@ def make_plan(task: Task, dopt: DPOptions, sopt: SelectOptions, candidates: int,
     if sopt.refine_sweeps == 0:
         refine = 0
     stages = {"table": chains * grid, "teacher": teacher, "candidates": candidates * rows * per_cand,
-              "refine": refine * rows * per_cand, "validate": checks, "final": final_calls}
+              "refine": refine * rows * per_cand, "validate": checks, "final": final_cost}
     return Plan(budget, chains, final, rows, candidates, refine, stages)
 
 
@@ -285,8 +285,7 @@ class Evidence:
     cond: Cond
     tree: BrownianTree
     target: Tensor
-    calls: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    bandwidth: float | None = None  #: of the MMD (select="mmd"): the median distance of the first set's target
 
 
 def _features(x: Tensor, features: Features | None) -> Tensor:
@@ -300,8 +299,9 @@ def _teacher_file(task: Task) -> Path | None:
 
 
 def gather_evidence(task: Task, opt: SelectOptions, plan: Plan, features: Features | None = None,
-                    settings: dict[str, Any] | None = None) -> tuple[Evidence, Evidence]:
-    """The two noise sets (choose, validate) and their teacher (or reference) outputs (module docstring)."""
+                    settings: dict[str, Any] | None = None) -> tuple[Evidence, Evidence, int]:
+    """The two noise sets (choose, validate), their teacher (or reference) outputs (module docstring),
+    and the denoiser rows spent on them (0 when the teacher file of a checkpoint had them)."""
     probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
     shape, dtype, dev = tuple(probe.shape[1:]), probe.dtype, probe.device
     n = plan.rows
@@ -336,12 +336,11 @@ def gather_evidence(task: Task, opt: SelectOptions, plan: Plan, features: Featur
                 target = _dist.map_shards(n, teach, dim=0)
         out.append(Evidence(noise, cond, tree, target))
     calls = 0 if saved is not None else 2 * n * solvers.count_calls(solver, schedules.to_sampling(ref_s))
-    out[0].calls = calls
     if saved is None:
         _save_teacher(task, settings, out[0].target, out[1].target)
     if opt.select == "mmd":
-        out[0].extra["bandwidth"] = out[1].extra["bandwidth"] = metrics.median_bandwidth(out[0].target)
-    return out[0], out[1]
+        out[0].bandwidth = out[1].bandwidth = metrics.median_bandwidth(out[0].target)
+    return out[0], out[1], calls
 
 
 def _save_teacher(task: Task, settings: dict[str, Any] | None, choose: Tensor, validate: Tensor) -> None:
@@ -372,13 +371,14 @@ class _Judge:
     """Scores schedules on one evidence set, counting denoiser rows; the same noise for all (CRN).
 
     Paired evidence: the per-noise errors ``[rows]``; unpaired: the discrepancy as ``[1]``.
-    ``scores`` keeps every result by schedule (checkpointed, so a resumed run judges nothing twice).
+    ``scores`` keeps every result by schedule, and ``saved()`` checkpoints them after every
+    schedule judged, so a resumed run judges nothing twice.
     """
 
     def __init__(self, task: Task, opt: SelectOptions, ev: Evidence, features: Features | None,
-                 scores: dict[str, list[float]]) -> None:
+                 scores: dict[str, list[float]], saved: Callable[[], None]) -> None:
         self.task, self.opt, self.ev, self.features = task, opt, ev, features
-        self.scores = scores
+        self.scores, self.saved = scores, saved
         self.outputs: dict[str, Tensor] = {}  #: unpaired evidence: the samples behind each score
         self.calls = 0
 
@@ -409,17 +409,18 @@ class _Judge:
         self.calls += n * solvers.count_calls(task.solver, schedules.to_sampling(sigmas))
         if self.opt.select != "paired":
             self.outputs[key] = values  # the gate resamples them
-            values = torch.tensor([_discrepancy(self.opt, values, ev.target, ev)], dtype=torch.float64)
+            values = torch.tensor([_discrepancy(self.opt, values, ev.target, ev.bandwidth)], dtype=torch.float64)
         self.scores[key] = values.tolist()
+        self.saved()
         return values
 
 
-def _discrepancy(opt: SelectOptions, x: Tensor, target: Tensor, ev: Evidence) -> float:
+def _discrepancy(opt: SelectOptions, x: Tensor, target: Tensor, bandwidth: float | None = None) -> float:
     if opt.select in ("sw2", "coupled"):
         return metrics.sliced_w2(x, target, projections=opt.projections,
                                  generator=torch.Generator().manual_seed(0)).value
     if opt.select == "mmd":
-        return metrics.mmd(x, target, bandwidth=ev.extra.get("bandwidth"))
+        return metrics.mmd(x, target, bandwidth=bandwidth)
     return metrics.energy_distance(x, target)
 
 
@@ -491,21 +492,27 @@ def gate(opt: SelectOptions, start_errors: Tensor, chosen_errors: Tensor) -> tup
     return z > opt.significance, z
 
 
-def coupled_gate(opt: SelectOptions, ev: Evidence, start: Tensor, chosen: Tensor, seed: int) -> tuple[bool, float]:
+def coupled_gate(opt: SelectOptions, target: Tensor, start: Tensor, chosen: Tensor, seed: int,
+                 bandwidth: float | None = None) -> tuple[bool, float]:
     """:func:`gate` for set-level evidence (coupled, sw2, ...): the gain's standard error from a bootstrap
     of the noises, resampled together for the start, the chosen schedule and the target (the coupling
     kept), ``opt.bootstrap`` times; ``z = gain / se``."""
-    gain = _discrepancy(opt, start, ev.target, ev) - _discrepancy(opt, chosen, ev.target, ev)
+
+    def gain(i: Tensor | slice, j: Tensor | slice) -> float:
+        return (_discrepancy(opt, start[i], target[j], bandwidth)
+                - _discrepancy(opt, chosen[i], target[j], bandwidth))
+
     g = torch.Generator().manual_seed(seed)
-    n, m = start.shape[0], ev.target.shape[0]
+    n, m = start.shape[0], target.shape[0]
     coupled = opt.select in ("paired", "coupled")
     draws = []
     for _ in range(opt.bootstrap):
         i = torch.randint(0, n, (n,), generator=g)
         j = i if coupled else torch.randint(0, m, (m,), generator=g)
-        draws.append(_discrepancy(opt, start[i], ev.target[j], ev) - _discrepancy(opt, chosen[i], ev.target[j], ev))
+        draws.append(gain(i, j))
     se = float(torch.tensor(draws, dtype=torch.float64).std(unbiased=True))
-    z = gain / se if se > 0 else (math.inf if gain > 0 else 0.0)
+    whole = gain(slice(None), slice(None))
+    z = whole / se if se > 0 else (math.inf if whole > 0 else 0.0)
     return z > opt.significance, z
 
 
@@ -514,12 +521,13 @@ def choose(task: Task, opt: SelectOptions, end: Tensor, plan: Plan, evidence: tu
            ) -> tuple[Tensor, list[dict[str, Any]], int]:
     """The schedule the evidence prefers on the way to ``end``, gated against the start.
 
-    ``state["scores"]`` holds every schedule judged so far (by set); ``save()`` checkpoints it.
+    ``state["scores"]`` holds every schedule judged so far (by set); ``save()`` checkpoints it
+    (the judges call it after every schedule).
     Returns (sigmas, history records, denoiser rows spent judging).
     """
     scores = state.setdefault("scores", {"choose": {}, "validate": {}})
-    judge = _Judge(task, opt, evidence[0], features, scores["choose"])
-    check = _Judge(task, opt, evidence[1], features, scores["validate"])
+    judge = _Judge(task, opt, evidence[0], features, scores["choose"], save)
+    check = _Judge(task, opt, evidence[1], features, scores["validate"], save)
     c_hat = data_scale(task.data, task.seed)
     records: list[dict[str, Any]] = []
     cands = _candidates(task, opt, end, c_hat)
@@ -528,7 +536,6 @@ def choose(task: Task, opt: SelectOptions, end: Tensor, plan: Plan, evidence: tu
     means = []
     for params, s in cands:
         means.append(float(judge(s, "candidates").mean()))
-        save()
         records.append({"stage": "select", **params, "c_hat": c_hat, "evidence": means[-1], "sigmas": s.tolist()})
         if task.progress is not None:
             task.progress({"event": "select", "candidates": len(cands), **records[-1]})
@@ -537,37 +544,23 @@ def choose(task: Task, opt: SelectOptions, end: Tensor, plan: Plan, evidence: tu
     chosen, value = cands[pick][1], means[pick]
     refine = plan.refine + (plan.candidates - len(cands) if plan.refine > 0 else 0)
     if refine > 0 and task.steps > 1:
-        chosen, value = _refine(task, opt, _Saving(judge, save), chosen, value, refine, records)
+        chosen, value = _refine(task, opt, judge, chosen, value, refine, records)
     if opt.validate and not torch.equal(chosen, start):
         # Both sets: twice the noises of one; the second is fresh to the choice, which halves its bias.
         e_start, e_chosen = check(start, "validate"), check(chosen, "validate")
-        save()
         if opt.select == "paired":
             keep, z = gate(opt, torch.cat([judge(start, "validate"), e_start]),
                            torch.cat([judge(chosen, "validate"), e_chosen]))
         else:
-            both = Evidence(torch.empty(0), {}, evidence[1].tree, torch.cat([evidence[0].target, evidence[1].target]),
-                            extra=evidence[0].extra)
-            keep, z = coupled_gate(opt, both, torch.cat([judge.samples(start), check.samples(start)]),
+            keep, z = coupled_gate(opt, torch.cat([evidence[0].target, evidence[1].target]),
+                                   torch.cat([judge.samples(start), check.samples(start)]),
                                    torch.cat([judge.samples(chosen), check.samples(chosen)]),
-                                   seed_for(task.seed, "select", "bootstrap"))
+                                   seed_for(task.seed, "select", "bootstrap"), evidence[0].bandwidth)
         records.append({"stage": "validate", "start": float(e_start.mean()), "chosen": float(e_chosen.mean()),
                         "z": z, "kept": keep})
         if not keep:
             chosen = start
     return chosen, records, judge.calls + check.calls
-
-
-class _Saving:
-    """A judge that checkpoints after every schedule it judges."""
-
-    def __init__(self, judge: _Judge, save: Callable[[], None]) -> None:
-        self.judge, self.save = judge, save
-
-    def __call__(self, sigmas: Tensor, stage: str) -> Tensor:
-        out = self.judge(sigmas, stage)
-        self.save()
-        return out
 
 
 @register("ays")
@@ -607,12 +600,11 @@ def ays(task: Task, features: Features | None = None, **options: Any) -> Optimiz
                                             "sums": table.sums.tolist(), "chains": table.chains,
                                             "calls": table.calls, "chunks": table.chunks, **state})
 
-        evidence = gather_evidence(task, sopt, plan, features, settings)
-        save()
-        sigmas, records, sel_calls = choose(task, sopt, end, plan, evidence, state, save, features)
+        *evidence, teacher_calls = gather_evidence(task, sopt, plan, features, settings)
+        sigmas, records, sel_calls = choose(task, sopt, end, plan, (evidence[0], evidence[1]), state, save, features)
         history += [{"stage": "plan", "budget": plan.budget, "rows": plan.rows, "chains": plan.chains,
                      "stages": plan.stages}, *records]
-        calls += sel_calls + evidence[0].calls
+        calls += sel_calls + teacher_calls
     return finish(task, dopt, sigmas, history, calls, settings)  # the final KLUB in the meter's stage "final"
 
 
