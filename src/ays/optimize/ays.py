@@ -112,7 +112,6 @@ class SelectOptions:
     reference_solver: str | None = None  #: teacher: None = the target solver if stochastic, else "dpmpp_2m"
     projections: int = 256  #: directions of the sliced W2 (select="sw2")
     table_share: float = 0.15  #: share of the budget spent on the KLUB table
-    teacher_share: float = 0.3  #: share of the budget spent on the teacher runs (sets select_samples)
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> SelectOptions:
@@ -149,12 +148,10 @@ class SelectOptions:
         check_steps(opt.projections, name="projections")
         check_steps(opt.bootstrap, name="bootstrap", minimum=10)
         share = check_positive(opt.table_share, name="table_share")
-        teach = check_positive(opt.teacher_share, name="teacher_share")
-        if share + teach >= 0.9:
-            raise AysError(f"table_share + teacher_share must be below 0.9 (shares of the budget), got {share + teach}")
+        if share >= 0.9:
+            raise AysError(f"table_share must be below 0.9 (a share of the budget), got {share}")
         return cls(**{**asdict(opt), "c_factors": factors, "refine_delta": delta, "heuristics": heuristics,
-                      "significance": float(opt.significance), "table_share": share,
-                      "teacher_share": teach})
+                      "significance": float(opt.significance), "table_share": share})
 
 
 def data_scale(data: Any, seed: int, n: int = 4096) -> float:
@@ -228,9 +225,7 @@ def make_plan(task: Task, dopt: DPOptions, sopt: SelectOptions, candidates: int,
     # after the table is kept for the refinement.
     per_row = 2 * per_teacher + (candidates + (2 if sopt.validate else 0)) * per_cand
     fits = int(0.75 * (budget - chains * grid - final_cost)) // per_row
-    rows = sopt.select_samples or min(4096, max(16, int(sopt.teacher_share * budget) // (2 * per_teacher), fits))
-    if sopt.select_samples is None:
-        rows = max(16, min(rows, fits))
+    rows = sopt.select_samples or max(16, min(4096, fits))
     teacher = 2 * rows * per_teacher
     checks = 2 * rows * per_cand if sopt.validate else 0
     left = budget - chains * grid - final_cost - teacher - checks - candidates * rows * per_cand
