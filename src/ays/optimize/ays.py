@@ -538,6 +538,9 @@ def choose(task: Task, opt: SelectOptions, end: Tensor, plan: Plan, evidence: tu
     start = cands[0][1]
     chosen, value = cands[pick][1], means[pick]
     refine = plan.refine + (plan.candidates - len(cands) if plan.refine > 0 else 0)
+    if len(cands) < plan.candidates:  # coinciding candidates: their share moves to the refinement, and the plan says so
+        per_schedule = plan.stages["candidates"] // plan.candidates
+        task.meter.plan({**plan.stages, "candidates": len(cands) * per_schedule, "refine": refine * per_schedule})
     if refine > 0 and task.steps > 1:
         chosen, value = _refine(task, opt, judge, chosen, value, refine, records)
     if opt.validate and not torch.equal(chosen, start):

@@ -7,7 +7,9 @@ stage, e.g. ``table``, ``teacher``, ``candidates``, ``refine``, ``validate``) an
 runs each stage inside :meth:`Meter.stage`. The meter then reports through the task's
 ``progress(event)``:
 
-- ``{"event": "plan", "calls": total, "stages": {name: calls, ...}}`` once;
+- ``{"event": "plan", "calls": total, "stages": {name: calls, ...}}`` when the plan is made, and
+  again if the method refines it on the way (``ays``, once it knows how many of its candidates
+  coincide);
 - ``{"event": "estimate", "seconds": s, "seconds_per_call": r, "calls": total}`` once,
   when the first calls have been timed (the CLI prints "about 40 min on this device");
 - ``{"event": "calls", "stage": name, "done": d, "total": t}`` after every model call in a
@@ -60,7 +62,7 @@ class Meter:
             self.progress(event)
 
     def plan(self, stages: dict[str, int]) -> None:
-        """The planned calls of each stage (all processes together), reported once."""
+        """The planned calls of each stage (all processes together), reported; a later call refines the plan."""
         self.stages = {k: int(v) for k, v in stages.items()}
         self.total = sum(self.stages.values())
         self._emit({"event": "plan", "calls": self.total, "stages": dict(self.stages)})
