@@ -94,22 +94,19 @@ def test_the_gate_keeps_a_gain_beyond_noise_and_refuses_one_within_it():
 
 
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m_sde"])
-def test_the_budget_bounds_the_denoiser_calls_and_the_plan_and_the_result_say_what_was_spent(solver):
+def test_the_budget_bounds_the_calls_of_every_stage_and_the_estimate_comes_first(solver):
+    # (The contract every method keeps - calls within the budget, counted per planned stage - is
+    # tests/test_budget.py's; here what is particular to the default: its stages, and the estimate
+    # reported while the first stage runs, before the rest of the budget is spent.)
     den, calls = _counting(gaussian_denoiser(C))
     events = []
     res = optimize(den, gaussian_data(C, 2), steps=4, solver=solver, budget=6000, seed=1, reference_steps=16,
-                   progress=events.append)
-    assert calls["rows"] <= 6000
-    assert res.calls == calls["rows"]
-    plan = next(e for e in events if e["event"] == "plan")
-    assert plan["calls"] <= 6000 and abs(plan["calls"] - calls["rows"]) <= 0.1 * plan["calls"]
-    by_stage: dict[str, int] = {}
-    for e in events:
-        if e["event"] == "calls":
-            by_stage[e["stage"]] = e["done"]
-    assert sum(by_stage.values()) == calls["rows"]
-    assert {"table", "teacher", "candidates"} <= set(by_stage)
-    assert any(e["event"] == "estimate" and e["seconds"] > 0 for e in events)
+                   progress=lambda e: events.append({**e, "spent": calls["rows"]}))
+    assert res.calls == calls["rows"] <= 6000
+    stages = {e["stage"] for e in events if e["event"] == "calls"}
+    assert {"table", "teacher", "candidates", "refine", "final"} <= stages
+    estimate = next(e for e in events if e["event"] == "estimate")
+    assert estimate["seconds"] > 0 and estimate["spent"] < 0.5 * res.calls
     with pytest.raises(AysError, match="too small"):
         optimize(den, gaussian_data(C, 2), steps=4, solver=solver, budget=500)
 
@@ -142,7 +139,11 @@ def test_a_run_killed_in_any_stage_resumes_to_the_uninterrupted_result(tmp_path,
     class Kill(Exception):
         pass
 
+    plan = {}
+
     def killer(event):
+        if event["event"] == "plan":
+            plan.update(event["stages"])
         if event["event"] == "calls" and event["stage"] == stage and event["done"] >= 1:
             raise Kill
 
@@ -154,5 +155,10 @@ def test_a_run_killed_in_any_stage_resumes_to_the_uninterrupted_result(tmp_path,
     again = optimize(den, gaussian_data(C, 2), checkpoint=path, resume=True, **kw)
     assert torch.equal(again.sigmas, whole.sigmas)
     # Nothing checkpointed is recomputed: the two runs together spend the uninterrupted calls plus at most
-    # the one piece of work that was cut short (a table chunk, a teacher set or one schedule).
-    assert first + calls["rows"] <= whole_calls + max(2 * 64 * 17, 1000)
+    # the piece of work that was cut short, which lies inside the killed stage (a table chunk, the teacher
+    # sets, one schedule). The gate's bootstrap also needs the samples of the start and the chosen schedule
+    # on the first set, of which only the scores are checkpointed: those two runs (the size of the
+    # "validate" stage) are made again after a kill in it.
+    again_for_gate = plan["validate"] if stage == "validate" else 0
+    assert first + calls["rows"] <= whole_calls + plan[stage] + again_for_gate
+    assert first + calls["rows"] > whole_calls  # the cut piece itself was paid twice: the kill was real
