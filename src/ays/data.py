@@ -33,7 +33,7 @@ from .validate import AysError
 
 __all__ = [
     "Cond", "Conditioned", "as_conditioned", "bind", "call", "check_cond", "check_data", "conditioning", "draw",
-    "event_shape",
+    "event_shape", "in_batches",
     "repeat", "take", "to",
 ]  # fmt: skip
 
@@ -182,3 +182,25 @@ def call(denoiser: Callable[..., Tensor], x: Tensor, sigma: Tensor, cond: Mappin
 def bind(denoiser: Callable[..., Tensor], cond: Mapping[str, Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
     """A two-argument denoiser for a solver run over exactly these rows: ``D(x, σ) = denoiser(x, σ, **cond)``."""
     return functools.partial(denoiser, **cond) if cond else denoiser
+
+
+def in_batches(denoiser: Callable[..., Tensor], batch_size: int | None,
+               cond: Mapping[str, Tensor] | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """:func:`bind`, calling the model on at most ``batch_size`` rows at a time (``None``: all at once).
+
+    For a solver run over more rows than one model call should take: the solver (and whatever
+    draws its noise) sees every row once per step, the model sees slices of them. Rows are
+    independent for a denoiser, so the result is that of one call.
+    """
+    whole = dict(cond or {})
+    if batch_size is None:
+        return bind(denoiser, whole)
+
+    def batched(x: Tensor, sigma: Tensor) -> Tensor:
+        if x.shape[0] <= batch_size:
+            return call(denoiser, x, sigma, whole)
+        return torch.cat([call(denoiser, x[a : a + batch_size], sigma[a : a + batch_size],
+                               take(whole, slice(a, a + batch_size)))
+                          for a in range(0, x.shape[0], batch_size)])
+
+    return batched

@@ -57,7 +57,7 @@ import torch
 
 from .. import distributed as _dist
 from .. import metrics, schedules, solvers
-from ..data import Cond, bind, conditioning, draw, take, to
+from ..data import Cond, conditioning, draw, in_batches, take, to
 from ..io import atomic_write_bytes
 from ..klub import seed_for
 from ..solvers.brownian import BrownianTree
@@ -254,15 +254,13 @@ def run_rows(
     is denoised under ``cond``'s row i. The output of row i does not depend on the rest of
     the batch, which is what lets the rows be shared across ranks.
     """
-    fn = solvers.get(solver)
+    if rows.stop <= rows.start:  # a rank with no share (more ranks than rows)
+        return noise[rows]
     s = schedules.to_sampling(sigmas)
-    step = rows.stop - rows.start if batch_size is None else batch_size
-    out = []
-    for r0 in range(rows.start, rows.stop, max(1, step)):
-        part = slice(r0, min(rows.stop, r0 + step))
-        chunk = bind(denoiser, take(cond or {}, part))
-        out.append(fn(chunk, noise[part] * float(s[0]), s, noise_sampler=tree.rows(part)))
-    x = torch.cat(out) if out else noise[rows]
+    # One solver run over all the rows, the model called on batches of them: the Brownian tree then
+    # draws each node once per run, not once per batch.
+    den = in_batches(denoiser, batch_size, take(cond or {}, rows))
+    x = solvers.get(solver)(den, noise[rows] * float(s[0]), s, noise_sampler=tree.rows(rows))
     if not torch.isfinite(x).all():
         raise AysError(f"solver {solver!r} produced NaN or inf on a candidate schedule")
     return x

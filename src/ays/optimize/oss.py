@@ -49,7 +49,7 @@ import torch
 
 from .. import distributed as _dist
 from .. import schedules, solvers
-from ..data import Cond, bind, call, conditioning, draw, repeat, take, to
+from ..data import Cond, bind, conditioning, draw, in_batches, repeat, take, to
 from ..klub import seed_for
 from ..validate import AysError, check_choice, check_positive, check_sigmas, check_steps
 from .dp import check_fits, fit_budget
@@ -190,12 +190,6 @@ def teacher_trajectory(
     return torch.cat(parts, dim=1), x.shape[0] * solvers.count_calls(teacher, fine)
 
 
-def _denoise_rows(denoiser: Denoiser, x: Tensor, s: Tensor, batch_size: int | None, cond: Cond) -> Tensor:
-    rows = x.shape[0] if batch_size is None else max(1, batch_size)
-    return torch.cat([call(denoiser, x[a : a + rows], s[a : a + rows].to(x.dtype), take(cond, slice(a, a + rows)))
-                      for a in range(0, x.shape[0], rows)])
-
-
 def _tile(t: Tensor, m: int) -> Tensor:
     """``m`` copies of ``t`` stacked along the rows (one per target level)."""
     return t.repeat(m, *([1] * (t.ndim - 1)))
@@ -228,7 +222,7 @@ def oss_paths(
         # One denoiser call per (live source level, noise), batched over both.
         xs = torch.cat([states[i][0] for i in src])
         sig = torch.cat([lv[i].expand(batch) for i in src])
-        dens = _denoise_rows(denoiser, xs, sig, batch_size, repeat(cond or {}, len(src))).split(batch)
+        dens = in_batches(denoiser, batch_size, repeat(cond or {}, len(src)))(xs, sig.to(xs.dtype)).split(batch)
         calls += xs.shape[0]
         best = torch.full((size, batch), math.inf, dtype=torch.float64)
         arg = torch.full((size, batch), -1, dtype=torch.long)
