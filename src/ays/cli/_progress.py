@@ -94,7 +94,6 @@ class StageBars:
         self.label = label
         self.bar: Any = None
         self.kind: tuple[str, str] | None = None  #: (event kind, stage) of the open bar
-        self.stages: dict[str, int] = {}  #: the plan's calls per stage (all ranks)
         self.counted = False  #: a ``calls`` event came: the older kinds only annotate the bar
 
     @classmethod
@@ -107,9 +106,7 @@ class StageBars:
     # ------------------------------------------------------------------ events
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
-        if kind == "plan":
-            self.stages = {str(k): int(v) for k, v in dict(event.get("stages") or {}).items()}
-        elif kind == "estimate":
+        if kind == "estimate":  # (a "plan" needs no display: each "calls" event carries its stage's total)
             if self.estimate:
                 self.write(estimate_line(event, self.label))
         elif kind == "calls":
@@ -122,7 +119,7 @@ class StageBars:
             self._advance(int(event.get("chains", 0)))
 
     def _calls(self, stage: str, done: int, total: int) -> None:
-        # A stage entered again (its count restarts) gets a fresh bar, as does a new stage.
+        # A new stage gets a fresh bar, as does the same stage of the next run (its count starts again).
         if self.kind != ("calls", stage) or (self.bar is not None and done < self.bar.n):
             self._open(("calls", stage), stage, total, unit="call", scale=True, force=True)
         if self.bar is not None and total and self.bar.total != max(total, done):
