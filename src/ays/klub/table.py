@@ -101,6 +101,49 @@ class KlubTable:
         idx = torch.as_tensor(index, dtype=torch.long)
         return KlubTable(self.grid[idx], self.sums[idx][:, idx], self.chains, self.calls, self.chunks)
 
+    def refined(self, size: int, c: float = 0.5) -> KlubTable:
+        """The table interpolated onto a grid of at most ``size`` levels, with no denoiser call.
+
+        Each cell is cut into ``(size − 1) // (G − 1)`` equal parts in log-sigma (the old levels
+        kept). ``M`` vanishes on the diagonal and cannot be interpolated there; its ratio to the
+        proposal shape, ``r = M/|ψ|`` (module docstring), is smooth, symmetric in ``(t, b)`` and
+        finite on the diagonal (``c⁴d·ψ_c/ψ`` for Gaussian data). So ``r`` is mirrored below the
+        diagonal, set on it to the mean of its two neighbours, interpolated bilinearly in
+        log-sigma, and ``M = r·ψ`` on the new levels. The refined table's quadrature is the
+        interpolated quadrature between grid levels: what the programme minimises off the grid.
+        """
+        size = check_steps(size, name="size", minimum=2)
+        g, m = self.grid, self.mean_sq
+        n = g.numel()
+        parts = max(1, (size - 1) // (n - 1))
+        if parts == 1:
+            return self
+        c = check_positive(c, name="c")
+        k, j = torch.triu_indices(n, n, offset=1)
+        r = torch.zeros(n, n, dtype=torch.float64)
+        r[k, j] = m[k, j] / _psi(g[k], g[j], c)
+        r = r + r.T
+        near = r.diagonal(1)
+        diag = torch.zeros(n, dtype=torch.float64)
+        diag[1:] += near
+        diag[:-1] += near
+        diag[1:-1] /= 2
+        r += torch.diag(diag)
+        # Fine level u (in units of old cells) lies in cell i0 at fraction w, in log-sigma.
+        u = torch.arange((n - 1) * parts + 1, dtype=torch.float64) / parts
+        i0 = u.floor().long().clamp(max=n - 2)
+        w = u - i0
+        lg = g.log()
+        fine = torch.exp(lg[i0] + w * (lg[i0 + 1] - lg[i0]))
+        fine[::parts] = g  # the old levels, bit for bit
+        rows = r[i0] * (1 - w)[:, None] + r[i0 + 1] * w[:, None]
+        rf = rows[:, i0] * (1 - w)[None, :] + rows[:, i0 + 1] * w[None, :]
+        kf, jf = torch.triu_indices(fine.numel(), fine.numel(), offset=1)
+        mf = torch.zeros(fine.numel(), fine.numel(), dtype=torch.float64)
+        mf[kf, jf] = rf[kf, jf] * _psi(fine[kf], fine[jf], c)
+        mf = mf + mf.T
+        return KlubTable(fine, mf * self.chains, self.chains, self.calls, self.chunks)
+
 
 def _chunk_rows(chains: int, size: int, numel: int, chunk: int | None) -> int:
     if chunk is not None:

@@ -63,7 +63,7 @@ from ..klub import seed_for
 from ..solvers.brownian import BrownianTree
 from ..validate import AysError, check_positive, check_sigmas, check_steps
 from .checkpoint import load_state, save_state
-from .dp import DPOptions, final_calls, finish, grid_for, jsonable, run_dp
+from .dp import DPOptions, dp, final_calls, finish, grid_for, jsonable, run_dp
 from .result import OptimizeResult
 from .task import Task, register
 
@@ -571,8 +571,8 @@ def ays(task: Task, features: Features | None = None, **options: Any) -> Optimiz
     if features is not None and not callable(features):
         raise AysError(f"features must be a callable network f(x), got {type(features).__name__}")
     dopt, sopt = parse_options(options)
-    if not task.early_stopping:
-        sopt = replace(sopt, select="none")
+    if not task.early_stopping:  # the minimiser itself: dp's, on the paper's bound, `samples` chains (DESIGN.md)
+        return dp(task, **{"objective": "ddim", **{k: v for k, v in options.items() if k in DPOptions.fields()}})
     # At most this many candidates (fewer when some coincide); the refinement gets what they leave.
     c_count = sopt.path_points * (len(sopt.c_factors) if sopt.family == "grid" and task.init is None else 1)
     c_count += len(sopt.heuristics)
