@@ -1,4 +1,4 @@
-"""budget= for every method but "ays": the calls a method spends fit its budget, and its meter tells the truth.
+"""budget= for every method, "ays" included: the calls a method spends fit its budget, and its meter tells the truth.
 
 A counting denoiser counts the rows the model really evaluates. For each method, with a
 budget: the counted rows stay within the budget (and use most of it), the result's

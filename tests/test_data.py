@@ -147,16 +147,36 @@ def test_the_klub_optimum_is_the_class_conditional_one() -> None:
     assert exact(res.sigmas) < exact(schedules.karras(4, 0.002, 80.0))
 
 
+FAR = 10.0  # the means ten times farther apart: a row is never near another class's mean
+
+
 class _Recording:
-    """The exact conditional denoiser, recording that every call got a label per row."""
+    """The exact conditional denoiser of the data with means ``FAR·MEANS``, checking each row's label.
+
+    Near the data (σ ≤ 1) a row denoised under its own label lies within a few ``sqrt(S² + σ²)``
+    of its class mean; the means are 36 apart, so a row more than 18 from its label's mean is a
+    row paired with another row's label (its chance otherwise: P(χ²₄ > 300), nil).
+    """
 
     def __init__(self) -> None:
-        self.calls = 0
+        self.calls = self.checked = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, *, label: torch.Tensor) -> torch.Tensor:
         assert label.shape == (x.shape[0],)
         self.calls += 1
-        return denoiser(x, sigma, label=label)
+        mu = FAR * MEANS.to(x.dtype)[label]
+        near = sigma.to(x.dtype).reshape(-1) <= 1.0
+        dist = (x - mu).reshape(x.shape[0], -1).norm(dim=1)[near]
+        assert torch.all(dist < 18.0), f"a row denoised under another row's label (distance {float(dist.max()):.1f})"
+        self.checked += int(near.sum())
+        k = (S * S / (S * S + sigma.to(x.dtype) ** 2)).view(-1, *([1] * (x.ndim - 1)))
+        return mu + k * (x - mu)
+
+
+def far_labelled(n: int, seed: int = 0) -> Conditioned:
+    data = labelled(n, seed)
+    label = data.cond["label"]
+    return Conditioned(data.x + (FAR - 1.0) * MEANS[label], {"label": label})
 
 
 @pytest.mark.parametrize(
@@ -164,12 +184,20 @@ class _Recording:
     [("coordinate", {"max_sweeps": 2}), ("dp", {}), ("ays", {}), ("gits", {}), ("ld3", {"epochs": 1}), ("oss", {})],
 )
 def test_every_method_denoises_each_row_with_its_conditioning(method: str, options: dict) -> None:
-    # Every stage (tables, teacher and reference runs, candidates) hands the denoiser the
-    # rows' own labels; the run ends with a valid schedule.
+    # Every stage (tables, teacher and reference runs, candidates) hands the denoiser each row's own
+    # label: the recording denoiser fails on any row near the data paired with another row's label.
     den = _Recording()
-    res = ays.optimize(den, labelled(500), steps=3, sigma_min=0.002, sigma_max=80.0, seed=0, method=method,
+    res = ays.optimize(den, far_labelled(500), steps=3, sigma_min=0.002, sigma_max=80.0, seed=0, method=method,
                        samples=256, **options)
-    assert den.calls > 0 and res.sigmas.shape == (4,)
+    assert den.calls > 0 and den.checked > 0 and res.sigmas.shape == (4,)
+
+
+def test_the_recording_denoiser_catches_a_row_paired_with_another_rows_label() -> None:
+    # The check above can fail: the same table with the labels rolled by one row against the data.
+    data = far_labelled(500)
+    rolled = Conditioned(data.x, {"label": data.cond["label"].roll(1)})
+    with pytest.raises(AssertionError, match="another row's label"):
+        ays.optimize(_Recording(), rolled, steps=3, seed=0, method="dp", samples=256)
 
 
 def test_evaluate_samples_each_noise_row_under_a_data_rows_label() -> None:

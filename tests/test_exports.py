@@ -349,6 +349,10 @@ def test_write_node_installs_into_custom_nodes(tmp_path: Path) -> None:
         comfyui.write_node(tmp_path / "custom_nodes", overwrite=False)
     with pytest.raises(AysError, match="not a directory"):
         comfyui.write_node(tmp_path / "nowhere")
+    (tmp_path / "elsewhere").mkdir()  # a folder ComfyUI never reads: refused, nothing written
+    with pytest.raises(AysError, match="neither ComfyUI's custom_nodes folder"):
+        comfyui.write_node(tmp_path / "elsewhere")
+    assert not any((tmp_path / "elsewhere").iterdir())
 
 
 def test_comfyui_flow_sigmas_are_flow_times() -> None:

@@ -35,14 +35,18 @@ def write_node(directory: str | os.PathLike[str], *, overwrite: bool = True) -> 
     """Install the node: write ``<custom_nodes>/ays_schedule_loader/__init__.py`` and return its path.
 
     ``directory`` is ComfyUI's ``custom_nodes`` folder, or the ComfyUI folder that
-    contains it. The file is written atomically; ComfyUI picks the node up on its
-    next start (category ``sampling/custom_sampling/schedulers``).
+    contains it; any other folder is refused (a node written there would never load). The
+    file is written atomically; ComfyUI picks the node up on its next start (category
+    ``sampling/custom_sampling/schedulers``).
     """
     root = Path(directory).expanduser()
     if not root.is_dir():
         raise AysError(f"{str(root)!r} is not a directory (give ComfyUI's custom_nodes folder)")
     if (root / "custom_nodes").is_dir():
         root = root / "custom_nodes"
+    elif root.name != "custom_nodes":
+        raise AysError(f"{str(root)!r} is neither ComfyUI's custom_nodes folder nor a ComfyUI folder that "
+                       "contains one; give the folder ComfyUI loads nodes from")
     package = root / NODE_PACKAGE
     target = package / "__init__.py"
     if target.exists() and not overwrite:
