@@ -77,6 +77,10 @@ _CASES: list[tuple[str, ...]] = [
     ("optimize", "gaussian", "--resume", "--checkpoint", "FOREIGN.json"),
     ("optimize", "nosuch_module_xyz:load"),
     ("optimize", "MISSING.py:load"),
+    ("optimize", "../mypkg/models:load"),  # a path without .py: not a module name
+    ("optimize", "gaussian", "--guidance-scale", "-3"),
+    ("optimize", "gaussian", "--guidance-scale", "nan"),
+    ("sample", "gaussian", "--guidance-scale", "-3"),
     ("optimize", "--diffusers", "MISSING"),
     ("optimize", "--diffusers", "FILE"),
     # sample

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +53,10 @@ def _entry_point(spec: str) -> Job:
             sys.modules[mod_spec.name] = module
             mod_spec.loader.exec_module(module)
         else:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", target):
+                hint = f"; did you mean {target}.py:{attr}?" if os.path.isfile(target + ".py") else ""
+                raise AysError(f"entry point {spec!r}: {target!r} is neither a module name (dotted, as "
+                               f"mypkg.models) nor a .py file (path/to/models.py:{attr}){hint}")
             # As `python -m` and `torchrun -m` do: the working directory's packages are importable.
             if "" not in sys.path and os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())
@@ -127,6 +133,12 @@ def diffusers_data_options() -> dict[str, Any]:
     return {name: meta.get(f"ays.diffusers.{name}") for name in DIFFUSERS_DATA_OPTIONS}
 
 
+def _check_guidance_scale(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"must be a finite number >= 0 (1: no guidance), got {value}")
+    return value
+
+
 def model_options(f: Any) -> Any:
     """The click options shared by commands that need a model and its data."""
     opts = [
@@ -139,7 +151,7 @@ def model_options(f: Any) -> Any:
         click.option("--prompt", "prompts", multiple=True,
                      help="Prompt(s) for --diffusers (repeatable): the model's own samples of them are the data; "
                           "with --latents, every row's caption; for ays sample, the grid's rows."),
-        click.option("--guidance-scale", type=float, default=None,
+        click.option("--guidance-scale", type=float, default=None, callback=_check_guidance_scale,
                      help="Guidance scale for --diffusers, as the pipeline takes it (default: the pipeline's own); "
                           "the schedule is for this scale."),
         click.option("--latents", type=click.Path(), default=None,
