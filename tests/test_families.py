@@ -323,3 +323,44 @@ def test_schedule_file_hands_its_model_over(folders: dict[str, Path], tmp_path: 
     assert json.loads(out)[:-1] == pytest.approx((s[:-1] / (1 + s[:-1])).tolist(), rel=1e-6)
     code, _, err = _run(["schedule", str(tmp_path / "flux.json"), "--for", str(folders["sd15"])], capsys)
     assert code == 2 and "made for a FluxPipeline" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_pndm_folder_gets_the_scheduler_of_the_schedules_solver_and_says_so(
+        folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # SD 1.5 as shipped: PNDMScheduler takes neither sigmas nor timesteps. The schedule file knows its
+    # solver (heun here), so the export, the check and the pipeline run use HeunDiscreteScheduler on the
+    # folder's config, and say so; --scheduler picks another; a name that is no such scheduler is one line.
+    import shutil
+
+    from ays.optimize.result import OptimizeResult
+    from ays.optimize.task import noise_description
+
+    pndm = tmp_path / "sd15-pndm"
+    shutil.copytree(folders["sd15"], pndm)
+    config = json.loads((pndm / "scheduler" / "scheduler_config.json").read_text())
+    diffusers.PNDMScheduler.from_config(config).save_config(pndm / "scheduler")
+    index = json.loads((pndm / "model_index.json").read_text())
+    (pndm / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "PNDMScheduler"]}))
+    pipe = load_pipeline(pndm)
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+    fam = family_of(pipe)
+    noise = fam.noise(RES)
+    s = _perturbed(S.time_uniform(4, noise.sigma_min, noise.sigma_max, noise=noise))
+    path = tmp_path / "heun.json"
+    OptimizeResult(sigmas=s, steps=4, solver="heun", method="test", settings={"noise": noise_description(noise)},
+                   model_info=fam.info(RES, 2.0, None)).save(path)
+    code, out, err = _run(["schedule", str(path), "--format", "diffusers"], capsys)
+    assert code == 0 and "PNDMScheduler takes no custom schedule: using HeunDiscreteScheduler" in err, err
+    assert len(json.loads(out)["timesteps"]) == 4
+    code, out, err = _run(["schedule", str(path), "--for", str(pndm)], capsys)
+    assert code == 0 and "using HeunDiscreteScheduler" in err and "checked: HeunDiscreteScheduler" in err, err
+    grid = tmp_path / "grid.png"
+    code, _, err = _run(["sample", "--diffusers", str(pndm), "--schedule", str(path), "--prompt", "a cat",
+                         "--plot", str(grid)], capsys)
+    assert code == 0 and grid.is_file() and "using HeunDiscreteScheduler" in err, err
+    code, out, err = _run(["schedule", str(path), "--format", "diffusers", "--scheduler", "EulerDiscreteScheduler"],
+                          capsys)
+    assert code == 0 and "using EulerDiscreteScheduler (--scheduler)" in err and len(json.loads(out)["sigmas"]) == 5
+    for bad in ("PNDMScheduler", "NoSuchScheduler"):
+        code, _, err = _run(["schedule", str(path), "--for", str(pndm), "--scheduler", bad], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err

@@ -29,10 +29,13 @@ from .schedule import parse_options, resolve
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Save the samples (.pt).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Picture of the samples (PNG).")
+@click.option("--scheduler", default=None, metavar="NAME",
+              help="For --diffusers: the diffusers scheduler class of the ays column (default: the pipeline's, or "
+                   "the schedule's solver's when the pipeline's takes no custom schedule, as SD 1.5's PNDM).")
 def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple[str, ...], guidance_scale: float,
            latents: str | None, schedule_name: str, solver: str | None, steps: int | None, sigma_min: float | None,
            sigma_max: float | None, opts: tuple[str, ...], count: int, seed: int, out: str | None,
-           plot: str | None) -> None:
+           plot: str | None, scheduler: str | None) -> None:
     """Sample PROBLEM (or your model) with a schedule and a solver; print what it cost.
 
     A schedule file brings the solver it was optimised for, unless --solver is given.
@@ -59,8 +62,10 @@ def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple
         from ._job import diffusers_data_options
 
         grid, extra = plot or "ays-grid.png", diffusers_data_options()
-        sample_grid(diffusers, schedule_name, list(prompts), grid, seed=seed, guidance_scale=guidance_scale,
-                    negative_prompt=extra["negative_prompt"], resolution=extra["resolution"])
+        ran = sample_grid(diffusers, schedule_name, list(prompts), grid, seed=seed, guidance_scale=guidance_scale,
+                          negative_prompt=extra["negative_prompt"], resolution=extra["resolution"],
+                          scheduler=scheduler)
+        click.echo(f"ays: {ran.get('note', 'with ' + ran['scheduler'])}", err=True)
         click.echo(f"wrote {grid}", err=True)
         return
     job = load_job(target, model, diffusers, prompts, guidance_scale, latents)

@@ -104,6 +104,21 @@ def render(sigmas: torch.Tensor, fmt: str, name: str) -> str:
     return formats.render(sigmas, fmt)
 
 
+def _diffusers_export(sigmas: torch.Tensor, name: str, scheduler_name: str | None) -> str:
+    """``--format diffusers``: for the scheduler a schedule file recorded (or ``--scheduler``), swapped for the
+    solver's when it takes no custom schedule (SD 1.5's PNDM), saying which (stderr)."""
+    from ..integrations.diffusers.export import scheduler_for, solver_of, to_diffusers
+    from ..integrations.resolve import resolve as resolve_source
+
+    source = resolve_source(name, len(sigmas) - 1) if os.path.isfile(name) else resolve_source(sigmas)
+    recorded = (source.info or {}).get("scheduler")
+    chosen, note = scheduler_for(recorded, solver_of(name), scheduler_name)
+    if note is not None:
+        click.echo(f"ays: {note}", err=True)
+    kwargs = to_diffusers(source, chosen)
+    return json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in kwargs.items()})
+
+
 @click.command()
 @click.argument("name")
 @click.option("--steps", "-n", type=int, default=None, help="Number of steps (n+1 noise levels). Default 10.")
@@ -118,8 +133,12 @@ def render(sigmas: torch.Tensor, fmt: str, name: str) -> str:
               help="Write to this file (atomically) instead of stdout.")
 @click.option("--for", "for_model", type=click.Path(), default=None, metavar="DIR",
               help="A diffusers pipeline folder: the export for its scheduler, checked to land on the schedule.")
+@click.option("--scheduler", default=None, metavar="NAME",
+              help="For --format diffusers and --for: the diffusers scheduler class to export for (default: the "
+                   "model's, or the schedule's solver's when the model's takes no custom schedule, as SD 1.5's PNDM).")
 def schedule(name: str, steps: int | None, sigma_min: float | None, sigma_max: float | None,
-             opts: tuple[str, ...], fmt: str, output: str | None, for_model: str | None) -> None:
+             opts: tuple[str, ...], fmt: str, output: str | None, for_model: str | None,
+             scheduler: str | None) -> None:
     """Print or export the schedule NAME: a heuristic (karras, loglinear, time_uniform,
     vp, polyexponential, kl_optimal, beta), a published AYS table (sd15, sdxl, svd,
     deepfloyd_if) or a saved ays-schedule/1 JSON file.
@@ -133,9 +152,13 @@ def schedule(name: str, steps: int | None, sigma_min: float | None, sigma_max: f
     if for_model is not None:
         from ..integrations.diffusers.verify import export_for
 
-        kwargs, note = export_for(name if os.path.isfile(name) else sigmas, for_model, len(sigmas) - 1)
+        kwargs, note = export_for(name if os.path.isfile(name) else sigmas, for_model, len(sigmas) - 1, scheduler)
         text = json.dumps(kwargs)
         click.echo(note, err=True)
+    elif fmt == "diffusers":
+        text = _diffusers_export(sigmas, name, scheduler)
+    elif scheduler is not None:
+        raise AysError("--scheduler goes with --format diffusers or --for DIR")
     else:
         text = render(sigmas, fmt, name)
     if output is None:

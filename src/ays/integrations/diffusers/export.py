@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,8 @@ from ...noise import DiscreteVP, Flow
 from ...validate import AysError, ScheduleError, check_choice
 from ..resolve import ScheduleLike, resolve, to_sampling_form
 
-__all__ = ["DIFFUSERS_KINDS", "diffusers_kind", "plain_scheduler", "run_diffusers_pipeline", "to_diffusers"]
+__all__ = ["DIFFUSERS_KINDS", "SOLVER_SCHEDULERS", "diffusers_kind", "plain_scheduler", "run_diffusers_pipeline",
+           "scheduler_for", "solver_of", "to_diffusers"]
 
 Tensor = torch.Tensor
 
@@ -91,6 +93,66 @@ def diffusers_kind(scheduler: Any) -> str:
         "EulerDiscreteScheduler (sigmas), DPMSolverMultistepScheduler (timesteps) or "
         "FlowMatchEulerDiscreteScheduler (flow models)"
     )
+
+
+#: The diffusers scheduler (class, config changes) that runs each ays solver on a custom schedule: what
+#: replaces a pipeline's own scheduler when that one takes none (SD 1.5 ships PNDMScheduler). Solvers that
+#: diffusers cannot run on a custom schedule (the ancestral and the other stochastic ones) get Euler.
+SOLVER_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
+}
+
+
+def scheduler_for(scheduler_or_config: Any, solver: str | None = None, name: str | None = None
+                  ) -> tuple[Any, str | None]:
+    """``(scheduler, note)``: the scheduler to export a schedule for, and what replaced what (None: kept).
+
+    ``name`` (a diffusers scheduler class, ``--scheduler``) wins, built from the given scheduler's
+    config. Otherwise a scheduler that takes custom schedules is kept; one that takes none is
+    replaced by the scheduler of the schedule's ``solver`` (:data:`SOLVER_SCHEDULERS`), Euler for
+    a solver that has none, on the same config (noise table, prediction type).
+    """
+    scheduler = _scheduler_from(scheduler_or_config)
+    config = dict(_config(scheduler))
+    if name is not None:
+        import diffusers
+
+        cls = getattr(diffusers, name, None) if name.endswith("Scheduler") else None
+        if cls is None or not hasattr(cls, "from_config"):
+            raise AysError(f"--scheduler {name!r} is no diffusers scheduler class; e.g. EulerDiscreteScheduler, "
+                           "DPMSolverMultistepScheduler, HeunDiscreteScheduler")
+        chosen = cls.from_config(config)
+        diffusers_kind(chosen)  # one that takes a custom schedule, or an error that names those that do
+        return chosen, f"using {name} (--scheduler)"
+    if scheduler is None:
+        return None, None
+    try:
+        diffusers_kind(scheduler)
+        return scheduler, None
+    except AysError:
+        pass
+    import diffusers
+
+    cls_name, changes = SOLVER_SCHEDULERS.get(solver or "", ("EulerDiscreteScheduler", {}))
+    chosen = getattr(diffusers, cls_name).from_config({**config, **changes})
+    why = (f"the schedule's solver {solver}" if solver in SOLVER_SCHEDULERS else
+           f"diffusers has no scheduler for the solver {solver} on a custom schedule" if solver else
+           "the schedule names no solver")
+    return chosen, (f"{type(scheduler).__name__} takes no custom schedule: using {cls_name} ({why}; "
+                    "--scheduler NAME picks another)")
+
+
+def solver_of(schedule: ScheduleLike) -> str | None:
+    """The solver a schedule file was optimised for (None for anything else)."""
+    if isinstance(schedule, (str, os.PathLike)) and os.path.isfile(schedule):
+        from ...optimize import load_schedule
+
+        return load_schedule(schedule).solver
+    return None
 
 
 def plain_scheduler(scheduler: Any) -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...validate import AysError
-from .export import run_diffusers_pipeline
+from .export import run_diffusers_pipeline, scheduler_for, solver_of
 from .families import family_of
 from .job import parse_resolution
 from .pipeline import load_pipeline
@@ -34,8 +34,13 @@ def _recorded(schedule: str | os.PathLike[str]) -> dict[str, Any]:
 def sample_grid(model: str | os.PathLike[str], schedule: str | os.PathLike[str], prompts: Sequence[str],
                 out: str | os.PathLike[str], *, seed: int = 0, guidance_scale: float | None = None,
                 negative_prompt: str | None = None, resolution: str | int | tuple[int, int] | None = None,
-                device: str | None = None) -> dict[str, Any]:
-    """Write a PNG: one row per prompt, columns "default" and "ays"; returns what was run."""
+                device: str | None = None, scheduler: str | None = None) -> dict[str, Any]:
+    """Write a PNG: one row per prompt, columns "default" and "ays"; returns what was run.
+
+    The "ays" column runs with the pipeline's scheduler, or, when that one takes no custom schedule
+    (SD 1.5's PNDM), with the scheduler of the schedule's solver, or ``scheduler`` (a diffusers
+    class name); ``"scheduler"`` in the result says which, and ``"note"`` why, when it was swapped.
+    """
     import torch
     from PIL import Image, ImageDraw
 
@@ -60,11 +65,17 @@ def sample_grid(model: str | os.PathLike[str], schedule: str | os.PathLike[str],
     if negative and family.uses_cfg(scale):
         kwargs["negative_prompt"] = negative
     steps = int(info["steps"])
+    own = pipe.scheduler
+    chosen, note = scheduler_for(own, solver_of(schedule), scheduler)  # before any work: a bad name is one line
     with torch.no_grad():
         default = pipe(num_inference_steps=steps, generator=torch.Generator(family.device).manual_seed(seed),
                        **kwargs).images
-        ours = run_diffusers_pipeline(pipe, schedule, generator=torch.Generator(family.device).manual_seed(seed),
-                                      **kwargs).images
+        pipe.scheduler = chosen
+        try:
+            ours = run_diffusers_pipeline(pipe, schedule, generator=torch.Generator(family.device).manual_seed(seed),
+                                          **kwargs).images
+        finally:
+            pipe.scheduler = own
     # tiles of at least 128 px, so that the labels fit above small (test-sized) images
     zoom = max(1, -(-128 // default[0].size[0]))
     default, ours = ([im.resize((im.width * zoom, im.height * zoom), Image.Resampling.NEAREST) for im in ims]
@@ -81,4 +92,5 @@ def sample_grid(model: str | os.PathLike[str], schedule: str | os.PathLike[str],
     buf = io.BytesIO()
     grid.save(buf, format="PNG")
     atomic_write_bytes(out, buf.getvalue())
-    return {"steps": steps, "resolution": list(res), "guidance_scale": scale, "prompts": len(prompts)}
+    return {"steps": steps, "resolution": list(res), "guidance_scale": scale, "prompts": len(prompts),
+            "scheduler": type(chosen).__name__, **({} if note is None else {"note": note})}

@@ -15,15 +15,19 @@ from typing import Any
 
 from ...validate import AysError
 from ..resolve import ScheduleLike, resolve
-from .export import to_diffusers
+from .export import scheduler_for, solver_of, to_diffusers
 from .pipeline import load_scheduler, pipeline_folder
 
 __all__ = ["export_for"]
 
 
-def export_for(schedule: ScheduleLike, folder: str | os.PathLike[str], steps: int | None = None
-               ) -> tuple[dict[str, Any], str]:
-    """``(kwargs, note)``: ``pipe(**kwargs)`` runs the schedule on the pipeline in ``folder``; ``note``: what held."""
+def export_for(schedule: ScheduleLike, folder: str | os.PathLike[str], steps: int | None = None,
+               scheduler_name: str | None = None) -> tuple[dict[str, Any], str]:
+    """``(kwargs, note)``: ``pipe(**kwargs)`` runs the schedule on the pipeline in ``folder``; ``note``: what held.
+
+    A folder whose scheduler takes no custom schedule (SD 1.5's PNDM) is checked against the
+    scheduler of the schedule's solver instead, or ``scheduler_name``; the note says which.
+    """
     res = resolve(schedule, steps)
     info = dict(res.info or {})
     root = pipeline_folder(folder)
@@ -32,13 +36,14 @@ def export_for(schedule: ScheduleLike, folder: str | os.PathLike[str], steps: in
     if made_for is not None and made_for != index.get("_class_name"):
         raise AysError(f"the schedule was made for a {made_for}, but {str(folder)!r} holds a "
                        f"{index.get('_class_name')}")
-    scheduler = load_scheduler(root)
+    scheduler, swapped = scheduler_for(load_scheduler(root), solver_of(schedule), scheduler_name)
     mu = info.get("mu")
     if scheduler.config.get("use_dynamic_shifting", False) and mu is None:
         raise AysError(f"{type(scheduler).__name__} in {str(folder)!r} shifts by image size, and the schedule file "
                        "records no mu: make the schedule with `ays optimize --diffusers` at your --resolution")
     kwargs = to_diffusers(res, scheduler, mu=mu, verify=True)
     levels = len(next(iter(kwargs.values())))
-    note = (f"checked: {type(scheduler).__name__} of {str(folder)!r} lands on the schedule's {levels} levels"
+    note = ("" if swapped is None else f"{swapped}; ") + (
+            f"checked: {type(scheduler).__name__} of {str(folder)!r} lands on the schedule's {levels} levels"
             + (f" (mu={mu:.6g}, resolution {'x'.join(map(str, info.get('resolution') or []))})" if mu else ""))
     return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in kwargs.items()}, note
