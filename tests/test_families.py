@@ -227,8 +227,13 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     ("sd15", ["--images", "IMAGES", "--captions", "CAPTIONS"]),  # --captions needs --latents
     ("sdxl", ["--images", "BARE"]),  # a folder without captions
     ("sd3", ["--latents", "LATENTS", "--captions", "CAPTIONS"]),  # 3 captions for 4 rows
-    ("flux", ["--prompt", "a cat", "--resolution", "18"]),  # Flux needs multiples of 4 px (VAE 2 x patch 2)
-    ("ddpm", ["--prompt", "a cat"]),  # not a text-to-image family
+    ("flux", ["--prompt", "a cat", "--prompt", "a dog", "--resolution", "18"]),  # Flux: multiples of 4 px
+    ("ddpm", ["--prompt", "a cat", "--prompt", "a dog"]),  # not a text-to-image family
+    ("sd15", ["--prompt", "a cat"]),  # one prompt, one sample: one data row, refused before any sampling
+    ("sd15", ["--prompt", "a cat", "--samples-per-prompt", "0"]),
+    ("sd15", ["--images", "BARE", "--samples-per-prompt", "2"]),  # N samples are the model's own: prompts only
+    ("sd15", ["--latents", "ONE", "--prompt", "a cat"]),  # one latent row
+    ("sd15", ["--images", "SINGLE"]),  # one captioned image
 ])
 def test_bad_input_is_exit_2_and_one_line(folders: dict[str, Path], images: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str], name: str, args: list[str]) -> None:
@@ -239,15 +244,28 @@ def test_bad_input_is_exit_2_and_one_line(folders: dict[str, Path], images: Path
     Image.new("RGB", (16, 16)).save(bare / "x.png")
     (tmp_path / "captions.txt").write_text("a\nb\nc\n")
     torch.save(torch.zeros(4, 4, 8, 8), tmp_path / "latents.pt")
+    torch.save(torch.zeros(1, 4, 8, 8), tmp_path / "one.pt")
+    single = tmp_path / "single"
+    single.mkdir()
+    Image.new("RGB", (16, 16)).save(single / "x.png")
+    (single / "x.txt").write_text("a cat\n")
     if name == "ddpm":
         _ddpm().save_pretrained(tmp_path / "ddpm")
     folder = tmp_path / "ddpm" if name == "ddpm" else folders[name]
     swap = {"IMAGES": str(images), "BARE": str(bare), "CAPTIONS": str(tmp_path / "captions.txt"),
-            "LATENTS": str(tmp_path / "latents.pt")}
+            "LATENTS": str(tmp_path / "latents.pt"), "ONE": str(tmp_path / "one.pt"), "SINGLE": str(single)}
     code, _, err = _run(["optimize", "--diffusers", str(folder), *[swap.get(a, a) for a in args], "--steps", "3",
                          "--out", str(tmp_path / "s.json"), "-q"], capsys)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("ays: "), err
+    assert not list(tmp_path.glob("s.json*")) and not list(tmp_path.glob(".s.json*"))  # nothing left behind
+
+
+def test_one_prompt_means_its_samples_per_prompt_samples(folders: dict[str, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    doc = _optimize(folders["sd15"], ["--prompt", "a cat", "--samples-per-prompt", "3"], tmp_path / "s.json", capsys)
+    assert doc["model_info"]["data"]["rows"] == 3
+    assert not list(tmp_path.glob("s.json.*"))  # the checkpoint and teacher files are gone
 
 
 def _optimize(folder: Path, data: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> dict:

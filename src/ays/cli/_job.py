@@ -118,7 +118,7 @@ def load_job(target: str | None, model: str = "exact", diffusers: str | None = N
 
 
 #: the --diffusers data options, passed through the commands untouched (click ``expose_value=False``)
-DIFFUSERS_DATA_OPTIONS = ("prompts_file", "images", "captions", "resolution", "negative_prompt")
+DIFFUSERS_DATA_OPTIONS = ("prompts_file", "images", "captions", "resolution", "negative_prompt", "samples_per_prompt")
 
 
 def _keep_diffusers_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -166,7 +166,10 @@ def model_options(f: Any) -> Any:
               ("--captions", "captions", "FILE", "For --diffusers --latents: a caption file, one line per row."),
               ("--resolution", "resolution", "HxW", "For --diffusers: the image size, 1024 or HxW (default: the "
                                                     "model's)."),
-              ("--negative-prompt", "negative_prompt", "TEXT", "For --diffusers: the negative prompt of guidance."))],
+              ("--negative-prompt", "negative_prompt", "TEXT", "For --diffusers: the negative prompt of guidance."),
+              ("--samples-per-prompt", "samples_per_prompt", "N", "For --diffusers --prompt/--prompts: the model's "
+                                                                "own N samples of each prompt are the data (default "
+                                                                "1; one prompt needs N >= 2)."))],
     ]
     for opt in reversed(opts):
         f = opt(f)

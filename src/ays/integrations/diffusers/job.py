@@ -70,6 +70,22 @@ def parse_resolution(value: str | int | Sequence[int] | None) -> tuple[int, int]
     return nums[0], nums[1]
 
 
+def _per_prompt(value: int | str | None) -> int:
+    try:
+        n = 1 if value is None else int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise AysError(f"--samples-per-prompt must be a whole number >= 1, got {value!r}")
+    return n
+
+
+def _two_rows(rows: int, what: str) -> None:
+    if rows < 2:
+        raise AysError(f"{what}: one data row has no spread to set a schedule's scale from; give more rows "
+                       "(--samples-per-prompt N: N samples of each prompt, or more prompts, images or latents)")
+
+
 def load_diffusers_job(
     path: str | os.PathLike[str],
     *,
@@ -81,6 +97,7 @@ def load_diffusers_job(
     resolution: str | int | Sequence[int] | None = None,
     guidance_scale: float | None = None,
     negative_prompt: str | None = None,
+    samples_per_prompt: int | str | None = None,
     sample_steps: int = 50,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -89,12 +106,23 @@ def load_diffusers_job(
     """The denoiser, conditioned data and noise of a local pipeline folder, for :func:`ays.optimize`.
 
     ``device`` and ``torch_dtype`` (e.g. ``"bfloat16"``) are where and how the pipeline is loaded:
-    its text encoders and VAE prepare the data there too.
+    its text encoders and VAE prepare the data there too. Prompts (``prompts``, ``prompts_file``)
+    without latents make the data from the model's own samples, ``samples_per_prompt`` of each
+    (default 1). The data needs at least two rows (one row has no spread to set a schedule's
+    scale from); that is checked before the pipeline is loaded or any sample made.
     """
     if isinstance(torch_dtype, str):
         torch_dtype = getattr(torch, torch_dtype)
     pipeline_folder(path)  # a missing or foreign folder is the first thing to say
     all_prompts = list(prompts) + (D.read_lines(prompts_file, "prompts") if prompts_file is not None else [])
+    per_prompt = _per_prompt(samples_per_prompt)
+    if per_prompt != 1 and (latents is not None or images is not None or not all_prompts):
+        raise AysError("--samples-per-prompt goes with --prompt/--prompts alone: the model's own samples of each")
+    if images is not None:
+        _two_rows(len(D.captioned_files(images)), f"--images {str(images)!r} holds one image")
+    elif latents is None and all_prompts:
+        all_prompts = [p for p in all_prompts for _ in range(per_prompt)]  # N samples of each, each its own noise
+        _two_rows(len(all_prompts), "one prompt with --samples-per-prompt 1 is one sample")
     if images is not None and (all_prompts or latents is not None or captions is not None):
         raise AysError("--images brings its own captions: give it without --prompt/--prompts/--latents/--captions")
     if captions is not None and latents is None:
@@ -110,6 +138,7 @@ def load_diffusers_job(
         if not rows:
             raise AysError("--latents needs --captions FILE (one caption per row), or one --prompt for all rows")
         data = D.from_latents(family, latents, rows, res and family.check_resolution(res), negative_prompt)
+        _two_rows(len(data), f"--latents {str(latents)!r} holds one row")
         res = (data.x.shape[2] * family.vae_scale, data.x.shape[3] * family.vae_scale)
         source: dict[str, Any] = {"source": "latents"}
     else:
