@@ -162,3 +162,5 @@ def test_a_run_killed_in_any_stage_resumes_to_the_uninterrupted_result(tmp_path,
     again_for_gate = plan["validate"] if stage == "validate" else 0
     assert first + calls["rows"] <= whole_calls + plan[stage] + again_for_gate
     assert first + calls["rows"] > whole_calls  # the cut piece itself was paid twice: the kill was real
+    # The resumed file records what the schedule cost in all: the checkpointed work too, not just the resume's.
+    assert whole.calls == whole_calls <= again.calls <= first + calls["rows"]

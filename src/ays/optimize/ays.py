@@ -294,7 +294,8 @@ def _teacher_file(task: Task) -> Path | None:
 def gather_evidence(task: Task, opt: SelectOptions, plan: Plan, features: Features | None = None,
                     settings: dict[str, Any] | None = None) -> tuple[Evidence, Evidence, int]:
     """The two noise sets (choose, validate), their teacher (or reference) outputs (module docstring),
-    and the denoiser rows spent on them (0 when the teacher file of a checkpoint had them)."""
+    and the denoiser rows they cost (also when the teacher file of a resumed run had them: the
+    result's ``calls`` is what the schedule cost in all)."""
     probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
     shape, dtype, dev = tuple(probe.shape[1:]), probe.dtype, probe.device
     n = plan.rows
@@ -328,7 +329,7 @@ def gather_evidence(task: Task, opt: SelectOptions, plan: Plan, features: Featur
             with task.meter.stage("teacher"):
                 target = _dist.map_shards(n, teach, dim=0)
         out.append(Evidence(noise, cond, tree, target))
-    calls = 0 if saved is not None else 2 * n * solvers.count_calls(solver, schedules.to_sampling(ref_s))
+    calls = 2 * n * solvers.count_calls(solver, schedules.to_sampling(ref_s))  # paid once, here or before a resume
     if saved is None:
         _save_teacher(task, settings, out[0].target, out[1].target)
     if opt.select == "mmd":
@@ -373,7 +374,8 @@ class _Judge:
         self.task, self.opt, self.ev, self.features = task, opt, ev, features
         self.scores, self.saved = scores, saved
         self.outputs: dict[str, Tensor] = {}  #: unpaired evidence: the samples behind each score
-        self.calls = 0
+        self.calls = 0  #: rows of every schedule judged, once each, also those a resumed run read back
+        self.paid: set[str] = set()
 
     def samples(self, sigmas: Tensor) -> Tensor:
         """The samples of a schedule judged by unpaired evidence (judged again if only its score was saved)."""
@@ -385,10 +387,14 @@ class _Judge:
 
     def __call__(self, sigmas: Tensor, stage: str) -> Tensor:
         key = repr(sigmas.tolist())
-        if key in self.scores:
-            return torch.tensor(self.scores[key], dtype=torch.float64)
         ev, task = self.ev, self.task
         n = ev.noise.shape[0]
+        cost = n * solvers.count_calls(task.solver, schedules.to_sampling(sigmas))
+        if key in self.scores:
+            if key not in self.paid:  # judged before a resume: its cost is the schedule's all the same
+                self.calls += cost
+                self.paid.add(key)
+            return torch.tensor(self.scores[key], dtype=torch.float64)
 
         def rows_of(rows: slice) -> Tensor:
             x = _features(run_rows(task.solver, task.denoiser, ev.noise, sigmas, rows, ev.tree,
@@ -399,7 +405,8 @@ class _Judge:
 
         with task.meter.stage(stage):
             values = _dist.map_shards(n, rows_of, dim=0)
-        self.calls += n * solvers.count_calls(task.solver, schedules.to_sampling(sigmas))
+        self.calls += cost
+        self.paid.add(key)
         if self.opt.select != "paired":
             self.outputs[key] = values  # the gate resamples them
             values = torch.tensor([_discrepancy(self.opt, values, ev.target, ev.bandwidth)], dtype=torch.float64)
