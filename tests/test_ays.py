@@ -107,6 +107,13 @@ def test_the_budget_bounds_the_calls_of_every_stage_and_the_estimate_comes_first
     assert {"table", "teacher", "candidates", "refine", "final"} <= stages
     estimate = next(e for e in events if e["event"] == "estimate")
     assert estimate["seconds"] > 0 and estimate["spent"] < 0.5 * res.calls
+    # The evidence's sorting (its sliced W2 and the gate's bootstrap) is work the calls do not time: in the total.
+    assert estimate["other_seconds"] > 0
+    assert estimate["seconds"] == pytest.approx(estimate["seconds_per_call"] * estimate["calls"]
+                                                + estimate["other_seconds"])
+    from ays.cli._progress import estimate_line
+
+    assert "of evidence, not the model" in estimate_line(estimate)
     with pytest.raises(AysError, match="too small"):
         optimize(den, gaussian_data(C, 2), steps=4, solver=solver, budget=500)
 
@@ -164,3 +171,30 @@ def test_a_run_killed_in_any_stage_resumes_to_the_uninterrupted_result(tmp_path,
     assert first + calls["rows"] > whole_calls  # the cut piece itself was paid twice: the kill was real
     # The resumed file records what the schedule cost in all: the checkpointed work too, not just the resume's.
     assert whole.calls == whole_calls <= again.calls <= first + calls["rows"]
+
+
+def test_the_coupled_gate_bootstraps_the_sliced_w2_of_each_resample():
+    # The gate's standard error: the spread of the gain (start's minus the chosen's sliced W2 to the teacher)
+    # over resamples of the noises, start, chosen and teacher rows drawn together. Sorted once
+    # (metrics.sliced_w2_resampled), it must equal the gain computed afresh on each resample.
+    from ays import metrics
+    from ays.optimize.ays import SelectOptions, coupled_gate
+
+    opt = SelectOptions.parse({"bootstrap": 30, "projections": 32})
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    start = target + 0.3 * torch.randn(200, 3, generator=g, dtype=torch.float64)
+    chosen = target + 0.2 * torch.randn(200, 3, generator=g, dtype=torch.float64)
+    keep, z = coupled_gate(opt, target, start, chosen, seed=5)
+
+    def sw(x, y):
+        return metrics.sliced_w2(x, y, projections=32, generator=torch.Generator().manual_seed(0)).value
+
+    draws = torch.Generator().manual_seed(5)
+    gains = []
+    for _ in range(30):
+        i = torch.randint(0, 200, (200,), generator=draws)
+        gains.append(sw(start[i], target[i]) - sw(chosen[i], target[i]))
+    whole = sw(start, target) - sw(chosen, target)
+    assert z == pytest.approx(whole / float(torch.tensor(gains, dtype=torch.float64).std()), rel=1e-9)
+    assert keep == (z > opt.significance) and math.isfinite(z)

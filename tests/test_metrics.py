@@ -224,6 +224,23 @@ def test_sliced_w2_directions_come_from_the_generator() -> None:
         M.sliced_w2(x, torch.randn(10, 4))
 
 
+def test_sliced_w2_resampled_equals_sliced_w2_of_each_resample() -> None:
+    # A bootstrap of coupled rows: sorted once and repeated by the draw counts, each value is the
+    # sliced W2 of that resample itself (same directions), ties from repeated rows included.
+    g = gen(3)
+    y = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    sets = [y + 0.1 * torch.randn(300, 4, generator=g, dtype=torch.float64), 1.3 * y]
+    rows = torch.stack([torch.arange(300), *[torch.randint(0, 300, (300,), generator=g) for _ in range(5)]])
+    got = M.sliced_w2_resampled(sets, y, rows, projections=64, generator=gen(7))
+    assert got.shape == (2, 6)
+    for k, x in enumerate(sets):
+        for r, i in enumerate(rows):
+            want = M.sliced_w2(x[i], y[i], projections=64, generator=gen(7)).value
+            assert float(got[k, r]) == pytest.approx(want, rel=1e-12)
+    with pytest.raises(AysError, match="target's rows"):
+        M.sliced_w2_resampled([y[:10]], y, rows)
+
+
 # ------------------------------------------------------ energy distance / MMD
 def test_energy_distance_hand_case() -> None:
     # cross mean (3+5+2+4)/4 = 3.5; within x: 1; within y: 2 -> 2*3.5 - 1 - 2 = 4

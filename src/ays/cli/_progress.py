@@ -8,7 +8,8 @@ a ``plan``, one ``estimate`` once the first calls are timed, and ``calls`` event
   ``refine``, ``validate``, ...), counting denoiser calls (unit ``call``, scaled: 12.3k)
   towards the stage's planned calls, with tqdm's own rate and time left;
 - one line on stderr for the estimate: ``ays: about 40 min on this device (50,000
-  denoiser calls, 0.048 s per call)``.
+  denoiser calls, 0.048 s per call)``, which names the method's other work when it has some
+  (``ays``: "; and about 12 s of evidence, not the model", included in the total).
 
 Events of the older kinds still show: ``sweep`` (a bar of sweeps with the KLUB) and ``chunk``
 (the KLUB table's chains), until a method reports ``calls``. Bars are off under ``-q``, on
@@ -58,8 +59,10 @@ def _per_call(seconds: float) -> str:
 def estimate_line(event: dict[str, Any], label: str = "") -> str:
     """The one line an ``estimate`` event prints (``label``: the cell of ``ays evaluate``, else empty)."""
     where = f"{label}: " if label else ""
+    other = float(event.get("other_seconds") or 0.0)
+    also = f"; and about {human_duration(other)} of evidence, not the model" if other > 0 else ""
     return (f"ays: {where}about {human_duration(event['seconds'])} on this device "
-            f"({int(event['calls']):,} denoiser calls, {_per_call(event['seconds_per_call'])} per call)")
+            f"({int(event['calls']):,} denoiser calls, {_per_call(event['seconds_per_call'])} per call{also})")
 
 
 def _stderr_is_terminal() -> bool:

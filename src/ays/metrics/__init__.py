@@ -8,7 +8,8 @@ objects carrying a Monte Carlo standard error where there is Monte Carlo error.
   It cannot see dropped modes and rewards collapse onto mode centres: never report it alone.
 - :func:`mode_coverage` — mass per mixture mode against the truth: TV distance, dropped modes,
   off-mode mass; :func:`grid_rings` and :meth:`ModeCoverage.mass` give ring/region masses.
-- :func:`sliced_w2` — sliced Wasserstein-2 (exact 1-D quantile matching, any sizes).
+- :func:`sliced_w2` — sliced Wasserstein-2 (exact 1-D quantile matching, any sizes);
+  :func:`sliced_w2_resampled`, its values on bootstrap resamples of coupled sets, sorted once.
 - :func:`energy_distance`, :func:`mmd` — unbiased U-statistics (Gaussian kernel, median heuristic).
 - :func:`frechet_distance` — Fréchet distance between fitted Gaussians; :func:`digits_fd` — the
   same in the feature space of a small digits classifier (FID's role for 8×8 digits);
@@ -31,6 +32,8 @@ from ays.metrics.distances import (
     median_bandwidth,
     mmd,
     sliced_w2,
+    sliced_w2_resampled,
+    sliced_w2_seconds,
 )
 from ays.metrics.likelihood import nll
 from ays.metrics.mnist import mnist_fd, mnist_features
@@ -60,4 +63,6 @@ __all__ = [
     "nll",
     "precision_recall",
     "sliced_w2",
+    "sliced_w2_resampled",
+    "sliced_w2_seconds",
 ]

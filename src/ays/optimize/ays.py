@@ -75,6 +75,7 @@ __all__ = [
     "blend",
     "data_scale",
     "default_budget",
+    "evidence_seconds",
     "gather_evidence",
     "make_plan",
     "parse_options",
@@ -241,6 +242,17 @@ def make_plan(task: Task, dopt: DPOptions, sopt: SelectOptions, candidates: int,
     stages = {"table": chains * grid, "teacher": teacher, "candidates": candidates * rows * per_cand,
               "refine": refine * rows * per_cand, "validate": checks, "final": final_cost}
     return Plan(budget, chains, final, rows, candidates, refine, stages)
+
+
+def evidence_seconds(task: Task, opt: SelectOptions, plan: Plan, features: Features | None = None) -> float:
+    """The evidence's own work, for the estimate: a sliced W2 per schedule judged (``coupled``, ``sw2``)
+    and the gate's bootstrap (``coupled``), timed on this machine at the plan's sizes."""
+    if opt.select not in ("coupled", "sw2") or plan.rows == 0:
+        return 0.0
+    probe, _ = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
+    one, resample = metrics.sliced_w2_seconds(plan.rows, _features(probe, features).shape[1], opt.projections)
+    judged = plan.candidates + plan.refine + (2 if opt.validate else 0)
+    return judged * one + (opt.bootstrap * resample if opt.validate and opt.select == "coupled" else 0.0)
 
 
 def run_rows(
@@ -505,11 +517,17 @@ def coupled_gate(opt: SelectOptions, target: Tensor, start: Tensor, chosen: Tens
     g = torch.Generator().manual_seed(seed)
     n, m = start.shape[0], target.shape[0]
     coupled = opt.select in ("paired", "coupled")
-    draws = []
-    for _ in range(opt.bootstrap):
-        i = torch.randint(0, n, (n,), generator=g)
-        j = i if coupled else torch.randint(0, m, (m,), generator=g)
-        draws.append(gain(i, j))
+    if opt.select == "coupled":  # each resample's sliced W2 from one sort per set (metrics.sliced_w2_resampled)
+        rows = torch.stack([torch.randint(0, n, (n,), generator=g) for _ in range(opt.bootstrap)])
+        sw = metrics.sliced_w2_resampled([start, chosen], target, rows, projections=opt.projections,
+                                         generator=torch.Generator().manual_seed(0))
+        draws = (sw[0] - sw[1]).tolist()
+    else:
+        draws = []
+        for _ in range(opt.bootstrap):
+            i = torch.randint(0, n, (n,), generator=g)
+            j = i if coupled else torch.randint(0, m, (m,), generator=g)
+            draws.append(gain(i, j))
     se = float(torch.tensor(draws, dtype=torch.float64).std(unbiased=True))
     whole = gain(slice(None), slice(None))
     z = whole / se if se > 0 else (math.inf if whole > 0 else 0.0)
@@ -587,7 +605,7 @@ def ays(task: Task, features: Features | None = None, **options: Any) -> Optimiz
     dopt = replace(dopt, final_samples=plan.final_samples)
     settings = task.settings(jsonable({**asdict(dopt), **asdict(sopt), "budget": plan.budget,
                                        "features": None if features is None else repr(features)}))
-    task.meter.plan(plan.stages)
+    task.meter.plan(plan.stages, other=lambda: evidence_seconds(task, sopt, plan, features))
     # run_dp builds the table inside the meter's stage "table" (the same meter: replace carries it over)
     table, end, history = run_dp(replace(task, samples=plan.chains), dopt, settings)
     calls = table.calls

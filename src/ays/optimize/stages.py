@@ -10,8 +10,10 @@ runs each stage inside :meth:`Meter.stage`. The meter then reports through the t
 - ``{"event": "plan", "calls": total, "stages": {name: calls, ...}}`` when the plan is made, and
   again if the method refines it on the way (``ays``, once it knows how many of its candidates
   coincide);
-- ``{"event": "estimate", "seconds": s, "seconds_per_call": r, "calls": total}`` once,
-  when the first calls have been timed (the CLI prints "about 40 min on this device");
+- ``{"event": "estimate", "seconds": s, "seconds_per_call": r, "calls": total, "other_seconds": o}`` once,
+  when the first calls have been timed (the CLI prints "about 40 min on this device"); ``o``: the
+  method's own estimate of its work that is not the denoiser (``ays``'s evidence: sorting for the
+  sliced W2 and its bootstrap), included in ``s`` (0 when the method has none);
 - ``{"event": "calls", "stage": name, "done": d, "total": t}`` after every model call in a
   stage (``t``: this stage's planned calls on this process).
 
@@ -51,6 +53,7 @@ class Meter:
         self._timed_rows = 0
         self._timed_seconds = 0.0
         self._done: dict[str, int] = {}  #: calls so far by stage (a stage may be entered many times)
+        self._other: Callable[[], float] | None = None
 
     @property
     def rows(self) -> int:
@@ -61,8 +64,14 @@ class Meter:
         if self.progress is not None:
             self.progress(event)
 
-    def plan(self, stages: dict[str, int]) -> None:
-        """The planned calls of each stage (all processes together), reported; a later call refines the plan."""
+    def plan(self, stages: dict[str, int], other: Callable[[], float] | None = None) -> None:
+        """The planned calls of each stage (all processes together), reported; a later call refines the plan.
+
+        ``other()``: seconds of the run's work that is not the denoiser, asked for once, for the estimate
+        (kept from an earlier plan when not given).
+        """
+        if other is not None:
+            self._other = other
         self.stages = {k: int(v) for k, v in stages.items()}
         self.total = sum(self.stages.values())
         self._emit({"event": "plan", "calls": self.total, "stages": dict(self.stages)})
@@ -101,5 +110,6 @@ class Meter:
             self._estimated = True
             per_call = self._timed_seconds / self._timed_rows
             share = math.ceil(self.total / _dist.world_size())
-            self._emit({"event": "estimate", "seconds": per_call * share, "seconds_per_call": per_call,
-                        "calls": self.total})
+            other = 0.0 if self._other is None else float(self._other())
+            self._emit({"event": "estimate", "seconds": per_call * share + other, "seconds_per_call": per_call,
+                        "calls": self.total, "other_seconds": other})
