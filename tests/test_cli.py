@@ -86,8 +86,11 @@ def test_sample_help_describes_diffusers_as_the_model(capsys: pytest.CaptureFixt
 def test_demo_writes_a_schedule_results_and_pictures_and_its_schedule_samples(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "out"
-    out, _ = ok(["demo", "--steps", "4", *SMALL_AYS, "--eval-samples", "64", "--seeds", "2", "-q",
-                 "-o", str(out_dir)], capsys)
+    out, err = ok(["demo", "--steps", "4", *SMALL_AYS, "--eval-samples", "64", "--seeds", "2", "--progress",
+                   "-o", str(out_dir)], capsys)
+    # No silent part: a bar for each peer's stages, the evaluation and the plots (tqdm's "desc: ..%|").
+    for desc in ("gits [a-z]+", "ld3 [a-z]+", "oss [a-z]+", "evaluate", "plots"):
+        assert re.search(rf"(^|\r|\n){desc}: +\d+%", err), (desc, err[-2000:])
     sched = out_dir / f"gmm-8x8-{ays.optimize.DEFAULT_SOLVER}-4.json"
     assert f"wrote {sched} (schedule)" in out
     res = ays.load_schedule(sched)  # the schedule file is a schedule file, not the results

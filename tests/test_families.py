@@ -382,3 +382,15 @@ def test_a_pndm_folder_gets_the_scheduler_of_the_schedules_solver_and_says_so(
     for bad in ("PNDMScheduler", "NoSuchScheduler"):
         code, _, err = _run(["schedule", str(path), "--for", str(pndm), "--scheduler", bad], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_models_own_samples_show_a_bar(folders: dict[str, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # The --prompts route's many-step samples are work before the optimisation: they get a bar, step by step.
+    (tmp_path / "prompts.txt").write_text("a bird at noon\na boat at dusk\n")
+    code, _, err = _run(["optimize", "--diffusers", str(folders["sd15"]), "--prompts", str(tmp_path / "prompts.txt"),
+                         "--resolution", "16", "--steps", "3", "--samples", "8", "--method", "coordinate",
+                         "-O", "max_sweeps=1", "-O", "candidates=3", "--out", str(tmp_path / "s.json"),
+                         "--progress"], capsys)
+    assert code == 0, err
+    assert "model samples: 100%" in err and "50/50" in err, err[-1500:]

@@ -97,12 +97,17 @@ def load_job(target: str | None, model: str = "exact", diffusers: str | None = N
         if target is not None:
             raise AysError("give either a problem / entry point or --diffusers, not both")
         from ..integrations.diffusers import load_diffusers_job
+        from ._progress import CountBar, bars_wanted
 
         ctx = click.get_current_context(silent=True)
         where = {} if ctx is None else ctx.params  # load the pipeline where and as it will run: --device, --dtype
-        job = load_diffusers_job(diffusers, prompts=prompts, latents=latents, guidance_scale=guidance_scale,
-                                 device=where.get("device"), torch_dtype=where.get("dtype"),
-                                 **diffusers_data_options())
+        samples = CountBar("model samples", "step", bars_wanted(bool(where.get("quiet")), where.get("progress_bars")))
+        try:
+            job = load_diffusers_job(diffusers, prompts=prompts, latents=latents, guidance_scale=guidance_scale,
+                                     device=where.get("device"), torch_dtype=where.get("dtype"), progress=samples,
+                                     **diffusers_data_options())
+        finally:
+            samples.close()
         return Job(job.denoiser, job.data, job.noise, label=os.path.basename(os.path.normpath(diffusers)),
                    sigma_min=job.sigma_min, sigma_max=job.sigma_max, init=job.init, info=job.info)
     if target is None:

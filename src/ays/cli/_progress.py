@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-__all__ = ["StageBars", "bars_wanted", "estimate_line", "human_duration", "progress_option"]
+__all__ = ["CountBar", "StageBars", "bars_wanted", "estimate_line", "human_duration", "progress_option"]
 
 
 def human_duration(seconds: float) -> str:
@@ -174,3 +174,29 @@ class StageBars:
             self.bar.close()
         self.bar = None
         self.kind = None
+
+
+class CountBar:
+    """A bar of work that is not denoiser calls (``ays demo``'s peers' evaluation, a pipeline's own
+    samples): ``bar(done, total)`` after each unit; it opens with the first, so an error before any
+    work prints only its line. Off unless ``bars``."""
+
+    def __init__(self, name: str, unit: str, bars: bool) -> None:
+        self.name, self.unit, self.bars = name, unit, bars
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.bars:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total or None, desc=self.name, unit=self.unit, file=sys.stderr, leave=False,
+                            dynamic_ncols=True)
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None

@@ -20,6 +20,7 @@ import click
 import torch
 
 from ._defaults import DEFAULT_METHOD, DEFAULT_SOLVER, EVAL_SAMPLES, SAMPLES
+from ._progress import CountBar, StageBars, bars_wanted, progress_option
 from .optimize import run_optimize
 from .schedule import parse_options
 
@@ -55,8 +56,10 @@ def _listed(names: list[str]) -> str:
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch threads; the toy problem's rows are too small to gain from more.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@progress_option
 def demo(problem: str, model: str, solver: str, steps: int, method: str, samples: int, opts: tuple[str, ...],
-         eval_samples: int, seeds: int, seed: int, out: str, threads: int, quiet: bool) -> None:
+         eval_samples: int, seeds: int, seed: int, out: str, threads: int, quiet: bool,
+         progress_bars: bool | None) -> None:
     """Optimise a schedule for a toy problem; compare it with the heuristics and with gits, ld3 and oss."""
     from .. import evaluate as ev
     from .. import optimize, schedules
@@ -74,31 +77,38 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     click.echo(f"ays demo: {job.label}, solver {solver}, {steps} steps")
     start = time.perf_counter()
     path = os.path.join(out, f"{problem}-{solver}-{steps}.json")
-    result = run_optimize(job, out=path, checkpoint=None, resume=False, quiet=quiet, steps=steps, solver=solver,
-                          seed=seed, samples=samples, method=method, sigma_min=job.sigma_min, sigma_max=job.sigma_max,
-                          **parse_options(opts))
+    result = run_optimize(job, out=path, checkpoint=None, resume=False, quiet=quiet, progress_bars=progress_bars,
+                          steps=steps, solver=solver, seed=seed, samples=samples, method=method,
+                          sigma_min=job.sigma_min, sigma_max=job.sigma_max, **parse_options(opts))
     took = time.perf_counter() - start
     click.echo(f"optimised with method {result.method!r} in {took:.1f} s, {result.calls:,} denoiser calls")
     click.echo(f"{result.method} schedule: " + " ".join(f"{s:.4g}" for s in result.sigmas.tolist()))
 
     # The peers at their defaults: no -O options (those are the demo method's) and their own draws.
     found: dict[str, Any] = {}
+    bars = bars_wanted(quiet, progress_bars)
     for peer in (p for p in PEERS if p != result.method):
         start = time.perf_counter()
+        peer_bars = StageBars(bars=bars, estimate=False, label=peer)  # the table keeps its lines: no estimate
         try:
             found[peer] = optimize(job.denoiser, job.data, noise=job.noise, steps=steps, solver=solver, seed=seed,
                                    method=peer, sigma_min=result.sigma_min, sigma_max=result.sigma_max,
-                                   model=job.label or None)
+                                   model=job.label or None, progress=peer_bars)
         except AysError as e:  # a peer that cannot serve this solver or model is left out, not the demo
+            peer_bars.close()
             click.echo(f"{peer}: left out: {e}")
             continue
+        peer_bars.close()
         click.echo(f"{peer}: {time.perf_counter() - start:.1f} s, {found[peer].calls:,} denoiser calls")
     found[result.method] = result
 
     named: dict[str, Any] = {**{h: h for h in HEURISTICS}, **found}
     metrics = ["nll", "sliced_w2", "modes"]
+    runs = CountBar("evaluate", "run", bars)
     rows = ev.evaluate(job.denoiser, job.problem, named, [solver], [steps], seeds=seeds, samples=eval_samples,
-                       metrics=metrics, model=job.label)
+                       metrics=metrics, model=job.label,
+                       progress=lambda e: runs(e["done"], e["total"]) if e.get("event") == "run" else None)
+    runs.close()
     for row in rows:  # what finding the schedule cost; a heuristic is a formula
         row["calls"] = int(found[row["schedule"]].calls) if row["schedule"] in found else 0
     click.echo("")
@@ -111,15 +121,20 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     results = ev.write_results(rows, out, name=f"results-{problem}-{solver}-{steps}")
 
     lo, hi = result.sigma_min, result.sigma_max
+    plots = CountBar("plots", "plot", bars)
+    plots(0, 2)
     scheds = {name: (spec.sigmas if name in found else schedules.build(spec, steps, lo, hi))
               for name, spec in named.items()}
     plot_path = plot_schedules(scheds, os.path.join(out, "schedules.png"), title=f"{problem}, {steps} steps")
+    plots(1, 2)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(2000, *job.problem.shape, generator=g)
     with torch.no_grad():
         x = run_sample(job.denoiser, noise, schedules.to_sampling(result.sigmas), solver=solver, generator=g)
     samples_path = plot_samples(x, os.path.join(out, "samples.png"), reference=job.problem.sample(2000, g),
                                 title=f"{result.method} schedule, {solver}, {steps} steps")
+    plots(2, 2)
+    plots.close()
     click.echo("")
     click.echo(f"wrote {path} (schedule), {results['json']} and {results['csv']} (results), {plot_path} "
                f"(schedules), {samples_path} (samples)")

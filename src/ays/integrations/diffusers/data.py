@@ -19,10 +19,11 @@ latent space and, row by row, the network's conditioning for *that row's own cap
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +163,13 @@ def sample_key(model: str | os.PathLike[str], **settings: Any) -> str:
 
 def model_samples(family: Family, model: str | os.PathLike[str], prompts: Sequence[str],
                   resolution: tuple[int, int], *, steps: int = 50, seed: int = 0, guidance_scale: float | None = None,
-                  negative_prompt: str | None = None, batch_size: int = 4) -> tuple[Conditioned, bool]:
-    """The model's own ``steps``-step samples of ``prompts`` (one each) with their conditioning; ``(data, cached)``."""
+                  negative_prompt: str | None = None, batch_size: int = 4,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[Conditioned, bool]:
+    """The model's own ``steps``-step samples of ``prompts`` (one each) with their conditioning; ``(data, cached)``.
+
+    ``progress(done, total)``: after every step of every batch (total: batches × steps), when the
+    pipeline reports its steps (``callback_on_step_end``), else after every batch.
+    """
     from ...io import atomic_write_bytes
 
     scale = family.default_guidance() if guidance_scale is None else float(guidance_scale)
@@ -180,10 +186,21 @@ def model_samples(family: Family, model: str | os.PathLike[str], prompts: Sequen
     if negative_prompt and family.uses_cfg(scale):
         kwargs["negative_prompt"] = negative_prompt
     out = []
+    batches = range(0, len(prompts), batch_size)
+    total = len(batches) * int(steps)
+    per_step = progress is not None and "callback_on_step_end" in inspect.signature(family.pipe.__call__).parameters
     with torch.no_grad():
-        for i in range(0, len(prompts), batch_size):
+        for b, i in enumerate(batches):
+            if per_step:
+                def on_step(pipe: Any, step: int, t: Any, kw: dict[str, Any], b: int = b) -> dict[str, Any]:
+                    progress(b * int(steps) + step + 1, total)
+                    return kw
+
+                kwargs["callback_on_step_end"] = on_step
             images = family.pipe(prompt=list(prompts[i:i + batch_size]), **kwargs).images
             out.append(family.latents_from_output(images, resolution).float().cpu())
+            if progress is not None:
+                progress((b + 1) * int(steps), total)
     latents = torch.cat(out)
     buf = io.BytesIO()
     torch.save({"latents": latents}, buf)

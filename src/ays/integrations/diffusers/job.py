@@ -102,14 +102,17 @@ def load_diffusers_job(
     seed: int = 0,
     device: str | torch.device | None = None,
     torch_dtype: torch.dtype | str | None = None,
+    progress: Any = None,
 ) -> DiffusersJob:
     """The denoiser, conditioned data and noise of a local pipeline folder, for :func:`ays.optimize`.
 
     ``device`` and ``torch_dtype`` (e.g. ``"bfloat16"``) are where and how the pipeline is loaded:
-    its text encoders and VAE prepare the data there too. Prompts (``prompts``, ``prompts_file``)
-    without latents make the data from the model's own samples, ``samples_per_prompt`` of each
-    (default 1). The data needs at least two rows (one row has no spread to set a schedule's
-    scale from); that is checked before the pipeline is loaded or any sample made.
+    its text encoders and VAE prepare the data there too. ``progress(done, total)``: the model's own
+    samples, step by step (:func:`~ays.integrations.diffusers.data.model_samples`). Prompts
+    (``prompts``, ``prompts_file``) without latents make the data from the model's own samples,
+    ``samples_per_prompt`` of each (default 1). The data needs at least two rows (one row has no
+    spread to set a schedule's scale from); that is checked before the pipeline is loaded or any
+    sample made.
     """
     if isinstance(torch_dtype, str):
         torch_dtype = getattr(torch, torch_dtype)
@@ -148,7 +151,8 @@ def load_diffusers_job(
             source = {"source": "images"}
         else:
             data, cached = D.model_samples(family, path, all_prompts, res, steps=sample_steps, seed=seed,
-                                           guidance_scale=guidance_scale, negative_prompt=negative_prompt)
+                                           guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+                                           progress=progress)
             source = {"source": "model samples", "sample_steps": int(sample_steps), "seed": int(seed),
                       "cached": cached}
     scale = family.default_guidance() if guidance_scale is None else float(guidance_scale)
