@@ -234,6 +234,23 @@ def test_plot_takes_tables_files_and_heuristics(tmp_path: Path, capsys: pytest.C
                                                                                       "kl_optimal"}
 
 
+def test_optimize_and_plot_klub_say_what_they_estimate_and_agree_within_their_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The README's pair: `ays optimize` reports its schedule's KLUB on the method's fresh final chains (64
+    # for ays), `ays plot --klub` on --samples chains (8,192): one number, the paper's estimator on each's
+    # chains, so they differ by their errors only (measured: 1578 ± 340 and 2375 ± 33, 2.3 combined errors).
+    path = tmp_path / "gmm.json"
+    _, err = ok(["optimize", "gmm-8x8", "--solver", "dpmpp_2m_sde", "--steps", "10", "--out", str(path)], capsys)
+    number = r"([\d.e+]+) ± ([\d.e+]+) on ([\d,]+) chains"
+    a = re.search(rf"^KLUB {number}, ", err, flags=re.M)
+    assert a is not None and a[3] == "64" and "estimate the same number" in err, err
+    _, err = ok(["plot", str(path), "--steps", "10", "--klub", "gmm-8x8", "-o", str(tmp_path / "c.png")], capsys)
+    b = re.search(rf": KLUB {number}$", err, flags=re.M)
+    assert b is not None and b[3] == "8,192", err
+    (ka, sa), (kb, sb) = (float(a[1]), float(a[2])), (float(b[1]), float(b[2]))
+    assert abs(ka - kb) <= 3 * (sa * sa + sb * sb) ** 0.5
+
+
 # ------------------------------------------------------------------ evaluate
 def test_evaluate_writes_an_evaluation_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "res"

@@ -20,7 +20,7 @@ from ..optimize.task import DEFAULT_METHOD, DEFAULT_SOLVER
 from ..validate import AysError, check_positive
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_SOLVER", "EDM_RANGE", "EVAL_SAMPLES", "KLUB_NOTE", "KLUB_SAMPLES", "SAMPLES",
-           "model_range", "noise_range", "range_note"]
+           "klub_chains", "model_range", "noise_range", "range_note"]
 
 #: EDM's noise range (Karras et al. 2022), ``ays.optimize``'s when the model has none of its own.
 EDM_RANGE = (0.002, 80.0)
@@ -36,8 +36,18 @@ KLUB_SAMPLES = 8192
 EVAL_SAMPLES = 4096
 
 #: What a printed KLUB is, in one line (it is a diagnostic, not what the default method minimises).
-KLUB_NOTE = ("KLUB: the paper's upper bound on the KL divergence of stochastic DDIM's sampling path; "
-             "its minimiser over-aligns, so a lower KLUB does not mean better samples")
+KLUB_NOTE = ("KLUB: the paper's upper bound on the KL divergence of stochastic DDIM's sampling path, "
+             "estimated as in its Alg. 2 (proposal c = 0.5) on fresh chains: `ays optimize` and `ays plot --klub` "
+             "estimate the same number, each ± its standard error over its chains; its minimiser over-aligns, "
+             "so a lower KLUB does not mean better samples")
+
+
+def klub_chains(result: Any) -> int | None:
+    """The fresh chains behind a result's reported KLUB: the method's ``final_samples``, else its ``samples``."""
+    settings = getattr(result, "settings", None) or {}
+    options = settings.get("options") or {}
+    chains = options.get("final_samples", settings.get("samples"))
+    return int(chains) if isinstance(chains, int) and not isinstance(chains, bool) else None
 
 
 def noise_range(sigma_min: float | None, sigma_max: float | None, own: tuple[float | None, float | None] = (None, None),

@@ -153,7 +153,11 @@ def _optimize(target: str | None, model: str, diffusers: str | None, prompts: tu
         return
     click.echo(" ".join(f"{s:.6g}" for s in result.sigmas.tolist()))
     range_note(sigma_min, sigma_max, model_range(job))  # after the run: an error stays one line
-    klub = f"KLUB {result.klub:.5g} ± {result.klub_stderr:.2g}, " if result.klub is not None else ""
+    from ._defaults import klub_chains
+
+    chains = klub_chains(result)
+    on = f" on {chains:,} chains" if chains else ""
+    klub = f"KLUB {result.klub:.5g} ± {result.klub_stderr:.2g}{on}, " if result.klub is not None else ""
     click.echo(f"{klub}{result.calls:,} denoiser calls; wrote {out}", err=True)
     if result.klub is not None:
         click.echo(f"({KLUB_NOTE})", err=True)

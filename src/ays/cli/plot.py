@@ -62,7 +62,7 @@ def plot(schedules: tuple[str, ...], steps: int | None, sigma_min: float | None,
         for name, sig in named.items():
             est = klub(job.denoiser, job.data, sig, samples=samples, generator=torch.Generator().manual_seed(seed))
             per_interval[name] = est.per_interval
-            click.echo(f"{name}: KLUB {est.total:.5g} ± {est.total_stderr:.2g}", err=True)
+            click.echo(f"{name}: KLUB {est.total:.5g} ± {est.total_stderr:.2g} on {samples:,} chains", err=True)
     plot_schedules(named, out, klub=per_interval)
     if heuristics:
         range_note(sigma_min, sigma_max, given)
