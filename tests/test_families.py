@@ -394,3 +394,40 @@ def test_the_models_own_samples_show_a_bar(folders: dict[str, Path], tmp_path: P
                          "--progress"], capsys)
     assert code == 0, err
     assert "model samples: 100%" in err and "50/50" in err, err[-1500:]
+
+
+def test_a_second_order_pipeline_loop_equals_ays_sample(folders: dict[str, Path]) -> None:
+    # Beside Euler: SD 1.5 with diffusers' HeunDiscreteScheduler (the scheduler ays picks for heun), fed the
+    # exported timesteps, lands where ays.sample's heun lands from the same noise on those timesteps' levels.
+    pipe = load_pipeline(folders["sd15"])
+    family = family_of(pipe)
+    pipe.scheduler = diffusers.HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    vp = family.noise(RES)
+    s = _perturbed(S.time_uniform(4, vp.sigma_min, vp.sigma_max, noise=vp))
+    kwargs = to_diffusers(s, pipe.scheduler)
+    levels = vp.sigmas[torch.tensor(kwargs["timesteps"])].to(torch.float64)
+    assert "timesteps" in kwargs and levels.numel() == 4
+    prompts, scale = ["a cat", "a dog"], 2.0
+    noise = torch.randn(2, *family.latent_shape(RES), generator=torch.Generator().manual_seed(1))
+    cond, _ = family.encode(prompts, None, RES)
+    with torch.no_grad():
+        ours = ays.sample(family.denoiser(guidance_scale=scale, resolution=RES), noise,
+                          torch.cat([levels, levels.new_zeros(1)]), solver="heun", cond=cond)
+        out = pipe(prompt=prompts, guidance_scale=scale, height=RES[0], width=RES[1], latents=noise,
+                   output_type="latent", **kwargs).images
+    assert _rel(ours, family.latents_from_output(out, RES)) < RTOL
+
+
+@pytest.mark.slow
+def test_the_default_method_runs_on_a_pipeline_within_its_budget(folders: dict[str, Path], images: Path,
+                                                                tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # The families' other CLI tests name --method coordinate; the default (ays) must run on a pipeline too.
+    out = tmp_path / "s.json"
+    code, _, err = _run(["optimize", "--diffusers", str(folders["sd15"]), "--images", str(images), "--resolution",
+                         "16", "--guidance-scale", "2", "--steps", "3", "--budget", "6000", "-O", "grid=24",
+                         "-O", "reference_steps=8", "--out", str(out), "-q"], capsys)
+    assert code == 0, err
+    doc = json.loads(out.read_text())
+    assert doc["method"] == ays.optimize.DEFAULT_METHOD and 0 < doc["calls"] <= 6000
+    assert doc["model_info"]["family"] == "sd" and len(doc["sigmas"]) == 4
