@@ -235,6 +235,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     ("sd15", ["--images", "BARE", "--samples-per-prompt", "2"]),  # N samples are the model's own: prompts only
     ("sd15", ["--latents", "ONE", "--prompt", "a cat"]),  # one latent row
     ("sd15", ["--images", "SINGLE"]),  # one captioned image
+    ("sd15", ["--latents", "IMAGES", "--prompt", "a cat"]),  # a folder is --images (README), not --latents
 ])
 def test_bad_input_is_exit_2_and_one_line(folders: dict[str, Path], images: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str], name: str, args: list[str]) -> None:
