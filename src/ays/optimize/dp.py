@@ -1,5 +1,8 @@
 """The global optimiser: an exact dynamic programme over the KLUB table of a fine grid.
 
+Long because it holds both programmes (the paper's bound and the solver-aware one), the
+table's checkpointed build, the budget's sizes and the method, which ``ays`` builds on.
+
 **The table** (:mod:`ays.klub.table`): nested forward chains over a fine grid ``g_0 < ... < g_{G−1}``
 give ``M[k, j] = E||D(x_{g_k}, g_k) − D(x_{g_j}, g_j)||²`` for every pair of grid levels, and its
 quadrature ``K[a, b]`` the estimated KLUB of every grid interval ``[g_a, g_b]``. Everything below
@@ -18,6 +21,10 @@ so the state is the last interval and the programme is ``O(n·G³)``
 cross term ``−2β∫t⁻³E<u, v>`` vanishes for the ideal denoiser (martingale property, see
 :mod:`ays.klub.solver`); ``cross=True`` estimates it from the same table, by polarisation,
 ``2∫t⁻³E<u, v> = (K[a, p] − K[b, p]) − K[a, b] − ½(g_a⁻² − g_b⁻²)M[b, p]``.
+
+**Off the grid** (``fine_grid``, the default of ``early_stopping=False``): the programme runs on
+the table interpolated to a finer grid (:meth:`~ays.klub.table.KlubTable.refined`, no denoiser
+call), so the levels of the minimiser are not held to the grid's.
 
 A run checkpoints its table after every chunk of chains and, resumed, ends with the same table.
 """
