@@ -337,22 +337,36 @@ _METHODS = textwrap.dedent(
 )
 
 
+# The 2-rank launch of every method (also benchmarks/stress_distributed.py's): each rank writes its
+# results, and after the session whether the process group was freed when it was destroyed.
+METHODS_SCRIPT = _METHODS + textwrap.dedent(
+    """
+    import weakref
+    torch.set_num_threads(1)
+    with dd.session():
+        me, world = dd.rank(), weakref.ref(torch.distributed.group.WORLD)
+        with open(os.path.join(sys.argv[1], f"methods{me}.json"), "w") as f:
+            json.dump(run_methods(), f)
+    # ld3's optimiser imports torch._dynamo, which imports torch.distributed.nn.functional: had
+    # that bound the live group as a default argument, the group (and a gloo thread) would
+    # outlive destroy_process_group and the interpreter could abort at exit.
+    with open(os.path.join(sys.argv[1], f"released{me}.txt"), "w") as f:
+        f.write(str(world() is None))
+    """
+)
+
+
 def test_dp_gits_oss_ld3_ays_share_their_rows_across_two_ranks_and_give_the_single_process_schedule(tmp_path):
     script = tmp_path / "methods.py"
-    script.write_text(_METHODS + textwrap.dedent(
-        """
-        torch.set_num_threads(1)
-        with dd.session():
-            with open(os.path.join(sys.argv[1], f"methods{dd.rank()}.json"), "w") as f:
-                json.dump(run_methods(), f)
-        """
-    ))
+    script.write_text(METHODS_SCRIPT)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(script), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"methods{r}.json").read_text()) for r in (0, 1)]
+    # The process group is freed once the session ends, on both ranks.
+    assert [(tmp_path / f"released{r}.txt").read_text() for r in (0, 1)] == ["True", "True"]
     namespace: dict = {}
     exec(compile(_METHODS, "methods", "exec"), namespace)
     ref = namespace["run_methods"]()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -129,8 +130,24 @@ def init_from_env(backend: str | None = None) -> bool:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
+    _bind_no_group()
     dist.init_process_group(backend=backend)
     return True
+
+
+def _bind_no_group() -> None:
+    """Import ``torch.distributed.nn.functional`` while no process group exists.
+
+    That module binds ``group.WORLD`` as the default argument of its functions when it is
+    first imported. torch imports it lazily (through ``torch._dynamo``, when the first
+    optimiser is built, e.g. ld3's RMSprop, or by ``import diffusers``); imported after
+    ``init_process_group`` it holds the group past ``destroy_process_group``, a gloo worker
+    thread is still releasing the last collective when the interpreter exits, and the
+    process dies with SIGABRT ("terminate called without an active exception"; 4 of 20
+    two-rank runs). Imported first, it binds ``None`` and the group is freed on destroy.
+    (``importlib``: a plain ``import torch.distributed...`` here would make ``torch`` local.)
+    """
+    importlib.import_module("torch.distributed.nn.functional")
 
 
 @contextlib.contextmanager
