@@ -100,14 +100,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch(args: list[str], cwd=None, **env: str) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node 2 ARGS`` on gloo and 127.0.0.1 (room for a loaded CI)."""
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env, cwd=cwd)
+
+
 def test_two_gloo_processes_give_the_single_process_result_exactly(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    port = _free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env)
+    proc = _launch([str(script), str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
 
@@ -359,10 +363,7 @@ METHODS_SCRIPT = _METHODS + textwrap.dedent(
 def test_dp_gits_oss_ld3_ays_share_their_rows_across_two_ranks_and_give_the_single_process_schedule(tmp_path):
     script = tmp_path / "methods.py"
     script.write_text(METHODS_SCRIPT)
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env)
+    proc = _launch([str(script), str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"methods{r}.json").read_text()) for r in (0, 1)]
     # The process group is freed once the session ends, on both ranks.
@@ -382,3 +383,82 @@ def test_dp_gits_oss_ld3_ays_share_their_rows_across_two_ranks_and_give_the_sing
     assert ref["dp-budget"]["calls"] <= 5000
     for name in ("ays", "ays-paired"):  # within its budget, and the plan it followed is in the history
         assert ref[name]["calls"] <= 6000 and any(h.get("stage") == "plan" for h in ref[name]["history"])
+
+
+# ----------------------------------------------------------------------------- the command line under torchrun
+# A model given as module:function, row by row (so 2 ranks give the single-process schedule). With
+# AYS_TEST_KILL=PATH, rank 1 SIGKILLs itself at its first denoiser call once PATH exists (the run's
+# first checkpoint): a rank dies mid-run, and torchrun takes the other down.
+_MODEL = textwrap.dedent(
+    """
+    import os, signal
+    import torch
+    from ays import distributed as dd
+
+    C = 0.5
+
+    def den(x, sigma):
+        kill = os.environ.get("AYS_TEST_KILL")
+        if kill and dd.rank() == 1 and os.path.exists(kill):
+            os.kill(os.getpid(), signal.SIGKILL)
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        return C * C / (C * C + s * s) * x
+
+    def data(n, g):
+        return C * torch.randn(n, 3, generator=g, dtype=torch.float64)
+
+    def load():
+        return den, data
+    """
+)
+
+
+def _optimize_args(tmp_path, out) -> list[str]:
+    """``ays optimize`` with the default method on the model above, small."""
+    (tmp_path / "model.py").write_text(_MODEL)
+    return ["optimize", f"{tmp_path / 'model.py'}:load", "--steps", "4", "--budget", "6000", "--sigma-min", "0.002",
+            "--sigma-max", "80", "--out", str(out), "-q"]
+
+
+def _single_process(argv: list[str]) -> None:
+    from ays.cli import main
+
+    with pytest.raises(SystemExit) as end:
+        main(argv)
+    assert end.value.code in (0, None)
+
+
+@pytest.mark.slow
+def test_ays_optimize_under_torchrun_exits_0_on_every_rank_writes_one_file_and_the_single_process_schedule(
+        tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir()
+    run.mkdir()
+    _single_process(_optimize_args(ref, ref / "s.json"))
+    proc = _launch(["-m", "ays", *_optimize_args(run, run / "s.json")], cwd=run)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # torchrun's status: every rank exited 0
+    # One file (the checkpoint removed, no temporary left), printed once: rank 0 alone writes and speaks.
+    assert sorted(p.name for p in run.iterdir() if p.name != "__pycache__") == ["model.py", "s.json"]
+    want = ays.load_schedule(ref / "s.json").sigmas
+    assert torch.equal(ays.load_schedule(run / "s.json").sigmas, want)
+    printed = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(printed) == 1 and [float(v) for v in printed[0].split()] == pytest.approx(want.tolist(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_default_method_killed_mid_run_on_two_ranks_resumes_to_the_uninterrupted_schedule(tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir()
+    run.mkdir()
+    _single_process(_optimize_args(ref, ref / "s.json"))
+    args = ["-m", "ays", *_optimize_args(run, run / "s.json")]
+    ckpt = run / "s.json.ckpt.json"
+    killed = _launch(args, cwd=run, AYS_TEST_KILL=str(ckpt))
+    # Killed mid-run: rank 1 died after the first checkpoint, before the schedule was written.
+    assert killed.returncode != 0 and ckpt.is_file() and not (run / "s.json").exists(), killed.stderr[-3000:]
+    done = json.loads(ckpt.read_text())
+    resumed = _launch([*args, "--resume"], cwd=run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.equal(ays.load_schedule(run / "s.json").sigmas, ays.load_schedule(ref / "s.json").sigmas)
+    assert not ckpt.exists() and not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert done["state"]  # the kill came after some work was checkpointed, which the resume took up

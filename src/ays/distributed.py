@@ -27,6 +27,7 @@ which the command line calls when it was launched by ``torchrun``.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import importlib
 import os
@@ -39,6 +40,7 @@ import torch.distributed as dist
 from .validate import AysError
 
 __all__ = [
+    "all_sum",
     "barrier",
     "from_rank_zero",
     "gather_terms",
@@ -53,6 +55,7 @@ __all__ = [
     "rank_zero_only",
     "session",
     "shard",
+    "shard_noise",
     "world_size",
 ]
 
@@ -117,12 +120,13 @@ def launched_by_torchrun() -> bool:
         return False
 
 
-def init_from_env(backend: str | None = None) -> bool:
+def init_from_env(backend: str | None = None, timeout: datetime.timedelta | None = None) -> bool:
     """Join the process group that ``torchrun`` describes in the environment; True if one was joined.
 
     Backend: NCCL when CUDA is available, gloo otherwise (or ``backend``). With NCCL
-    each process takes the GPU ``LOCAL_RANK``. Does nothing (False) outside
-    ``torchrun`` or when a group is already initialised.
+    each process takes the GPU ``LOCAL_RANK``. ``timeout``: how long a collective waits
+    for the other ranks (torch's default, 30 min for gloo, 10 for NCCL, when None). Does
+    nothing (False) outside ``torchrun`` or when a group is already initialised.
     """
     if not launched_by_torchrun() or not dist.is_available() or dist.is_initialized():
         return False
@@ -131,7 +135,7 @@ def init_from_env(backend: str | None = None) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     _bind_no_group()
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, **({} if timeout is None else {"timeout": timeout}))
     return True
 
 
@@ -151,9 +155,9 @@ def _bind_no_group() -> None:
 
 
 @contextlib.contextmanager
-def session(backend: str | None = None) -> Iterator[bool]:
+def session(backend: str | None = None, timeout: datetime.timedelta | None = None) -> Iterator[bool]:
     """``with session():`` joins the ``torchrun`` process group (if launched so) and leaves it at the end."""
-    joined = init_from_env(backend)
+    joined = init_from_env(backend, timeout)
     try:
         yield joined
     finally:
@@ -170,6 +174,30 @@ def shard(n: int, *, rank_: int | None = None, world: int | None = None) -> slic
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
     return slice(r * n // w, (r + 1) * n // w)
+
+
+def shard_noise(generator: torch.Generator, shape: tuple[int, ...], rows: slice,
+                dtype: torch.dtype) -> Callable[[float, float], Tensor]:
+    """A solver's ``noise_sampler`` that gives rows ``rows`` of the draws one process would make.
+
+    Each call draws the whole ``shape`` batch from ``generator`` (on its device, as a solver
+    does without a sampler) and keeps ``rows``: every rank advances the generator alike, so
+    the rows it runs see exactly the noise they would see in a single process's batch.
+    """
+
+    def draw(sigma: float, sigma_next: float) -> Tensor:
+        return torch.randn(shape, generator=generator, dtype=dtype, device=generator.device)[rows]
+
+    return draw
+
+
+def all_sum(value: float) -> float:
+    """The sum of ``value`` over the ranks (``value`` itself without a process group): e.g. rows counted per rank."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return type(value)(t.item())
 
 
 def _comm_device() -> torch.device:
