@@ -14,10 +14,12 @@ two gloo ranks on 127.0.0.1:
   session), method ``coordinate`` at the smallest settings.
 
 A launch *aborts* when torchrun's exit status is not 0 or its output says
-``terminate called``. Each launch is one line of ``launches.jsonl`` (kind, index, exit
-status, abort, seconds), appended as it ends; a rerun with the same ``--out`` continues
-where it stopped. ``--src`` points the launches at another checkout's ``src`` (e.g.
-main's, to count the aborts before a fix).
+``terminate called``. The methods script also records, on each rank, whether the process
+group was freed when the session destroyed it (a weak reference): the cause of the abort,
+seen on every launch where it is present, not only on the unlucky ones. Each launch is one
+line of ``launches.jsonl`` (kind, index, exit status, abort, seconds), appended as it
+ends; a rerun with the same ``--out`` continues where it stopped. ``--src`` points the
+launches at another checkout's ``src`` (e.g. main's, to count the aborts before a fix).
 
     nice -n 10 python benchmarks/stress_distributed.py --launches 30
     nice -n 10 python benchmarks/stress_distributed.py --launches 10 --src /path/to/main/src \\
@@ -105,21 +107,26 @@ def launch(kind: str, fix: dict[str, Path], src: Path, work: Path, timeout: floa
     terminate = "terminate called" in text
     out = {"kind": kind, "rc": code, "abort": code != 0 or terminate, "terminate_called": terminate,
            "seconds": round(seconds, 1)}
+    if kind == "methods":  # the cause itself, seen every time: did the group outlive destroy_process_group?
+        released = [(run / f"released{r}.txt").read_text() if (run / f"released{r}.txt").exists() else "?"
+                    for r in (0, 1)]
+        out["group_outlived_destroy"] = released != ["True", "True"]
     if out["abort"]:
         out["tail"] = text[-1500:]
     return out
 
 
 def summary(records: list[dict[str, Any]], command: str) -> str:
-    lines = [f"Command: `{command}`", "", "| kind | launches | aborts | of which 'terminate called' | median s |",
-             "|---|---|---|---|---|"]
+    lines = [f"Command: `{command}`", "", "| kind | launches | aborts | of which 'terminate called' | "
+             "group outlived destroy | median s |", "|---|---|---|---|---|---|"]
     for kind in KINDS:
         mine = [r for r in records if r["kind"] == kind]
         if not mine:
             continue
         secs = sorted(r["seconds"] for r in mine)
+        held = sum(r["group_outlived_destroy"] for r in mine) if kind == "methods" else "-"
         lines.append(f"| {kind} | {len(mine)} | {sum(r['abort'] for r in mine)} | "
-                     f"{sum(r['terminate_called'] for r in mine)} | {secs[len(secs) // 2]:.1f} |")
+                     f"{sum(r['terminate_called'] for r in mine)} | {held} | {secs[len(secs) // 2]:.1f} |")
     return "\n".join(lines) + "\n"
 
 

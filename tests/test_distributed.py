@@ -462,3 +462,80 @@ def test_the_default_method_killed_mid_run_on_two_ranks_resumes_to_the_uninterru
     assert torch.equal(ays.load_schedule(run / "s.json").sigmas, ays.load_schedule(ref / "s.json").sigmas)
     assert not ckpt.exists() and not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     assert done["state"]  # the kill came after some work was checkpointed, which the resume took up
+
+
+# The other commands that do work, one 2-rank launch for all of them: each joins the group in turn
+# (ays.cli.main, as `torchrun -m ays CMD` runs it), and each rank records what it printed.
+_COMMANDS = [
+    ["evaluate", "gaussian", "--solvers", "euler,dpmpp_2m_sde", "--steps", "3,5", "--seeds", "2", "--samples", "64",
+     "--schedules", "karras,loglinear", "--out", "ev", "-q"],
+    ["evaluate", "gaussian", "--optimize", "--budget", "6000", "--solvers", "euler", "--steps", "4", "--seeds", "2",
+     "--samples", "64", "--schedules", "karras", "--out", "evo", "-q"],
+    ["sample", "gaussian", "--solver", "dpmpp_2m_sde", "--steps", "5", "--count", "65", "--out", "s.pt"],
+    ["demo", "--problem", "gmm-8x4", "--steps", "4", "--samples", "256", "--eval-samples", "64", "--seeds", "2",
+     "-O", "budget=20000", "--out", "demo", "-q"],
+    ["train", "gaussian", "--steps", "30", "--out", "m.pt"],
+]
+_CLI_WORKER = textwrap.dedent(
+    """
+    import contextlib, io, json, os, sys
+    from ays.cli import main
+
+    said = []
+    for argv in json.loads(sys.argv[1]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+            except SystemExit as end:
+                code = end.code or 0
+        said.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+    with open(f"said{os.environ['RANK']}.json", "w") as f:
+        json.dump(said, f)
+    """
+)
+
+
+def _files(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("said")
+                  and p.name != "cli.py")
+
+
+def _rows(path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in json.loads(path.read_text())["rows"]]
+
+
+@pytest.mark.slow
+def test_evaluate_sample_demo_and_train_under_torchrun_give_the_single_process_files_written_once(
+        tmp_path, monkeypatch, capsys):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir()
+    run.mkdir()
+    (run / "cli.py").write_text(_CLI_WORKER)
+    proc = _launch([str(run / "cli.py"), json.dumps(_COMMANDS)], cwd=run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [json.loads((run / f"said{r}.json").read_text()) for r in (0, 1)]
+    monkeypatch.chdir(ref)
+    printed = []
+    for argv in _COMMANDS:
+        _single_process(argv)
+        printed.append(capsys.readouterr().out)
+    for argv, zero, one, alone in zip(_COMMANDS, *said, printed):
+        assert zero["code"] == 0 and one["code"] == 0, (argv[0], zero["stderr"][-2000:], one["stderr"][-2000:])
+        assert one["stdout"] == "" and one["stderr"] == "", argv[0]  # rank 0 alone speaks ...
+        if argv[0] in ("evaluate", "sample"):  # (demo and train print their timings)
+            assert zero["stdout"] == alone, argv
+    assert _files(run) == _files(ref)  # ... and writes, the single process's files and no temporary
+    assert "rank 0 trains alone" in said[0][-1]["stderr"]
+    # What is shared out gives the single-process numbers: each run's rows (the SDE's draws too), the
+    # optimised cells, the demo's optimisers and evaluation, every denoiser call counted.
+    for table in ("ev/results.json", "evo/results.json", "demo/results-gmm-8x4-dpmpp_2m_sde-4.json"):
+        assert _rows(run / table) == _rows(ref / table), table
+    assert torch.equal(torch.load(run / "s.pt"), torch.load(ref / "s.pt"))
+    for schedule in ("evo/ays_euler_4.json", "demo/gmm-8x4-dpmpp_2m_sde-4.json"):
+        assert torch.equal(ays.load_schedule(run / schedule).sigmas, ays.load_schedule(ref / schedule).sigmas)
+    # Training is not shared: rank 0 trained the single process's weights while rank 1 waited.
+    from ays.model_file import load_model
+
+    got, want = load_model(run / "m.pt").state_dict(), load_model(ref / "m.pt").state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

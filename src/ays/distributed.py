@@ -135,8 +135,18 @@ def init_from_env(backend: str | None = None, timeout: datetime.timedelta | None
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     _bind_no_group()
-    dist.init_process_group(backend=backend, **({} if timeout is None else {"timeout": timeout}))
+    kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    # A group of its own in torchrun's store for each session of this process: destroy_process_group
+    # restarts torch's group names, so a second group on the bare store would read the first one's
+    # stale gloo addresses (a hang, or "connection reset", in its first collective).
+    store, rank_, world = next(dist.rendezvous("env://", **kw))
+    _SESSIONS.append(len(_SESSIONS))
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"ays-session-{_SESSIONS[-1]}", store),
+                            rank=rank_, world_size=world, **kw)
     return True
+
+
+_SESSIONS: list[int] = []  #: the groups this process has joined (every rank joins the same sequence)
 
 
 def _bind_no_group() -> None:
