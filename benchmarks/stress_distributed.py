@@ -124,7 +124,8 @@ def summary(records: list[dict[str, Any]], command: str) -> str:
         if not mine:
             continue
         secs = sorted(r["seconds"] for r in mine)
-        held = sum(r["group_outlived_destroy"] for r in mine) if kind == "methods" else "-"
+        seen = [r["group_outlived_destroy"] for r in mine if "group_outlived_destroy" in r]
+        held = f"{sum(seen)} of {len(seen)}" if kind == "methods" else "-"
         lines.append(f"| {kind} | {len(mine)} | {sum(r['abort'] for r in mine)} | "
                      f"{sum(r['terminate_called'] for r in mine)} | {held} | {secs[len(secs) // 2]:.1f} |")
     return "\n".join(lines) + "\n"

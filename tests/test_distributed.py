@@ -464,7 +464,7 @@ def test_the_default_method_killed_mid_run_on_two_ranks_resumes_to_the_uninterru
     assert done["state"]  # the kill came after some work was checkpointed, which the resume took up
 
 
-# The other commands that do work, one 2-rank launch for all of them: each joins the group in turn
+# The other commands that do work (and plot --klub), one 2-rank launch for all of them: each joins the group in turn
 # (ays.cli.main, as `torchrun -m ays CMD` runs it), and each rank records what it printed.
 _COMMANDS = [
     ["evaluate", "gaussian", "--solvers", "euler,dpmpp_2m_sde", "--steps", "3,5", "--seeds", "2", "--samples", "64",
@@ -475,6 +475,7 @@ _COMMANDS = [
     ["demo", "--problem", "gmm-8x4", "--steps", "4", "--samples", "256", "--eval-samples", "64", "--seeds", "2",
      "-O", "budget=20000", "--out", "demo", "-q"],
     ["train", "gaussian", "--steps", "30", "--out", "m.pt"],
+    ["plot", "karras", "loglinear", "--steps", "4", "--klub", "gaussian", "--samples", "64", "-o", "p.png"],
 ]
 _CLI_WORKER = textwrap.dedent(
     """
@@ -506,7 +507,7 @@ def _rows(path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_evaluate_sample_demo_and_train_under_torchrun_give_the_single_process_files_written_once(
+def test_evaluate_sample_demo_train_plot_under_torchrun_give_the_single_process_files_written_once(
         tmp_path, monkeypatch, capsys):
     ref, run = tmp_path / "ref", tmp_path / "run"
     ref.mkdir()
@@ -519,14 +520,16 @@ def test_evaluate_sample_demo_and_train_under_torchrun_give_the_single_process_f
     printed = []
     for argv in _COMMANDS:
         _single_process(argv)
-        printed.append(capsys.readouterr().out)
+        printed.append(capsys.readouterr())
     for argv, zero, one, alone in zip(_COMMANDS, *said, printed):
         assert zero["code"] == 0 and one["code"] == 0, (argv[0], zero["stderr"][-2000:], one["stderr"][-2000:])
         assert one["stdout"] == "" and one["stderr"] == "", argv[0]  # rank 0 alone speaks ...
         if argv[0] in ("evaluate", "sample"):  # (demo and train print their timings)
-            assert zero["stdout"] == alone, argv
+            assert zero["stdout"] == alone.out, argv
+        if argv[0] == "plot":  # the KLUB of each schedule, from draws shared out
+            assert zero["stderr"] == alone.err and "KLUB" in alone.err
     assert _files(run) == _files(ref)  # ... and writes, the single process's files and no temporary
-    assert "rank 0 trains alone" in said[0][-1]["stderr"]
+    assert "rank 0 trains alone" in said[0][4]["stderr"]
     # What is shared out gives the single-process numbers: each run's rows (the SDE's draws too), the
     # optimised cells, the demo's optimisers and evaluation, every denoiser call counted.
     for table in ("ev/results.json", "evo/results.json", "demo/results-gmm-8x4-dpmpp_2m_sde-4.json"):
