@@ -159,6 +159,17 @@ def test_shards_cover_every_item_once_in_rank_order():
     assert dd.rank_zero_only(lambda: "ran")() == "ran"
 
 
+def test_shard_noise_cuts_the_single_process_draws_and_every_rank_advances_alike():
+    shape, world = (7, 2), 3
+    full = torch.Generator().manual_seed(4)
+    want = [torch.randn(shape, generator=full, dtype=torch.float64) for _ in range(2)]  # two solver steps
+    gens = [torch.Generator().manual_seed(4) for _ in range(world)]
+    draws = [dd.shard_noise(g, shape, dd.shard(7, rank_=r, world=world), torch.float64) for r, g in enumerate(gens)]
+    for step in range(2):
+        assert torch.equal(torch.cat([d(1.0, 0.5) for d in draws]), want[step])
+    assert dd.all_sum(5) == 5 and dd.all_sum(0.25) == 0.25  # without a process group: the value itself
+
+
 def _gauss(x, sigma):
     s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
     return 0.25 / (0.25 + s * s) * x

@@ -21,7 +21,10 @@ bars; a failure on one rank (a NaN, an out-of-memory error) is raised on every
 rank instead of leaving the others waiting in a collective (:func:`map_shards`).
 
 Nothing here starts a process group by itself except :func:`init_from_env`,
-which the command line calls when it was launched by ``torchrun``.
+which every command of the command line calls (through :func:`session`) when it was
+launched by ``torchrun``. It imports ``torch.distributed.nn.functional`` before the group
+exists, so that nothing torch imports later holds the group past ``destroy_process_group``
+(the process could otherwise abort at exit; :func:`_bind_no_group`).
 """
 
 from __future__ import annotations
