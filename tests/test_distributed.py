@@ -100,14 +100,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch(args: list[str], cwd=None, **env: str) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node 2 ARGS`` on gloo and 127.0.0.1 (room for a loaded CI)."""
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env, cwd=cwd)
+
+
 def test_two_gloo_processes_give_the_single_process_result_exactly(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    port = _free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env)
+    proc = _launch([str(script), str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
 
@@ -153,6 +157,17 @@ def test_shards_cover_every_item_once_in_rank_order():
     assert [t.item() for t in dd.map_ordered(lambda k: torch.tensor(k * k), range(4))] == [0, 1, 4, 9]
     assert dd.from_rank_zero(lambda a: a + 1, 1) == 2
     assert dd.rank_zero_only(lambda: "ran")() == "ran"
+
+
+def test_shard_noise_cuts_the_single_process_draws_and_every_rank_advances_alike():
+    shape, world = (7, 2), 3
+    full = torch.Generator().manual_seed(4)
+    want = [torch.randn(shape, generator=full, dtype=torch.float64) for _ in range(2)]  # two solver steps
+    gens = [torch.Generator().manual_seed(4) for _ in range(world)]
+    draws = [dd.shard_noise(g, shape, dd.shard(7, rank_=r, world=world), torch.float64) for r, g in enumerate(gens)]
+    for step in range(2):
+        assert torch.equal(torch.cat([d(1.0, 0.5) for d in draws]), want[step])
+    assert dd.all_sum(5) == 5 and dd.all_sum(0.25) == 0.25  # without a process group: the value itself
 
 
 def _gauss(x, sigma):
@@ -337,22 +352,33 @@ _METHODS = textwrap.dedent(
 )
 
 
+# The 2-rank launch of every method (also benchmarks/stress_distributed.py's): each rank writes its
+# results, and after the session whether the process group was freed when it was destroyed.
+METHODS_SCRIPT = _METHODS + textwrap.dedent(
+    """
+    import weakref
+    torch.set_num_threads(1)
+    with dd.session():
+        me, world = dd.rank(), weakref.ref(torch.distributed.group.WORLD)
+        with open(os.path.join(sys.argv[1], f"methods{me}.json"), "w") as f:
+            json.dump(run_methods(), f)
+    # ld3's optimiser imports torch._dynamo, which imports torch.distributed.nn.functional: had
+    # that bound the live group as a default argument, the group (and a gloo thread) would
+    # outlive destroy_process_group and the interpreter could abort at exit.
+    with open(os.path.join(sys.argv[1], f"released{me}.txt"), "w") as f:
+        f.write(str(world() is None))
+    """
+)
+
+
 def test_dp_gits_oss_ld3_ays_share_their_rows_across_two_ranks_and_give_the_single_process_schedule(tmp_path):
     script = tmp_path / "methods.py"
-    script.write_text(_METHODS + textwrap.dedent(
-        """
-        torch.set_num_threads(1)
-        with dd.session():
-            with open(os.path.join(sys.argv[1], f"methods{dd.rank()}.json"), "w") as f:
-                json.dump(run_methods(), f)
-        """
-    ))
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env)
+    script.write_text(METHODS_SCRIPT)
+    proc = _launch([str(script), str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"methods{r}.json").read_text()) for r in (0, 1)]
+    # The process group is freed once the session ends, on both ranks.
+    assert [(tmp_path / f"released{r}.txt").read_text() for r in (0, 1)] == ["True", "True"]
     namespace: dict = {}
     exec(compile(_METHODS, "methods", "exec"), namespace)
     ref = namespace["run_methods"]()
@@ -368,3 +394,162 @@ def test_dp_gits_oss_ld3_ays_share_their_rows_across_two_ranks_and_give_the_sing
     assert ref["dp-budget"]["calls"] <= 5000
     for name in ("ays", "ays-paired"):  # within its budget, and the plan it followed is in the history
         assert ref[name]["calls"] <= 6000 and any(h.get("stage") == "plan" for h in ref[name]["history"])
+
+
+# ----------------------------------------------------------------------------- the command line under torchrun
+# A model given as module:function, row by row (so 2 ranks give the single-process schedule). With
+# AYS_TEST_KILL=PATH, rank 1 SIGKILLs itself at its first denoiser call once PATH exists (the run's
+# first checkpoint): a rank dies mid-run, and torchrun takes the other down.
+_MODEL = textwrap.dedent(
+    """
+    import os, signal
+    import torch
+    from ays import distributed as dd
+
+    C = 0.5
+
+    def den(x, sigma):
+        kill = os.environ.get("AYS_TEST_KILL")
+        if kill and dd.rank() == 1 and os.path.exists(kill):
+            os.kill(os.getpid(), signal.SIGKILL)
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        return C * C / (C * C + s * s) * x
+
+    def data(n, g):
+        return C * torch.randn(n, 3, generator=g, dtype=torch.float64)
+
+    def load():
+        return den, data
+    """
+)
+
+
+def _optimize_args(tmp_path, out) -> list[str]:
+    """``ays optimize`` with the default method on the model above, small."""
+    (tmp_path / "model.py").write_text(_MODEL)
+    return ["optimize", f"{tmp_path / 'model.py'}:load", "--steps", "4", "--budget", "6000", "--sigma-min", "0.002",
+            "--sigma-max", "80", "--out", str(out), "-q"]
+
+
+def _single_process(argv: list[str]) -> None:
+    from ays.cli import main
+
+    with pytest.raises(SystemExit) as end:
+        main(argv)
+    assert end.value.code in (0, None)
+
+
+@pytest.mark.slow
+def test_ays_optimize_under_torchrun_exits_0_on_every_rank_writes_one_file_and_the_single_process_schedule(
+        tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir()
+    run.mkdir()
+    _single_process(_optimize_args(ref, ref / "s.json"))
+    proc = _launch(["-m", "ays", *_optimize_args(run, run / "s.json")], cwd=run)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # torchrun's status: every rank exited 0
+    # One file (the checkpoint removed, no temporary left), printed once: rank 0 alone writes and speaks.
+    assert sorted(p.name for p in run.iterdir() if p.name != "__pycache__") == ["model.py", "s.json"]
+    want = ays.load_schedule(ref / "s.json").sigmas
+    assert torch.equal(ays.load_schedule(run / "s.json").sigmas, want)
+    printed = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(printed) == 1 and [float(v) for v in printed[0].split()] == pytest.approx(want.tolist(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_default_method_killed_mid_run_on_two_ranks_resumes_to_the_uninterrupted_schedule(tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir()
+    run.mkdir()
+    _single_process(_optimize_args(ref, ref / "s.json"))
+    args = ["-m", "ays", *_optimize_args(run, run / "s.json")]
+    ckpt = run / "s.json.ckpt.json"
+    killed = _launch(args, cwd=run, AYS_TEST_KILL=str(ckpt))
+    # Killed mid-run: rank 1 died after the first checkpoint, before the schedule was written.
+    assert killed.returncode != 0 and ckpt.is_file() and not (run / "s.json").exists(), killed.stderr[-3000:]
+    done = json.loads(ckpt.read_text())
+    resumed = _launch([*args, "--resume"], cwd=run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.equal(ays.load_schedule(run / "s.json").sigmas, ays.load_schedule(ref / "s.json").sigmas)
+    assert not ckpt.exists() and not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert done["state"]  # the kill came after some work was checkpointed, which the resume took up
+
+
+# The other commands that do work (and plot --klub), one 2-rank launch for all of them: each joins the group in turn
+# (ays.cli.main, as `torchrun -m ays CMD` runs it), and each rank records what it printed.
+_COMMANDS = [
+    ["evaluate", "gaussian", "--solvers", "euler,dpmpp_2m_sde", "--steps", "3,5", "--seeds", "2", "--samples", "64",
+     "--schedules", "karras,loglinear", "--out", "ev", "-q"],
+    ["evaluate", "gaussian", "--optimize", "--budget", "6000", "--solvers", "euler", "--steps", "4", "--seeds", "2",
+     "--samples", "64", "--schedules", "karras", "--out", "evo", "-q"],
+    ["sample", "gaussian", "--solver", "dpmpp_2m_sde", "--steps", "5", "--count", "65", "--out", "s.pt"],
+    ["demo", "--problem", "gmm-8x4", "--steps", "4", "--samples", "256", "--eval-samples", "64", "--seeds", "2",
+     "-O", "budget=20000", "--out", "demo", "-q"],
+    ["train", "gaussian", "--steps", "30", "--out", "m.pt"],
+    ["plot", "karras", "loglinear", "--steps", "4", "--klub", "gaussian", "--samples", "64", "-o", "p.png"],
+]
+_CLI_WORKER = textwrap.dedent(
+    """
+    import contextlib, io, json, os, sys
+    from ays.cli import main
+
+    said = []
+    for argv in json.loads(sys.argv[1]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+            except SystemExit as end:
+                code = end.code or 0
+        said.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+    with open(f"said{os.environ['RANK']}.json", "w") as f:
+        json.dump(said, f)
+    """
+)
+
+
+def _files(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("said")
+                  and p.name != "cli.py")
+
+
+def _rows(path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in json.loads(path.read_text())["rows"]]
+
+
+@pytest.mark.slow
+def test_evaluate_sample_demo_train_plot_under_torchrun_give_the_single_process_files_written_once(
+        tmp_path, monkeypatch, capsys):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir()
+    run.mkdir()
+    (run / "cli.py").write_text(_CLI_WORKER)
+    proc = _launch([str(run / "cli.py"), json.dumps(_COMMANDS)], cwd=run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [json.loads((run / f"said{r}.json").read_text()) for r in (0, 1)]
+    monkeypatch.chdir(ref)
+    printed = []
+    for argv in _COMMANDS:
+        _single_process(argv)
+        printed.append(capsys.readouterr())
+    for argv, zero, one, alone in zip(_COMMANDS, *said, printed):
+        assert zero["code"] == 0 and one["code"] == 0, (argv[0], zero["stderr"][-2000:], one["stderr"][-2000:])
+        assert one["stdout"] == "" and one["stderr"] == "", argv[0]  # rank 0 alone speaks ...
+        if argv[0] in ("evaluate", "sample"):  # (demo and train print their timings)
+            assert zero["stdout"] == alone.out, argv
+        if argv[0] == "plot":  # the KLUB of each schedule, from draws shared out
+            assert zero["stderr"] == alone.err and "KLUB" in alone.err
+    assert _files(run) == _files(ref)  # ... and writes, the single process's files and no temporary
+    assert "rank 0 trains alone" in said[0][4]["stderr"]
+    # What is shared out gives the single-process numbers: each run's rows (the SDE's draws too), the
+    # optimised cells, the demo's optimisers and evaluation, every denoiser call counted.
+    for table in ("ev/results.json", "evo/results.json", "demo/results-gmm-8x4-dpmpp_2m_sde-4.json"):
+        assert _rows(run / table) == _rows(ref / table), table
+    assert torch.equal(torch.load(run / "s.pt"), torch.load(ref / "s.pt"))
+    for schedule in ("evo/ays_euler_4.json", "demo/gmm-8x4-dpmpp_2m_sde-4.json"):
+        assert torch.equal(ays.load_schedule(run / schedule).sigmas, ays.load_schedule(ref / schedule).sigmas)
+    # Training is not shared: rank 0 trained the single process's weights while rank 1 waited.
+    from ays.model_file import load_model
+
+    got, want = load_model(run / "m.pt").state_dict(), load_model(ref / "m.pt").state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

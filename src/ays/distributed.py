@@ -21,13 +21,18 @@ bars; a failure on one rank (a NaN, an out-of-memory error) is raised on every
 rank instead of leaving the others waiting in a collective (:func:`map_shards`).
 
 Nothing here starts a process group by itself except :func:`init_from_env`,
-which the command line calls when it was launched by ``torchrun``.
+which every command of the command line calls (through :func:`session`) when it was
+launched by ``torchrun``. It imports ``torch.distributed.nn.functional`` before the group
+exists, so that nothing torch imports later holds the group past ``destroy_process_group``
+(the process could otherwise abort at exit; :func:`_bind_no_group`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
+import importlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -38,6 +43,7 @@ import torch.distributed as dist
 from .validate import AysError
 
 __all__ = [
+    "all_sum",
     "barrier",
     "from_rank_zero",
     "gather_terms",
@@ -52,6 +58,7 @@ __all__ = [
     "rank_zero_only",
     "session",
     "shard",
+    "shard_noise",
     "world_size",
 ]
 
@@ -116,12 +123,13 @@ def launched_by_torchrun() -> bool:
         return False
 
 
-def init_from_env(backend: str | None = None) -> bool:
+def init_from_env(backend: str | None = None, timeout: datetime.timedelta | None = None) -> bool:
     """Join the process group that ``torchrun`` describes in the environment; True if one was joined.
 
     Backend: NCCL when CUDA is available, gloo otherwise (or ``backend``). With NCCL
-    each process takes the GPU ``LOCAL_RANK``. Does nothing (False) outside
-    ``torchrun`` or when a group is already initialised.
+    each process takes the GPU ``LOCAL_RANK``. ``timeout``: how long a collective waits
+    for the other ranks (torch's default, 30 min for gloo, 10 for NCCL, when None). Does
+    nothing (False) outside ``torchrun`` or when a group is already initialised.
     """
     if not launched_by_torchrun() or not dist.is_available() or dist.is_initialized():
         return False
@@ -129,14 +137,40 @@ def init_from_env(backend: str | None = None) -> bool:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend)
+    _bind_no_group()
+    kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    # A group of its own in torchrun's store for each session of this process: destroy_process_group
+    # restarts torch's group names, so a second group on the bare store would read the first one's
+    # stale gloo addresses (a hang, or "connection reset", in its first collective).
+    store, rank_, world = next(dist.rendezvous("env://", **kw))
+    _SESSIONS.append(len(_SESSIONS))
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"ays-session-{_SESSIONS[-1]}", store),
+                            rank=rank_, world_size=world, **kw)
     return True
 
 
+_SESSIONS: list[int] = []  #: the groups this process has joined (every rank joins the same sequence)
+
+
+def _bind_no_group() -> None:
+    """Import ``torch.distributed.nn.functional`` while no process group exists.
+
+    That module binds ``group.WORLD`` as the default argument of its functions when it is
+    first imported. torch imports it lazily (through ``torch._dynamo``, when the first
+    optimiser is built, e.g. ld3's RMSprop, or by ``import diffusers``); imported after
+    ``init_process_group`` it holds the group past ``destroy_process_group``, a gloo worker
+    thread is still releasing the last collective when the interpreter exits, and the
+    process dies with SIGABRT ("terminate called without an active exception"; 4 of 20
+    two-rank runs). Imported first, it binds ``None`` and the group is freed on destroy.
+    (``importlib``: a plain ``import torch.distributed...`` here would make ``torch`` local.)
+    """
+    importlib.import_module("torch.distributed.nn.functional")
+
+
 @contextlib.contextmanager
-def session(backend: str | None = None) -> Iterator[bool]:
+def session(backend: str | None = None, timeout: datetime.timedelta | None = None) -> Iterator[bool]:
     """``with session():`` joins the ``torchrun`` process group (if launched so) and leaves it at the end."""
-    joined = init_from_env(backend)
+    joined = init_from_env(backend, timeout)
     try:
         yield joined
     finally:
@@ -153,6 +187,30 @@ def shard(n: int, *, rank_: int | None = None, world: int | None = None) -> slic
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
     return slice(r * n // w, (r + 1) * n // w)
+
+
+def shard_noise(generator: torch.Generator, shape: tuple[int, ...], rows: slice,
+                dtype: torch.dtype) -> Callable[[float, float], Tensor]:
+    """A solver's ``noise_sampler`` that gives rows ``rows`` of the draws one process would make.
+
+    Each call draws the whole ``shape`` batch from ``generator`` (on its device, as a solver
+    does without a sampler) and keeps ``rows``: every rank advances the generator alike, so
+    the rows it runs see exactly the noise they would see in a single process's batch.
+    """
+
+    def draw(sigma: float, sigma_next: float) -> Tensor:
+        return torch.randn(shape, generator=generator, dtype=dtype, device=generator.device)[rows]
+
+    return draw
+
+
+def all_sum(value: float) -> float:
+    """The sum of ``value`` over the ranks (``value`` itself without a process group): e.g. rows counted per rank."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return type(value)(t.item())
 
 
 def _comm_device() -> torch.device:

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from . import distributed as _dist
 from . import solvers
 from ._callable import make_callable
-from .data import bind, check_cond
+from .data import bind, check_cond, take
 from .device import guard
 from .validate import AysError, check_batch, check_finite, check_sigmas
 
@@ -53,6 +54,12 @@ def sample(
             is called as ``denoiser(x, sigma, **cond)`` (k-diffusion's ``extra_args``).
         **options: the solver's own options (see ``ays.solvers.info(solver).options``).
 
+    Under ``torch.distributed`` (e.g. ``torchrun``) each rank runs its share of the rows
+    (:func:`ays.distributed.map_shards`; the generator's noise is the single-process draws,
+    each rank drawing the whole batch's and keeping its rows) and every rank returns all the
+    samples: those of one process for a denoiser that works row by row. With ``callback`` or
+    ``noise_sampler`` (which see whole batches) every rank runs every row.
+
     Raises:
         AysError: bad schedule, noise, solver name or option, or a non-finite result.
     """
@@ -68,9 +75,21 @@ def sample(
     x = noise * float(s[0])
     # Every denoiser output is checked, so a NaN is reported at the noise level where it arose.
     what = f"solver {solver!r} returned NaN or inf: the denoiser's output is not finite"
-    checked = guard(bind(denoiser, rows), what=what)
-    out = fn(checked, x, s, generator=generator, callback=callback, noise_sampler=noise_sampler, **options)
-    return check_finite(out, what=f"solver {solver!r}")
+    if not _dist.is_distributed() or callback is not None or noise_sampler is not None:
+        checked = guard(bind(denoiser, rows), what=what)
+        out = fn(checked, x, s, generator=generator, callback=callback, noise_sampler=noise_sampler, **options)
+        return check_finite(out, what=f"solver {solver!r}")
+
+    def share(ks: slice) -> Tensor:
+        if ks.stop <= ks.start:  # more ranks than rows
+            return x[ks]
+        draws = None if generator is None else _dist.shard_noise(generator, tuple(x.shape), ks, x.dtype)
+        out = fn(guard(bind(denoiser, take(rows, ks)), what=what), x[ks], s, noise_sampler=draws, **options)
+        return check_finite(out, what=f"solver {solver!r}")
+
+    # Under a process group each rank runs its share of the rows (the generator's draws are the
+    # single-process ones, drawn whole and cut) and every rank gets all of them, in order.
+    return _dist.map_shards(x.shape[0], share, dim=0)
 
 
 make_callable(__name__, sample)

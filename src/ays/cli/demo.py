@@ -21,6 +21,7 @@ import torch
 
 from ._defaults import DEFAULT_METHOD, DEFAULT_SOLVER, EVAL_SAMPLES, SAMPLES
 from ._progress import CountBar, StageBars, bars_wanted, progress_option
+from ._ranks import in_session, say
 from .optimize import run_optimize
 from .schedule import parse_options
 
@@ -57,13 +58,19 @@ def _listed(names: list[str]) -> str:
               help="torch threads; the toy problem's rows are too small to gain from more.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @progress_option
+@in_session()
 def demo(problem: str, model: str, solver: str, steps: int, method: str, samples: int, opts: tuple[str, ...],
          eval_samples: int, seeds: int, seed: int, out: str, threads: int, quiet: bool,
          progress_bars: bool | None) -> None:
-    """Optimise a schedule for a toy problem; compare it with the heuristics and with gits, ld3 and oss."""
+    """Optimise a schedule for a toy problem; compare it with the heuristics and with gits, ld3 and oss.
+
+    Under torchrun every optimiser, every evaluation run and the samples of the picture share
+    their rows across the ranks; rank 0 alone prints, plots and writes.
+    """
     from .. import evaluate as ev
     from .. import optimize, schedules
     from .. import sample as run_sample
+    from ..distributed import is_rank_zero
     from ..plot import plot_samples, plot_schedules
     from ..validate import AysError, check_steps
     from ._job import load_job
@@ -74,19 +81,19 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     check_steps(eval_samples, name="--eval-samples", minimum=2)
     os.makedirs(out, exist_ok=True)
     job = load_job(problem, model)
-    click.echo(f"ays demo: {job.label}, solver {solver}, {steps} steps")
+    say(f"ays demo: {job.label}, solver {solver}, {steps} steps")
     start = time.perf_counter()
     path = os.path.join(out, f"{problem}-{solver}-{steps}.json")
     result = run_optimize(job, out=path, checkpoint=None, resume=False, quiet=quiet, progress_bars=progress_bars,
                           steps=steps, solver=solver, seed=seed, samples=samples, method=method,
                           sigma_min=job.sigma_min, sigma_max=job.sigma_max, **parse_options(opts))
     took = time.perf_counter() - start
-    click.echo(f"optimised with method {result.method!r} in {took:.1f} s, {result.calls:,} denoiser calls")
-    click.echo(f"{result.method} schedule: " + " ".join(f"{s:.4g}" for s in result.sigmas.tolist()))
+    say(f"optimised with method {result.method!r} in {took:.1f} s, {result.calls:,} denoiser calls")
+    say(f"{result.method} schedule: " + " ".join(f"{s:.4g}" for s in result.sigmas.tolist()))
 
     # The peers at their defaults: no -O options (those are the demo method's) and their own draws.
     found: dict[str, Any] = {}
-    bars = bars_wanted(quiet, progress_bars)
+    bars = bars_wanted(quiet, progress_bars) and is_rank_zero()
     for peer in (p for p in PEERS if p != result.method):
         start = time.perf_counter()
         peer_bars = StageBars(bars=bars, estimate=False, label=peer)  # the table keeps its lines: no estimate
@@ -96,10 +103,10 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
                                    model=job.label or None, progress=peer_bars)
         except AysError as e:  # a peer that cannot serve this solver or model is left out, not the demo
             peer_bars.close()
-            click.echo(f"{peer}: left out: {e}")
+            say(f"{peer}: left out: {e}")
             continue
         peer_bars.close()
-        click.echo(f"{peer}: {time.perf_counter() - start:.1f} s, {found[peer].calls:,} denoiser calls")
+        say(f"{peer}: {time.perf_counter() - start:.1f} s, {found[peer].calls:,} denoiser calls")
     found[result.method] = result
 
     named: dict[str, Any] = {**{h: h for h in HEURISTICS}, **found}
@@ -111,12 +118,18 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     runs.close()
     for row in rows:  # what finding the schedule cost; a heuristic is a formula
         row["calls"] = int(found[row["schedule"]].calls) if row["schedule"] in found else 0
-    click.echo("")
-    click.echo(ev.format_table(rows, ["calls", *ev.metric_columns(metrics)]))
-    click.echo(f"(mean ± 95% half width over {seeds} seeds of {eval_samples} samples, the same noise for every "
-               "schedule; lower is better; NLL alone rewards dropped modes; calls: denoiser calls spent finding "
-               "the schedule, 0 for a heuristic" + (f"; {_listed(list(found)[:-1])} at their default settings)"
-                                                    if len(found) > 1 else ")"))
+    say("")
+    say(ev.format_table(rows, ["calls", *ev.metric_columns(metrics)]))
+    say(f"(mean ± 95% half width over {seeds} seeds of {eval_samples} samples, the same noise for every "
+        "schedule; lower is better; NLL alone rewards dropped modes; calls: denoiser calls spent finding "
+        "the schedule, 0 for a heuristic" + (f"; {_listed(list(found)[:-1])} at their default settings)"
+                                             if len(found) > 1 else ")"))
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(2000, *job.problem.shape, generator=g)
+    with torch.no_grad():
+        x = run_sample(job.denoiser, noise, schedules.to_sampling(result.sigmas), solver=solver, generator=g)
+    if not is_rank_zero():
+        return
     # Its own name: the schedule file beside it keeps its name and its format (ays-schedule/1).
     results = ev.write_results(rows, out, name=f"results-{problem}-{solver}-{steps}")
 
@@ -127,14 +140,10 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
               for name, spec in named.items()}
     plot_path = plot_schedules(scheds, os.path.join(out, "schedules.png"), title=f"{problem}, {steps} steps")
     plots(1, 2)
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(2000, *job.problem.shape, generator=g)
-    with torch.no_grad():
-        x = run_sample(job.denoiser, noise, schedules.to_sampling(result.sigmas), solver=solver, generator=g)
     samples_path = plot_samples(x, os.path.join(out, "samples.png"), reference=job.problem.sample(2000, g),
                                 title=f"{result.method} schedule, {solver}, {steps} steps")
     plots(2, 2)
     plots.close()
-    click.echo("")
-    click.echo(f"wrote {path} (schedule), {results['json']} and {results['csv']} (results), {plot_path} "
-               f"(schedules), {samples_path} (samples)")
+    say("")
+    say(f"wrote {path} (schedule), {results['json']} and {results['csv']} (results), {plot_path} "
+        f"(schedules), {samples_path} (samples)")

@@ -14,6 +14,7 @@ import torch
 from ..validate import AysError, check_budget
 from ._defaults import DEFAULT_METHOD, DEFAULT_SOLVER, EVAL_SAMPLES, SAMPLES
 from ._progress import bars_wanted, progress_option
+from ._ranks import in_session, say
 
 DEFAULT_SCHEDULES = "karras,loglinear,time_uniform,kl_optimal"
 
@@ -98,6 +99,7 @@ def _progress_bar(total: int, bars: bool) -> tuple[Callable[[dict[str, Any]], No
 def _optimize_cells(denoiser: Any, prob: Any, solvers: list[str], steps: list[int], *, folder: str | None,
                     resume: bool, quiet: bool, progress_bars: bool | None, **kwargs: Any) -> dict[Any, torch.Tensor]:
     """``--optimize``: a schedule per (solver, steps), each cell with its stage bars, saved and resumed per cell."""
+    from ..distributed import is_rank_zero
     from ..evaluate.optimized import optimize_cells
     from ._progress import StageBars
 
@@ -110,7 +112,7 @@ def _optimize_cells(denoiser: Any, prob: Any, solvers: list[str], steps: list[in
         bars.close()  # the previous cell's last bar
         solver, n = event["solver"], event["steps"]
         bars.label = f"{solver} n={n}"
-        if not quiet:
+        if not quiet and is_rank_zero():
             what = f"optimised already ({event['saved']})" if event["saved"] else "optimising"
             bars.write(f"ays: {solver} at {n} steps ({event['done'] + 1} of {event['total']}): {what}")
 
@@ -159,6 +161,7 @@ def _optimize_cells(denoiser: Any, prob: Any, solvers: list[str], steps: list[in
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
 @progress_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no estimate lines.")
+@in_session()
 def evaluate(problem: str, model: str, schedules: str, solvers: str, steps: str, seeds: int, samples: int,
              metrics: str | None, sigma_min: float | None, sigma_max: float | None, do_optimize: bool, method: str,
              optimize_samples: int, budget: str | None, checkpoint: str | None, resume: bool, out: str | None,
@@ -169,10 +172,14 @@ def evaluate(problem: str, model: str, schedules: str, solvers: str, steps: str,
     \b
     ays evaluate gmm-8x8 --solvers euler,dpmpp_2m_sde --steps 6,8,10 --out results/
     ays evaluate digits --model trained --schedules karras,loglinear,my.json --optimize
+
+    Under torchrun each run's samples (and --optimize's work) are shared out across the
+    ranks; every rank holds the single-process table, and rank 0 alone prints and writes it.
     """
     from .. import evaluate as ev
     from .. import problems
     from .. import solvers as solver_registry
+    from ..distributed import is_rank_zero
 
     prob = problems.get(problem)
     sched_list = split_list(schedules, "schedules")
@@ -211,7 +218,7 @@ def evaluate(problem: str, model: str, schedules: str, solvers: str, steps: str,
         optimised = _optimize_cells(denoiser, prob, solver_list, step_list, folder=folder, resume=resume,
                                     quiet=quiet, progress_bars=progress_bars, sigma_min=lo, sigma_max=hi, seed=0,
                                     method=method, model=label, samples=optimize_samples, budget=calls)
-        if out is not None and folder is not None and folder != out:  # the schedules beside the results too
+        if out is not None and folder is not None and folder != out and is_rank_zero():  # beside the results
             from ..evaluate.optimized import cell_paths
 
             os.makedirs(out, exist_ok=True)
@@ -227,8 +234,8 @@ def evaluate(problem: str, model: str, schedules: str, solvers: str, steps: str,
     finally:
         if bar is not None:
             bar.close()
-    click.echo(ev.format_table(rows, markdown=markdown))
-    if out is not None:
+    say(ev.format_table(rows, markdown=markdown))
+    if out is not None and is_rank_zero():
         meta = {"problem": problem, "model": model, "schedules": sched_list, "solvers": solver_list,
                 "steps": step_list, "seeds": seeds, "samples": samples, "optimize": do_optimize}
         paths = ev.write_results(rows, out, meta=meta)

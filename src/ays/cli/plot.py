@@ -7,6 +7,7 @@ import click
 from ..validate import AysError
 from ._defaults import KLUB_NOTE, KLUB_SAMPLES, noise_range, range_note
 from ._job import load_job
+from ._ranks import in_session, say
 from .schedule import resolve
 
 
@@ -23,12 +24,14 @@ from .schedule import resolve
               help="Monte Carlo chains per KLUB estimate for --klub.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedules.png", show_default=True)
+@in_session()
 def plot(schedules: tuple[str, ...], steps: int | None, sigma_min: float | None, sigma_max: float | None,
          klub_problem: str | None, samples: int, seed: int, out: str) -> None:
     """Plot SCHEDULES (heuristic names, published tables, ays-schedule/1 files) on a log-sigma axis.
 
     Heuristics span --sigma-min/--sigma-max, else the --klub problem's range, else
-    EDM's 0.002-80; published tables and files keep their own.
+    EDM's 0.002-80; published tables and files keep their own. Under torchrun the --klub
+    draws are shared out across the ranks; rank 0 alone prints and draws.
 
     \b
     ays plot schedule.json karras kl_optimal --steps 10 --klub gmm-8x8 -o compare.png
@@ -36,6 +39,7 @@ def plot(schedules: tuple[str, ...], steps: int | None, sigma_min: float | None,
     import torch
 
     from .. import schedules as S
+    from ..distributed import is_rank_zero
     from ..io import check_writable
     from ..plot import plot_schedules
     from ..validate import check_steps
@@ -57,12 +61,14 @@ def plot(schedules: tuple[str, ...], steps: int | None, sigma_min: float | None,
     if job is not None:
         from .. import klub
 
-        click.echo(KLUB_NOTE, err=True)
+        say(KLUB_NOTE, err=True)
         per_interval = {}
         for name, sig in named.items():
             est = klub(job.denoiser, job.data, sig, samples=samples, generator=torch.Generator().manual_seed(seed))
             per_interval[name] = est.per_interval
-            click.echo(f"{name}: KLUB {est.total:.5g} ± {est.total_stderr:.2g} on {samples:,} chains", err=True)
+            say(f"{name}: KLUB {est.total:.5g} ± {est.total_stderr:.2g} on {samples:,} chains", err=True)
+    if not is_rank_zero():
+        return
     plot_schedules(named, out, klub=per_interval)
     if heuristics:
         range_note(sigma_min, sigma_max, given)

@@ -10,6 +10,7 @@ import torch
 from ..validate import AysError
 from ._defaults import DEFAULT_SOLVER, model_range
 from ._job import load_job, model_options
+from ._ranks import in_session, say
 from .schedule import parse_options, resolve
 
 
@@ -32,6 +33,7 @@ from .schedule import parse_options, resolve
 @click.option("--scheduler", default=None, metavar="NAME",
               help="For --diffusers: the diffusers scheduler class of the ays column (default: the pipeline's, or "
                    "the schedule's solver's when the pipeline's takes no custom schedule, as SD 1.5's PNDM).")
+@in_session()
 def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple[str, ...], guidance_scale: float,
            latents: str | None, schedule_name: str, solver: str | None, steps: int | None, sigma_min: float | None,
            sigma_max: float | None, opts: tuple[str, ...], count: int, seed: int, out: str | None,
@@ -43,9 +45,13 @@ def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple
     \b
     ays sample gmm-8x8 --schedule schedule.json --solver dpmpp_2m_sde --plot gmm.png
     ays sample digits --model trained --schedule kl_optimal -n 10 --plot digits.png
+
+    Under torchrun the samples' rows are shared out across the ranks (the same samples as
+    one process); --diffusers's grid is made on rank 0 while the others wait.
     """
     from .. import sample as run_sample
     from .. import schedules, solvers
+    from ..distributed import from_rank_zero, is_rank_zero
     from ..io import atomic_write_bytes
 
     if count < 1:
@@ -62,11 +68,12 @@ def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple
         from ._job import diffusers_data_options
 
         grid, extra = plot or "ays-grid.png", diffusers_data_options()
-        ran = sample_grid(diffusers, schedule_name, list(prompts), grid, seed=seed, guidance_scale=guidance_scale,
-                          negative_prompt=extra["negative_prompt"], resolution=extra["resolution"],
-                          scheduler=scheduler)
-        click.echo(f"ays: {ran.get('note', 'with ' + ran['scheduler'])}", err=True)
-        click.echo(f"wrote {grid}", err=True)
+        # The pipeline's own loop cannot be shared out: rank 0 draws the grid, the others wait.
+        ran = from_rank_zero(sample_grid, diffusers, schedule_name, list(prompts), grid, seed=seed,
+                             guidance_scale=guidance_scale, negative_prompt=extra["negative_prompt"],
+                             resolution=extra["resolution"], scheduler=scheduler)
+        say(f"ays: {ran.get('note', 'with ' + ran['scheduler'])}", err=True)
+        say(f"wrote {grid}", err=True)
         return
     job = load_job(target, model, diffusers, prompts, guidance_scale, latents)
     sigmas = resolve(schedule_name, steps, sigma_min, sigma_max, {}, model_range(job))
@@ -78,15 +85,15 @@ def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple
         x = run_sample(job.denoiser, noise, schedules.to_sampling(sigmas), solver=solver, generator=g,
                        **parse_options(opts))
     calls = solvers.count_calls(solver, schedules.to_sampling(sigmas))
-    click.echo(f"{count} samples, {len(sigmas) - 1} steps of {solver}: {calls} denoiser calls per sample", err=True)
+    say(f"{count} samples, {len(sigmas) - 1} steps of {solver}: {calls} denoiser calls per sample", err=True)
     if out is not None:
         import io
 
         buf = io.BytesIO()
         torch.save(x, buf)
         atomic_write_bytes(out, buf.getvalue())
-        click.echo(f"wrote {out}", err=True)
-    if plot is not None:
+        say(f"wrote {out}", err=True)
+    if plot is not None and is_rank_zero():
         from ..plot import plot_samples
 
         ref = job.data(count, torch.Generator().manual_seed(seed + 1)) if callable(job.data) else None
@@ -112,5 +119,5 @@ def pick_solver(schedule_name: str, solver: str | None) -> str:
         return made_for or DEFAULT_SOLVER
     solvers.info(solver)  # an unknown name fails here, alone, not after the warning
     if made_for is not None and made_for != solver:
-        click.echo(f"ays: warning: {schedule_name} was optimised for {made_for}, sampling with {solver}", err=True)
+        say(f"ays: warning: {schedule_name} was optimised for {made_for}, sampling with {solver}", err=True)
     return solver

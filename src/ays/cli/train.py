@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import click
 
 from ..validate import AysError
+from ._ranks import in_session, say
 
 
 def parse_net_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -49,18 +51,21 @@ def default_net(shape: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
 @click.option("--out", "-o", "out", type=click.Path(dir_okay=False), required=True,
               help="Where to save the model (an ays-model/1 .pt file, written atomically).")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None, help="Also save the loss curve here.")
+@in_session(timeout=datetime.timedelta(days=7))
 def train(problem: str, steps: int, batch_size: int | None, lr: float, seed: int, ema: float,
           net_name: str | None, net_opts: tuple[str, ...], threads: int, out: str, plot: str | None) -> None:
     """Train an EDM denoiser on PROBLEM (e.g. gmm-8x8, digits) and save it to --out.
 
     The full command is recorded in the saved file (see ays.train.model_info); it
-    reproduces the weights exactly on the same machine and thread count.
+    reproduces the weights exactly on the same machine and thread count. Under torchrun
+    rank 0 trains alone while the other ranks wait (up to 7 days).
     """
     import torch
     from tqdm import tqdm
 
     from .. import nets, problems
     from .. import train as training
+    from ..distributed import from_rank_zero, world_size
     from ..validate import check_positive, check_steps
 
     # Refuse bad settings before anything is built or drawn.
@@ -92,30 +97,37 @@ def train(problem: str, steps: int, batch_size: int | None, lr: float, seed: int
         command += f" --net {net_name}"
     command += "".join(f" -N {o}" for o in net_opts) + f" --threads {threads} --out {out}"
 
-    bar = tqdm(total=steps, unit="step", desc=f"train {problem}", dynamic_ncols=True, leave=False)
-    last = [0]
+    def fit() -> None:
+        bar = tqdm(total=steps, unit="step", desc=f"train {problem}", dynamic_ncols=True, leave=False)
+        last = [0]
 
-    def progress(info: dict[str, Any]) -> None:
-        bar.update(info["step"] - last[0])
-        last[0] = info["step"]
-        bar.set_postfix(loss=f"{info['loss']:.4f}")
+        def progress(info: dict[str, Any]) -> None:
+            bar.update(info["step"] - last[0])
+            last[0] = info["step"]
+            bar.set_postfix(loss=f"{info['loss']:.4f}")
 
-    start = time.perf_counter()
-    try:
-        result = training.train(prob, net, steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema=ema,
-                                log_every=50, callback=progress)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
-    path = result.save(out, problem=problem, shape=list(prob.shape), command=command, seconds=round(seconds, 1),
-                       parameters=nets.num_parameters(net))
-    click.echo(f"saved {path}: {name} network, {nets.num_parameters(net)} parameters, final loss "
-               f"{result.final_loss():.4f} ± {result.final_loss_stderr():.4f} (mean ± standard error of the last "
-               f"{min(1000, steps)} steps), {seconds:.0f} s")
-    if plot:
-        # The exact denoiser's loss (the floor) is drawn for scale, as the Monte Carlo estimate it is:
-        # ideal_loss's default draws, a few seconds at most.
-        floor, floor_se = training.ideal_loss(prob, result.config["sigma_data"])
-        result.plot(plot, title=f"{problem}: {name} network, {steps} steps, batch {batch_size}, lr {lr:g}",
-                    floor=floor, floor_stderr=floor_se)
-        click.echo(f"saved {plot} (ideal denoiser's loss, a Monte Carlo estimate: {floor:.4f} ± {floor_se:.4f})")
+        start = time.perf_counter()
+        try:
+            result = training.train(prob, net, steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema=ema,
+                                    log_every=50, callback=progress)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        path = result.save(out, problem=problem, shape=list(prob.shape), command=command, seconds=round(seconds, 1),
+                           parameters=nets.num_parameters(net))
+        click.echo(f"saved {path}: {name} network, {nets.num_parameters(net)} parameters, final loss "
+                   f"{result.final_loss():.4f} ± {result.final_loss_stderr():.4f} (mean ± standard error of the last "
+                   f"{min(1000, steps)} steps), {seconds:.0f} s")
+        if plot:
+            # The exact denoiser's loss (the floor) is drawn for scale, as the Monte Carlo estimate it is:
+            # ideal_loss's default draws, a few seconds at most.
+            floor, floor_se = training.ideal_loss(prob, result.config["sigma_data"])
+            result.plot(plot, title=f"{problem}: {name} network, {steps} steps, batch {batch_size}, lr {lr:g}",
+                        floor=floor, floor_stderr=floor_se)
+            click.echo(f"saved {plot} (ideal denoiser's loss, a Monte Carlo estimate: {floor:.4f} ± {floor_se:.4f})")
+
+    # Training cannot be shared out (the gradient's sum over a batch would change): under torchrun
+    # rank 0 trains while the other ranks wait for it (the session's timeout is long enough).
+    if world_size() > 1:
+        say(f"ays train: under torchrun rank 0 trains alone; the other {world_size() - 1} rank(s) wait", err=True)
+    from_rank_zero(fit)

@@ -5,6 +5,8 @@ error; AYS, arXiv 2404.14507, §3.3 and App. A.3). :func:`evaluate` draws ``samp
 samples for every (schedule, solver, steps) and every seed, from common random numbers
 (:mod:`.seeds`), measures them against the truth (:mod:`.measure`), and summarises each
 cell over the seeds as a mean with a Student-t confidence interval (:mod:`.stats`).
+Under ``torchrun`` each run's rows are shared out by :func:`ays.sample` and every rank
+measures all of them, so every rank holds the single-process table.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed as _dist
 from .. import schedules as _schedules
 from .. import solvers as _solvers
 from ..data import Cond, Conditioned, conditioning, draw, event_shape, take
@@ -216,7 +219,7 @@ def evaluate(
                 ]
                 cost[key]["seconds"] += time.perf_counter() - start
                 x = torch.cat(parts)
-                cost[key]["calls"] += counted.rows
+                cost[key]["calls"] += _dist.all_sum(counted.rows)  # under torchrun each rank ran its share
                 cost[key]["nfe"] = _solvers.count_calls(solver, _schedules.to_sampling(sigmas))
                 for metric in metric_list:
                     for col, value in measure(metric, x, sigmas, ctx).items():
