@@ -112,7 +112,7 @@ def load_job(target: str | None, model: str = "exact", diffusers: str | None = N
 
 
 #: the --diffusers data options, passed through the commands untouched (click ``expose_value=False``)
-DIFFUSERS_DATA_OPTIONS = ("prompts_file", "images", "captions", "resolution", "negative_prompt")
+DIFFUSERS_DATA_OPTIONS = ("prompts_file", "images", "captions", "resolution", "negative_prompt", "frames")
 
 
 def _keep_diffusers_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -150,11 +150,14 @@ def model_options(f: Any) -> Any:
               ("--prompts", "prompts_file", "FILE", "For --diffusers: a prompt file (one a line); the model's own "
                                                     "samples of them are the data (cached on disk)."),
               ("--images", "images", "DIR", "For --diffusers: a folder of captioned images (metadata.jsonl or "
-                                            "NAME.txt beside each image)."),
+                                            "NAME.txt beside each image); for image-to-video (SVD), the "
+                                            "conditioning images."),
               ("--captions", "captions", "FILE", "For --diffusers --latents: a caption file, one line per row."),
               ("--resolution", "resolution", "HxW", "For --diffusers: the image size, 1024 or HxW (default: the "
                                                     "model's)."),
-              ("--negative-prompt", "negative_prompt", "TEXT", "For --diffusers: the negative prompt of guidance."))],
+              ("--negative-prompt", "negative_prompt", "TEXT", "For --diffusers: the negative prompt of guidance."),
+              ("--frames", "frames", "N", "For --diffusers video pipelines (SVD, Wan): the number of frames "
+                                          "(default: the pipeline's)."))],
     ]
     for opt in reversed(opts):
         f = opt(f)

@@ -60,7 +60,8 @@ def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple
 
         grid, extra = plot or "ays-grid.png", diffusers_data_options()
         sample_grid(diffusers, schedule_name, list(prompts), grid, seed=seed, guidance_scale=guidance_scale,
-                    negative_prompt=extra["negative_prompt"], resolution=extra["resolution"])
+                    negative_prompt=extra["negative_prompt"], resolution=extra["resolution"], images=extra["images"],
+                    frames=extra["frames"])
         click.echo(f"wrote {grid}", err=True)
         return
     job = load_job(target, model, diffusers, prompts, guidance_scale, latents)
