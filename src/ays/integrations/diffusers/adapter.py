@@ -76,6 +76,7 @@ def noise_from_scheduler(scheduler: Any) -> NoiseSchedule:
       schedule, not the map between sigma and t) and the training range
       ``t in [1/N, 1 - 1/N]`` (``N = num_train_timesteps``);
     - EDM (``EDMEulerScheduler``): :class:`~ays.noise.EDM` with its sigma range;
+    - Euler with ``timestep_type="continuous"`` and v prediction (SVD): :class:`~.route.ContinuousEuler`;
     - DDPM-style (``alphas_cumprod``): :class:`~ays.noise.DiscreteVP` of that table.
     """
     cfg = _config(scheduler)
@@ -85,6 +86,10 @@ def noise_from_scheduler(scheduler: Any) -> NoiseSchedule:
         return Flow(shift=shift, sigma_min=1.0 / (n - 1), sigma_max=float(n - 1))
     if hasattr(scheduler, "precondition_noise") and "sigma_schedule" in cfg:
         return EDM(sigma_min=float(cfg["sigma_min"]), sigma_max=float(cfg["sigma_max"]))
+    if cfg.get("timestep_type") == "continuous" and cfg.get("prediction_type") == "v_prediction":
+        from .route import ContinuousEuler  # SVD: continuous sigmas, timestep 0.25·log(sigma)
+
+        return ContinuousEuler(float(cfg.get("sigma_min") or 0.002), float(cfg.get("sigma_max") or 700.0))
     if hasattr(scheduler, "alphas_cumprod"):
         return DiscreteVP(torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64))
     raise AysError(f"cannot tell the noise schedule of {type(scheduler).__name__}: it has no alphas_cumprod "
