@@ -1,4 +1,4 @@
-"""Denoiser calls per second, peak memory and minutes per schedule for SD 1.5, SDXL, Flux, Wan 2.1 and SVD-sized networks.
+"""Denoiser calls per second, peak memory and minutes per schedule: SD 1.5, SDXL, Flux, Wan 2.1 and SVD sizes.
 
 One command for a GPU machine (under 8 minutes on one H200; every section stops at its own
 time limit)::
