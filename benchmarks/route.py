@@ -7,10 +7,11 @@ On the same tiny random pipeline (tests/tiny_pipelines.py: 16 px images, 8x8 lat
 (``family_of(pipe).denoiser``, one batched network call), the route with per-row timesteps (one
 pipeline step for the batch), and the route serving each level apart (``row_times=False``: one
 step per distinct level). Two batches: every row at one level (a solver step), and every row at
-its own level (the KLUB's draws). Each figure is the best (minimum) time over ``--repeats`` runs
-after a warm-up, as ``timeit`` does: other processes only ever add time; ``spread`` is the slowest
-run over the fastest. At these toy sizes the network is cheap, so the route's fixed cost per step
-(the pipeline's Python, thread hand-over) shows in full; on a real model the network dominates both.
+its own level (the KLUB's draws). Each figure is the best (minimum) time over ``--repeats`` rounds
+after a warm-up, as ``timeit`` does (other processes only ever add time), the three ways taking
+turns within each round; ``spread`` is the slowest run over the fastest. At these toy sizes the
+network is cheap, so the route's fixed cost per step (the pipeline's Python, thread hand-over)
+shows in full; on a real model the network dominates both.
 Results (CSV, JSON, markdown, by :mod:`_harness`): ``benchmarks/results/route[-quick]/``.
 """
 
@@ -32,15 +33,18 @@ except ImportError:  # pragma: no cover
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny pipelines' builders
 
 
-def _best(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, float]:
-    """``(fastest, slowest)`` seconds of ``fn`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _interleaved(ways: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, tuple[float, float]]:
+    """``{way: (fastest, slowest)}`` seconds over ``repeats`` rounds after a warm-up round; each round runs
+    every way once, in turn, so that a load on the machine falls on all of them alike."""
+    for fn in ways.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times), max(times)
+    times: dict[str, list[float]] = {w: [] for w in ways}
+    for _ in range(repeats):
+        for way, fn in ways.items():
+            start = time.perf_counter()
+            fn()
+            times[way].append(time.perf_counter() - start)
+    return {w: (min(t), max(t)) for w, t in times.items()}
 
 
 def measure(name: str, root: Path, batch: int, repeats: int) -> list[dict]:
@@ -75,8 +79,7 @@ def measure(name: str, root: Path, batch: int, repeats: int) -> list[dict]:
             err = ((unpack(got, 8, 8) if flux else got) - want).norm() / want.norm()
             assert err < 1e-4, f"{name} {way}: the route differs from the adapter by {err:.2e}"
             ways[way] = (lambda d=d, loop=loop, sigma=sigma: d(loop, sigma, condition=index))
-        for way, fn in ways.items():
-            fast, slow = _best(fn, repeats)
+        for way, (fast, slow) in _interleaved(ways, repeats).items():
             out.append({"family": name, "batch": case, "way": way, "calls_per_s": batch / fast,
                         "ms_per_call": 1e3 * fast / batch, "spread": slow / fast})
     base = {r["batch"]: r["calls_per_s"] for r in out if r["way"] == "adapter"}

@@ -218,3 +218,19 @@ def test_optimize_schedule_and_sample_commands(folders: dict[str, Path], images:
     code, _, err = _run(["sample", "--diffusers", str(folders[name]), "--schedule", str(out), *data,
                          "--plot", str(grid)], capsys)
     assert code == 0 and grid.is_file(), err
+
+
+def test_the_default_method_runs_on_video_latents_with_their_prompts(folders: dict[str, Path]) -> None:
+    """Wan's [C, F, h, w] latents, two prompts: table, teacher, candidates, refinement and gate within the budget."""
+    from ays.integrations.diffusers import load_diffusers_job
+
+    job = load_diffusers_job(folders["wan"], prompts=["a cat", "a dog"], resolution=str(T.ROUTED_RESOLUTION["wan"]),
+                             frames=T.FRAMES["wan"], guidance_scale=2.0, sample_steps=8)
+    assert job.data.x.shape == (2, 4, 2, 4, 4) and job.data.cond["condition"].tolist() == [0, 1]
+    init = job.init(3)
+    res = ays.optimize(job.denoiser, job.data, steps=3, sigma_min=float(init[-1]), sigma_max=float(init[0]),
+                       init=init, budget=3000, seed=0)
+    s = res.sigmas
+    assert 0 < res.calls <= 3000 and s.numel() == 4 and bool((s[1:] < s[:-1]).all())
+    assert float(s[0]) == pytest.approx(float(init[0])) and float(s[-1]) == pytest.approx(float(init[-1]))
+    job.route.close()
