@@ -20,11 +20,11 @@ import torch
 
 FAMILIES = ("sd15", "sd2v", "sdxl", "sd3", "sd3_no_t5", "flux", "flux_schnell")
 #: Pipelines of no family of their own, driven through their own ``__call__`` (the route).
-ROUTED = ("svd", "wan", "pixart_sigma")
+ROUTED = ("svd", "wan", "pixart_sigma", "chroma")
 #: Frames of the tiny video pipelines (Wan's VAE: 1 + 4k frames -> 1 + k latent frames).
 FRAMES = {"svd": 3, "wan": 5}
 #: Their image sides in pixels (Wan's VAE downsamples 8x: 32 px are 4x4 latents, 2x2 tokens a frame).
-ROUTED_RESOLUTION = {"svd": 16, "wan": 32, "pixart_sigma": 16}
+ROUTED_RESOLUTION = {"svd": 16, "wan": 32, "pixart_sigma": 16, "chroma": 16}
 #: Image side length in pixels each tiny pipeline samples at by default (VAE factor 2: 8x8 latents).
 RESOLUTION = 16
 
@@ -216,6 +216,21 @@ def _pixart_sigma() -> Any:
                                          transformer=transformer, scheduler=scheduler)
 
 
+def _chroma() -> Any:
+    """Chroma's layout (T5 only, a Flux-like transformer whose modulation comes from an approximator, no CLIP)."""
+    import diffusers
+
+    transformer = diffusers.ChromaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=16, axes_dims_rope=(2, 2, 4), approximator_num_channels=8, approximator_hidden_dim=16,
+        approximator_layers=1).eval()
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=4,
+        max_image_seq_len=64)
+    return diffusers.ChromaPipeline(scheduler=scheduler, vae=_vae(shift_factor=0.1), text_encoder=_t5_encoder(16),
+                                    tokenizer=t5_tokenizer(), transformer=transformer)
+
+
 def make(family: str, folder: Path, seed: int = 0) -> Any:
     """The tiny pipeline of ``family`` (one of :data:`FAMILIES` or :data:`ROUTED`), random weights from ``seed``."""
     torch.manual_seed(seed)
@@ -223,7 +238,7 @@ def make(family: str, folder: Path, seed: int = 0) -> Any:
                 "sdxl": lambda: _sdxl(folder), "sd3": lambda: _sd3(folder, True),
                 "sd3_no_t5": lambda: _sd3(folder, False), "flux": lambda: _flux(folder, True),
                 "flux_schnell": lambda: _flux(folder, False), "svd": _svd, "wan": _wan,
-                "pixart_sigma": _pixart_sigma}
+                "pixart_sigma": _pixart_sigma, "chroma": _chroma}
     pipe = builders[family]()
     pipe.set_progress_bar_config(disable=True)
     return pipe
