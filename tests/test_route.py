@@ -234,3 +234,29 @@ def test_the_default_method_runs_on_video_latents_with_their_prompts(folders: di
     assert 0 < res.calls <= 3000 and s.numel() == 4 and bool((s[1:] < s[:-1]).all())
     assert float(s[0]) == pytest.approx(float(init[0])) and float(s[-1]) == pytest.approx(float(init[-1]))
     job.route.close()
+
+
+def test_out_of_memory_in_the_pipeline_backs_off_to_fewer_rows(folders: dict[str, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA out-of-memory error inside the suspended call reaches ays' back-off, which halves the rows."""
+    from ays.device import ModelCall
+
+    pipe = load_pipeline(folders["pixart_sigma"])
+    route = PipelineRoute(pipe, _conditions("pixart_sigma", Path()), _call("pixart_sigma"))
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 2
+    sigma, index = torch.full((4,), 2.0), torch.tensor([0, 0, 0, 0])
+    with torch.no_grad():
+        want = route.denoiser()(x, sigma, condition=index)
+        forward = pipe.transformer.forward
+
+        def small(hidden_states: torch.Tensor, *args: object, **kwargs: object) -> object:
+            if hidden_states.shape[0] > 2:  # guidance doubles the rows: more than one row runs out
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+            return forward(hidden_states, *args, **kwargs)
+
+        monkeypatch.setattr(pipe.transformer, "forward", small)
+        call = ModelCall(route.denoiser())
+        got = call(x, sigma, condition=index)
+    route.close()
+    assert call.max_rows == 1
+    assert _rel(got, want) < 1e-5

@@ -178,6 +178,8 @@ class Server:
                                       "at the requested level: the route needs a loop that calls scheduler.step"))
         except Stop:
             pass
+        except torch.cuda.OutOfMemoryError as e:  # for the caller's back-off to fewer rows (ays.device.ModelCall)
+            self.results.put(e)
         except Exception as e:  # the pipeline's own error, reported to the caller in one line
             self.results.put(AysError(f"{type(self.pipe).__name__} failed under the route: "
                                       f"{type(e).__name__}: {e}".splitlines()[0]))
@@ -191,7 +193,7 @@ class Server:
         else:
             self.requests.put(request)
         out = self.results.get()
-        if isinstance(out, AysError):
+        if isinstance(out, (AysError, torch.cuda.OutOfMemoryError)):
             self.thread.join()
             self.thread = None
             raise out

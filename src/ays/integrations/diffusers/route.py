@@ -198,7 +198,7 @@ class PipelineRoute:
             level = timestep.to(self.device) if isinstance(timestep, Tensor) else float(timestep)
             try:
                 return server.evaluate(Request(x_model.to(self.device), level, float(sigma)))
-            except AysError:
+            except (AysError, torch.cuda.OutOfMemoryError):
                 del self.servers[key]  # its call has ended; the next request starts a fresh one
                 raise
             finally:
