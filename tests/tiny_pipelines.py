@@ -20,11 +20,11 @@ import torch
 
 FAMILIES = ("sd15", "sd2v", "sdxl", "sd3", "sd3_no_t5", "flux", "flux_schnell")
 #: Pipelines of no family of their own, driven through their own ``__call__`` (the route).
-ROUTED = ("svd", "wan", "pixart_sigma", "chroma")
+ROUTED = ("svd", "wan", "ltx", "pixart_sigma", "chroma")
 #: Frames of the tiny video pipelines (Wan's VAE: 1 + 4k frames -> 1 + k latent frames).
-FRAMES = {"svd": 3, "wan": 5}
+FRAMES = {"svd": 3, "wan": 5, "ltx": 9}
 #: Their image sides in pixels (Wan's VAE downsamples 8x: 32 px are 4x4 latents, 2x2 tokens a frame).
-ROUTED_RESOLUTION = {"svd": 16, "wan": 32, "pixart_sigma": 16, "chroma": 16}
+ROUTED_RESOLUTION = {"svd": 16, "wan": 32, "ltx": 32, "pixart_sigma": 16, "chroma": 16}
 #: Image side length in pixels each tiny pipeline samples at by default (VAE factor 2: 8x8 latents).
 RESOLUTION = 16
 
@@ -202,6 +202,28 @@ def _wan() -> Any:
                                  transformer=transformer, vae=vae, scheduler=scheduler)
 
 
+def _ltx() -> Any:
+    """LTX-Video's layout (T5, a 3-D transformer on packed tokens, its video VAE) and its shifting scheduler."""
+    import diffusers
+
+    vae = diffusers.AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1,
+        patch_size_t=1, encoder_causal=True, decoder_causal=False).eval()
+    transformer = diffusers.LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, num_layers=1, caption_channels=16).eval()
+    # as released (0.9.1): dynamic shift by token count, stretched to end at shift_terminal
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096,
+        shift_terminal=0.1)
+    return diffusers.LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=_t5_encoder(16), tokenizer=t5_tokenizer(),
+                                 transformer=transformer)
+
+
 def _pixart_sigma() -> Any:
     """PixArt-Σ's layout (T5, a DiT with learned variance) and its DPM-Solver scheduler."""
     import diffusers
@@ -237,7 +259,7 @@ def make(family: str, folder: Path, seed: int = 0) -> Any:
     builders = {"sd15": lambda: _sd(folder, "epsilon"), "sd2v": lambda: _sd(folder, "v_prediction"),
                 "sdxl": lambda: _sdxl(folder), "sd3": lambda: _sd3(folder, True),
                 "sd3_no_t5": lambda: _sd3(folder, False), "flux": lambda: _flux(folder, True),
-                "flux_schnell": lambda: _flux(folder, False), "svd": _svd, "wan": _wan,
+                "flux_schnell": lambda: _flux(folder, False), "svd": _svd, "wan": _wan, "ltx": _ltx,
                 "pixart_sigma": _pixart_sigma, "chroma": _chroma}
     pipe = builders[family]()
     pipe.set_progress_bar_config(disable=True)

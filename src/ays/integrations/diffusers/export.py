@@ -10,6 +10,7 @@ is duck-typed.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 from collections.abc import Mapping
@@ -305,6 +306,7 @@ def fixed_schedule(scheduler: Any, kwargs: dict[str, Any]) -> Any:
     fixed = copy.deepcopy(scheduler)
     inner = fixed.set_timesteps
 
+    @functools.wraps(inner)  # its signature too: pipelines look for sigmas= in it (retrieve_timesteps)
     def set_timesteps(*args: Any, device: Any = None, **ignored: Any) -> None:
         inner(device=device, **copy.deepcopy(kwargs))
 

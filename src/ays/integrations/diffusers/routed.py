@@ -170,7 +170,7 @@ def _info(route: PipelineRoute, call: dict[str, Any], source: dict[str, Any], ro
     """What the schedule file records: the pipeline, its parametrisation, the scheduler and its shift."""
     sched = route.original
     cfg = dict(sched.config)
-    _, mu = route.default_schedule(1)
+    _, mu = route.default_schedule(2)  # mu is set by the image size (2 steps: LTX stretches 1 step to NaN)
     shift: dict[str, Any] | None = None
     if isinstance(route.noise, Flow):
         shift = ({"kind": "dynamic", "mu": mu} if cfg.get("use_dynamic_shifting") else
