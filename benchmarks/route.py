@@ -1,4 +1,4 @@
-"""Denoiser calls per second of the route (the pipeline's own ``__call__``) against a family's own adapter.
+"""Denoiser calls per CPU second of the route (the pipeline's own ``__call__``) against a family's own adapter.
 
     python benchmarks/route.py [--quick] [--families sd15,sd3,flux] [--batch 8] [--repeats 7] [--threads 1]
 
@@ -7,11 +7,12 @@ On the same tiny random pipeline (tests/tiny_pipelines.py: 16 px images, 8x8 lat
 (``family_of(pipe).denoiser``, one batched network call), the route with per-row timesteps (one
 pipeline step for the batch), and the route serving each level apart (``row_times=False``: one
 step per distinct level). Two batches: every row at one level (a solver step), and every row at
-its own level (the KLUB's draws). Each figure is the best (minimum) time over ``--repeats`` rounds
-after a warm-up, as ``timeit`` does (other processes only ever add time), the three ways taking
-turns within each round; ``spread`` is the slowest run over the fastest. At these toy sizes the
-network is cheap, so the route's fixed cost per step (the pipeline's Python, thread hand-over)
-shows in full; on a real model the network dominates both.
+its own level (the KLUB's draws). Each figure is the best (minimum) CPU time of this process (all
+its threads: the route's suspended calls run in threads of their own) over ``--repeats`` rounds
+after a warm-up, the three ways taking turns within each round: on a shared machine the wall time
+measures the other processes as much as this one; ``spread`` is the slowest round over the fastest.
+At these toy sizes the network is cheap, so the route's fixed cost per step (the pipeline's Python,
+thread hand-over) shows in full; on a real model the network dominates both.
 Results (CSV, JSON, markdown, by :mod:`_harness`): ``benchmarks/results/route[-quick]/``.
 """
 
@@ -34,16 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the ti
 
 
 def _interleaved(ways: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, tuple[float, float]]:
-    """``{way: (fastest, slowest)}`` seconds over ``repeats`` rounds after a warm-up round; each round runs
-    every way once, in turn, so that a load on the machine falls on all of them alike."""
+    """``{way: (fastest, slowest)}`` CPU seconds (this process, all its threads) over ``repeats`` rounds after a
+    warm-up round; each round runs every way once, in turn, so that a load on the machine falls on all alike."""
     for fn in ways.values():
         fn()
     times: dict[str, list[float]] = {w: [] for w in ways}
     for _ in range(repeats):
         for way, fn in ways.items():
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            times[way].append(time.perf_counter() - start)
+            times[way].append(time.process_time() - start)
     return {w: (min(t), max(t)) for w, t in times.items()}
 
 
@@ -81,7 +82,7 @@ def measure(name: str, root: Path, batch: int, repeats: int) -> list[dict]:
             ways[way] = (lambda d=d, loop=loop, sigma=sigma: d(loop, sigma, condition=index))
         for way, (fast, slow) in _interleaved(ways, repeats).items():
             out.append({"family": name, "batch": case, "way": way, "calls_per_s": batch / fast,
-                        "ms_per_call": 1e3 * fast / batch, "spread": slow / fast})
+                        "cpu_ms_per_call": 1e3 * fast / batch, "spread": slow / fast})
     base = {r["batch"]: r["calls_per_s"] for r in out if r["way"] == "adapter"}
     for r in out:
         r["vs_adapter"] = r["calls_per_s"] / base[r["batch"]]
@@ -101,16 +102,16 @@ def main(argv: Sequence[str] | None = None) -> str:
     with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
         for name in args.families.split(","):
             for r in measure(name, Path(tmp), args.batch, args.repeats):
-                print(f"{r['family']:<6} {r['batch']:<10} {r['way']:<20} {r['calls_per_s']:>9.1f} calls/s "
+                print(f"{r['family']:<6} {r['batch']:<10} {r['way']:<20} {r['calls_per_s']:>9.1f} calls per CPU s "
                       f"{r['vs_adapter']:>6.2f}x  spread {r['spread']:.2f}")
                 rows.append(r)
     H.write_rows(rows, args.out, "route", cmd=args.command, meta={"setting": setting})
     table = H.markdown_table(
-        ["family", "batch", "way", "calls/s", "ms/call", "× adapter", "spread"],
-        [[r["family"], r["batch"], r["way"], f"{r['calls_per_s']:.1f}", f"{r['ms_per_call']:.2f}",
+        ["family", "batch", "way", "calls per CPU s", "CPU ms/call", "× adapter", "spread"],
+        [[r["family"], r["batch"], r["way"], f"{r['calls_per_s']:.1f}", f"{r['cpu_ms_per_call']:.2f}",
           f"{r['vs_adapter']:.2f}", f"{r['spread']:.2f}"] for r in rows])
     return H.write_markdown(args.out, "route", "## The route against the families' adapters",
-                            [setting, H.machine_line()], [("", table)], args.command)
+                            [setting], [("", table)], args.command)
 
 
 if __name__ == "__main__":
