@@ -39,7 +39,6 @@ import math
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,10 +47,11 @@ from torch import nn
 from ...denoisers import ModelDenoiser
 from ...noise import DiscreteVP, Flow, NoiseSchedule
 from ...validate import AysError
+from .adapter import noise_from_scheduler, prediction_from_scheduler
 from .flow import PURE_NOISE_SIGMA
 from .probe import ProbeScheduler, Request, RowTimes, Server, Stop, close_all
 
-__all__ = ["CONDITION", "ContinuousEuler", "PipelineRoute", "RouteNetwork", "RowTimes", "driving_problem",
+__all__ = ["CONDITION", "PipelineRoute", "RouteNetwork", "RowTimes", "driving_problem",
            "parametrisation"]
 
 Tensor = torch.Tensor
@@ -63,59 +63,20 @@ CONDITION = "condition"
 _PER_PROMPT = ("num_images_per_prompt", "num_videos_per_prompt")
 
 
-@dataclass(frozen=True)
-class ContinuousEuler:
-    """Euler with ``timestep_type="continuous"`` (SVD): VP-scaled inputs, timestep ``t = 0.25·log σ``.
-
-    The EDM preconditioning with ``σ_data = 1`` (Karras et al. 2022, Table 1, ``c_noise``):
-    ``x_model = x/sqrt(1 + σ²)``, ``alpha = 1/sqrt(1 + σ²)``, as diffusers' ``scale_model_input``.
-    """
-
-    sigma_min: float = 0.002
-    sigma_max: float = 700.0
-
-    def sigma(self, t: Tensor | float) -> Tensor:
-        return torch.exp(4 * torch.as_tensor(t, dtype=torch.float64))
-
-    def t(self, sigma: Tensor | float) -> Tensor:
-        return 0.25 * torch.as_tensor(sigma, dtype=torch.float64).log()
-
-    def alpha(self, sigma: Tensor | float) -> Tensor:
-        return torch.rsqrt(1 + torch.as_tensor(sigma, dtype=torch.float64) ** 2)
-
-
-def _config(scheduler: Any) -> Mapping[str, Any]:
-    return getattr(scheduler, "config", {}) or {}
-
-
-def _is_flow(scheduler: Any) -> bool:
-    return "FlowMatch" in type(scheduler).__name__ or bool(_config(scheduler).get("use_flow_sigmas", False))
-
-
 def parametrisation(scheduler: Any) -> tuple[NoiseSchedule, str, float]:
     """``(noise, prediction, time_scale)`` of the network a diffusers scheduler drives.
 
-    ``time_scale · noise.t(σ)`` is the scheduler's own timestep for ``σ``.
+    ``time_scale · noise.t(σ)`` is the scheduler's own timestep for ``σ`` (flow matching: ``1000·t``).
+    A flow model's top level is pure noise, :data:`~.flow.PURE_NOISE_SIGMA`.
     """
-    cfg = _config(scheduler)
-    name = type(scheduler).__name__
-    n = int(cfg.get("num_train_timesteps", 1000))
-    if _is_flow(scheduler):
-        shift = float(getattr(scheduler, "shift", None) or cfg.get("shift") or cfg.get("flow_shift") or 1.0)
-        return Flow(shift=shift, sigma_min=1.0 / (n - 1), sigma_max=PURE_NOISE_SIGMA), "flow", float(n)
     if hasattr(scheduler, "precondition_inputs"):
-        raise AysError(f"{name} preconditions the network itself (EDM); the route drives DDPM-style, Euler and "
-                       "flow-matching schedulers")
-    kind = str(cfg.get("prediction_type", "epsilon"))
-    predictions = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
-    if kind not in predictions:
-        raise AysError(f"{name} has prediction_type={kind!r}; the route knows {', '.join(predictions)}")
-    if cfg.get("timestep_type") == "continuous" and kind == "v_prediction":
-        return ContinuousEuler(float(cfg.get("sigma_min") or 0.002), float(cfg.get("sigma_max") or 700.0)), "v", 1.0
-    if hasattr(scheduler, "alphas_cumprod"):
-        return DiscreteVP(torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64)), predictions[kind], 1.0
-    raise AysError(f"cannot tell the noise parametrisation of {name}: it has no alphas_cumprod and is not a "
-                   "flow-matching scheduler")
+        raise AysError(f"{type(scheduler).__name__} preconditions the network itself (EDM); the route drives "
+                       "DDPM-style, Euler and flow-matching schedulers")
+    noise, prediction = noise_from_scheduler(scheduler), prediction_from_scheduler(scheduler)
+    if isinstance(noise, Flow):
+        n = float(scheduler.config.get("num_train_timesteps", 1000))
+        return Flow(shift=noise.shift, sigma_min=noise.sigma_min, sigma_max=PURE_NOISE_SIGMA), prediction, n
+    return noise, prediction, 1.0
 
 
 def driving_problem(pipe: Any) -> str | None:
