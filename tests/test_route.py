@@ -260,3 +260,34 @@ def test_out_of_memory_in_the_pipeline_backs_off_to_fewer_rows(folders: dict[str
     route.close()
     assert call.max_rows == 1
     assert _rel(got, want) < 1e-5
+
+
+def test_a_pipeline_that_never_steps_its_scheduler_is_named() -> None:
+    class NoLoop:
+        """Takes prompts and latents, returns them: no scheduler.step in its __call__."""
+
+        def __init__(self) -> None:
+            self.scheduler = diffusers.DDPMScheduler()
+
+        def __call__(self, prompt: str = "", latents: torch.Tensor | None = None, output_type: str = "pil",
+                     num_inference_steps: int = 50) -> tuple:
+            return (latents,)
+
+    route = PipelineRoute(NoLoop(), [{"prompt": "a cat"}])
+    with pytest.raises(ays.validate.AysError, match="NoLoop returned without stepping its scheduler"):
+        route.denoiser()(torch.randn(1, 4, 8, 8), torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize(("name", "args", "says"), [
+    ("pixart_sigma", ["--prompt", "a cat", "--frames", "5"], "makes no video"),
+    ("svd", ["--images", "IMAGES", "--guidance-scale", "2"], "takes no guidance_scale"),
+    ("svd", ["--prompt", "a cat"], "conditioned on images"),
+    ("wan", ["--images", "IMAGES"], "takes no image="),
+])
+def test_bad_input_to_a_routed_pipeline_is_exit_2_and_one_line(folders: dict[str, Path], images: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str], name: str,
+                                                               args: list[str], says: str) -> None:
+    code, _, err = _run(["optimize", "--diffusers", str(folders[name]), *[str(images) if a == "IMAGES" else a
+                                                                         for a in args],
+                         "--steps", "3", "--out", str(tmp_path / "s.json"), "-q"], capsys)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
