@@ -257,6 +257,10 @@ class RouteNetwork(nn.Module):
     def __init__(self, route: PipelineRoute) -> None:
         super().__init__()
         self.route = route
+        # the pipeline's network as a submodule: ays reads the denoiser's device and dtype from its parameters
+        nets = [getattr(route.pipe, n, None) for n in ("transformer", "unet")]
+        nets += list(getattr(route.pipe, "components", {}).values())
+        self.net = next((m for m in nets if isinstance(m, nn.Module) and any(True for _ in m.parameters())), None)
 
     def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
         route = self.route
