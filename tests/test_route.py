@@ -291,3 +291,16 @@ def test_bad_input_to_a_routed_pipeline_is_exit_2_and_one_line(folders: dict[str
                                                                          for a in args],
                          "--steps", "3", "--out", str(tmp_path / "s.json"), "-q"], capsys)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_row_times_tile_over_the_guidance_branches() -> None:
+    """``t.expand(k·m)`` of m rows' levels is the m levels k times ([uncond; cond]); one number cannot be read."""
+    from ays.integrations.diffusers.probe import RowTimes
+
+    t = torch.tensor([3.0, 7.0]).as_subclass(RowTimes)
+    assert t.expand(4).tolist() == [3.0, 7.0, 3.0, 7.0] and t.expand(2).tolist() == [3.0, 7.0]
+    assert isinstance(t.to(torch.float64), RowTimes) and (t / 1000).tolist() == pytest.approx([0.003, 0.007])
+    with pytest.raises(RuntimeError):
+        t.expand(3)
+    with pytest.raises((RuntimeError, ValueError)):
+        float(t)
