@@ -1,4 +1,4 @@
-"""Denoiser calls per second, peak memory and minutes per schedule for SD 1.5, SDXL and Flux-sized networks.
+"""Denoiser calls per second, peak memory and minutes per schedule: SD 1.5, SDXL, Flux, Wan 2.1 and SVD sizes.
 
 One command for a GPU machine (under 8 minutes on one H200; every section stops at its own
 time limit)::
@@ -24,7 +24,8 @@ bfloat16, the network converted with ``.to(dtype)``):
    wall time, against the rate of (1).
 
 Results: ``<out>/gpu.json`` (rows, the command, the machine), ``gpu.csv``, ``gpu.md``.
-(Over 450 lines because the three released configs and their tiny twins are written out.)
+A call of a video model is one clip (Wan 2.1 1.3B at 480x832, 81 frames; SVD-XT at 576x1024, 25 frames).
+(Over 450 lines because the five released configs and their tiny twins are written out.)
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ except ImportError:  # pragma: no cover
 BUDGET_CALLS = 50_000
 
 #: Time limits (seconds) of the sections on a GPU; the whole run stays under 8 minutes on one H200.
-LIMITS = {"sd15": 60.0, "sdxl": 90.0, "flux": 150.0, "optimize": 60.0}
+LIMITS = {"sd15": 45.0, "sdxl": 60.0, "flux": 120.0, "wan2.1-1.3b": 90.0, "svd-xt": 60.0, "optimize": 45.0}
 #: The same for ``--tiny`` on the CPU.
-TINY_LIMITS = {"sd15": 2.0, "sdxl": 2.0, "flux": 2.0, "optimize": 4.0}
+TINY_LIMITS = {"sd15": 2.0, "sdxl": 2.0, "flux": 2.0, "wan2.1-1.3b": 2.0, "svd-xt": 2.0, "optimize": 4.0}
 #: Largest batch tried, and the time each batch size is measured for (after one warm-up call).
 MAX_BATCH, TINY_MAX_BATCH = 1024, 8
 MIN_SECONDS, TINY_MIN_SECONDS = 1.0, 0.05
@@ -148,6 +149,80 @@ FLUX_SCHEDULER: dict[str, Any] = {
 #: FLUX.1-dev's default guidance (FluxPipeline's guidance_scale), fed to its guidance embedding.
 FLUX_GUIDANCE = 3.5
 
+#: Wan 2.1's text-to-video transformer: Wan-AI/Wan2.1-T2V-1.3B-Diffusers, transformer/config.json. 30 blocks of
+#: 12 heads x 128 = 1536 hidden, umT5-XXL's 4096-wide tokens; 1x2x2 patches of 16-channel video latents.
+WAN_TRANSFORMER: dict[str, Any] = {
+    "patch_size": [1, 2, 2],
+    "num_attention_heads": 12,
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 8960,
+    "num_layers": 30,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "image_dim": None,
+    "added_kv_proj_dim": None,
+    "rope_max_seq_len": 1024,
+}
+#: A transformer of Wan's architecture, small.
+TINY_WAN_TRANSFORMER: dict[str, Any] = {
+    **WAN_TRANSFORMER, "num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 4, "out_channels": 4,
+    "text_dim": 16, "freq_dim": 16, "ffn_dim": 24, "num_layers": 1, "rope_max_seq_len": 32,
+}
+#: Wan 2.1's scheduler: UniPC on flow sigmas, flow_shift 3.0 (480p), scheduler/scheduler_config.json.
+WAN_SCHEDULER: dict[str, Any] = {
+    "_class_name": "UniPCMultistepScheduler",
+    "num_train_timesteps": 1000,
+    "prediction_type": "flow_prediction",
+    "use_flow_sigmas": True,
+    "flow_shift": 3.0,
+}
+
+#: Stable Video Diffusion's UNet: stabilityai/stable-video-diffusion-img2vid-xt, unet/config.json (25 frames;
+#: 8 in-channels = the noisy latents and the conditioning image's latents; 768 = 3 added time ids x 256).
+SVD_UNET: dict[str, Any] = {
+    "sample_size": 96,
+    "in_channels": 8,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
+    "up_block_types": ["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 768,
+    "layers_per_block": 2,
+    "cross_attention_dim": 1024,
+    "transformer_layers_per_block": 1,
+    "num_attention_heads": [5, 10, 20, 20],
+    "num_frames": 25,
+}
+#: A UNet of SVD's architecture, small (GroupNorm's 32 groups set the width).
+TINY_SVD_UNET: dict[str, Any] = {
+    **SVD_UNET, "sample_size": 8, "down_block_types": ["CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"],
+    "up_block_types": ["UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"], "block_out_channels": [32, 32],
+    "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 24, "layers_per_block": 1,
+    "cross_attention_dim": 16, "num_attention_heads": [2, 2], "num_frames": 3,
+}
+#: SVD's scheduler: EDM-like continuous sigmas 0.002..700, v prediction, timestep 0.25·log(sigma).
+SVD_SCHEDULER: dict[str, Any] = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "interpolation_type": "linear",
+    "sigma_min": 0.002,
+    "sigma_max": 700.0,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "timestep_type": "continuous",
+    "use_karras_sigmas": True,
+}
+
 # ----------------------------------------------------------------------------- the networks
 
 
@@ -213,6 +288,44 @@ def _flux_call(net: nn.Module) -> nn.Module:
     return FluxCall(net, FLUX_GUIDANCE)  # packs [N, 16, h, w] latents into (h/2)(w/2) tokens, adds ids and guidance
 
 
+def _wan(config: Mapping[str, Any]) -> nn.Module:
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(**config)
+
+
+def _svd(config: Mapping[str, Any]) -> nn.Module:
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    return UNetSpatioTemporalConditionModel(**config)
+
+
+class SVDCall(nn.Module):
+    """SVD's UNet as its pipeline calls it: the conditioning image's latents beside each frame's (channels)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.dtype = net.dtype
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, *, image_latents: torch.Tensor,
+                **cond: Any) -> torch.Tensor:
+        x = torch.cat([sample, image_latents.expand(sample.shape[0], *image_latents.shape[1:])], dim=2)
+        return self.net(x, timestep, return_dict=False, **cond)[0]
+
+
+def _wan_cond(config: Mapping[str, Any], g: torch.Generator, tokens: int) -> dict[str, Any]:
+    # umT5-XXL's hidden states of a 512-token prompt
+    return {"encoder_hidden_states": torch.randn(1, tokens, config["text_dim"], generator=g)}
+
+
+def _svd_cond(config: Mapping[str, Any], g: torch.Generator, latent: tuple[int, ...]) -> dict[str, Any]:
+    # CLIP ViT-H's image embedding, the image's latents on every frame, the added ids (fps - 1, motion, noise aug)
+    return {"encoder_hidden_states": torch.randn(1, 1, config["cross_attention_dim"], generator=g),
+            "image_latents": torch.randn(1, *latent, generator=g),
+            "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]])}
+
+
 def _sd15_cond(config: Mapping[str, Any], g: torch.Generator) -> dict[str, Any]:
     # CLIP ViT-L/14's last hidden states of a 77-token prompt
     return {"encoder_hidden_states": torch.randn(1, 77, config["cross_attention_dim"], generator=g)}
@@ -237,14 +350,22 @@ def _flux_cond(config: Mapping[str, Any], g: torch.Generator, tokens: int) -> di
 def families(tiny: bool) -> list[Family]:
     """SD 1.5 (64x64x4 latents, 512² images), SDXL (128x128x4, 1024²), Flux (16x128x128 latents = 4096 tokens of
     64 channels, 1024², 512 text tokens); ``tiny``: small networks of the same architectures."""
-    sd15, sdxl, flux = (TINY_UNET, TINY_SDXL_UNET, TINY_FLUX_TRANSFORMER) if tiny else (
-        SD15_UNET, SDXL_UNET, FLUX_TRANSFORMER)
+    sd15, sdxl, flux, wan, svd = (TINY_UNET, TINY_SDXL_UNET, TINY_FLUX_TRANSFORMER, TINY_WAN_TRANSFORMER,
+                                  TINY_SVD_UNET) if tiny else (
+        SD15_UNET, SDXL_UNET, FLUX_TRANSFORMER, WAN_TRANSFORMER, SVD_UNET)
     side, tokens = (16, 8) if tiny else (128, 512)
+    # Wan at 480x832, 81 frames: 21 x 60 x 104 latents (VAE 4x in time, 8x in space), 32,760 tokens of 1x2x2;
+    # SVD-XT at 576x1024, 25 frames: 25 x 4 x 72 x 128 latents (the pipeline's [frames, channels, h, w])
+    wan_latent = (4, 2, 4, 4) if tiny else (16, 21, 60, 104)
+    svd_latent = (3, 4, 8, 8) if tiny else (25, 4, 72, 128)
     return [
         Family("sd15", sd15, SD15_SCHEDULER, (4, sd15["sample_size"], sd15["sample_size"]), _unet, _sd15_cond),
         Family("sdxl", sdxl, SDXL_SCHEDULER, (4, sdxl["sample_size"], sdxl["sample_size"]), _unet, _sdxl_cond),
         Family("flux", flux, FLUX_SCHEDULER, (flux["in_channels"] // 4, side, side), _flux,
                lambda c, g: _flux_cond(c, g, tokens), wrap=_flux_call),
+        Family("wan2.1-1.3b", wan, WAN_SCHEDULER, wan_latent, _wan, lambda c, g: _wan_cond(c, g, tokens)),
+        Family("svd-xt", svd, SVD_SCHEDULER, svd_latent, _svd, lambda c, g: _svd_cond(c, g, svd_latent),
+               wrap=SVDCall),
     ]
 
 

@@ -232,6 +232,19 @@ def test_solver_overhead(tmp_path: Path) -> None:
         assert r["slowdown"] == pytest.approx(r["over_us"] * 10 / (r["den_us"] * r["calls"]), rel=1e-9)
 
 
+@pytest.mark.slow
+def test_route(tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    _script("route").main(["--quick", "--out", str(tmp_path)])  # it checks the three ways agree before timing
+    rows = _check_rows(tmp_path, "route", "route")
+    assert [(r["batch"], r["way"]) for r in rows] == [(b, w) for b in ("one level", "row levels")
+                                                      for w in ("adapter", "route", "route, levels apart")]
+    for r in rows:  # calls per CPU second and CPU milliseconds per call are one figure
+        assert r["calls_per_s"] == pytest.approx(1e3 / r["cpu_ms_per_call"], rel=1e-9) and r["spread"] >= 1
+        adapter = next(a for a in rows if a["batch"] == r["batch"] and a["way"] == "adapter")
+        assert r["vs_adapter"] == pytest.approx(r["calls_per_s"] / adapter["calls_per_s"], rel=1e-12)
+
+
 def test_gpu_klub_tiny_on_cpu(tmp_path: Path) -> None:
     _script("gpu_klub").main(["--device", "cpu", "--tiny", "--quick", "--samples", "2", "--opt-samples", "2",
                               "--out", str(tmp_path)])

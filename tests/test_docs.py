@@ -99,6 +99,18 @@ SMALL: dict[str, str] = {
     ]},
 }
 
+# The routed pipelines of the README (video): their tiny pipelines' sizes and frames.
+SMALL.update({
+    cmd: cmd.replace(res, f"--resolution {size}").replace(frames, f"--frames {n}").replace("--steps 10", "--steps 3")
+    + _FAMILY_SMALL for cmd, res, frames, size, n in [
+        ("ays optimize --diffusers ./wan2.1-t2v-1.3b --prompts prompts.txt --resolution 480x832 --frames 81"
+         " --guidance-scale 5 --steps 10 --out wan.json", "--resolution 480x832", "--frames 81",
+         tiny_pipelines.ROUTED_RESOLUTION["wan"], tiny_pipelines.FRAMES["wan"]),
+        ("ays optimize --diffusers ./svd-xt --images stills/ --resolution 576x1024 --frames 25 --steps 10"
+         " --out svd.json", "--resolution 576x1024", "--frames 25", tiny_pipelines.ROUTED_RESOLUTION["svd"],
+         tiny_pipelines.FRAMES["svd"]),
+    ]})
+
 # The only commands the pages show that are not run here.
 NOT_RUN: dict[str, str] = {
     "make test": "it runs ruff and this very test suite (CI runs it)",
@@ -303,7 +315,8 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.move(tiny_pipelines.build("sd15", tmp_path_factory.mktemp("pipelines")), root / "my-sd15")
     # The model families of the README: tiny random pipelines as users have them, captioned
     # images and a prompt file; the schedule files the later commands read.
-    for family, folder in (("sd15", "sd15"), ("sdxl", "sdxl"), ("sd3", "sd3"), ("flux", "flux-dev")):
+    for family, folder in (("sd15", "sd15"), ("sdxl", "sdxl"), ("sd3", "sd3"), ("flux", "flux-dev"),
+                           ("wan", "wan2.1-t2v-1.3b"), ("svd", "svd-xt")):
         shutil.move(tiny_pipelines.build(family, tmp_path_factory.mktemp("pipelines")), root / folder)
     from PIL import Image
 
@@ -313,9 +326,13 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Image.fromarray(pixels.numpy()).save(root / "photos" / f"im{i}.png")
         (root / "photos" / f"im{i}.txt").write_text(caption + "\n")
     (root / "prompts.txt").write_text("a cat\na dog\n")
+    (root / "stills").mkdir()  # SVD's conditioning images
+    for i in range(2):
+        pixels = torch.randint(0, 256, (16, 16, 3), generator=torch.Generator().manual_seed(10 + i), dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(root / "stills" / f"still{i}.png")
     for cmd in SMALL:
-        if cmd.startswith("ays optimize --diffusers ./") and ("sdxl.json" in cmd or "sd3.json" in cmd
-                                                                or "flux.json" in cmd):
+        if cmd.startswith("ays optimize --diffusers ./") and any(f" --out {name}.json" in cmd for name in (
+                "sdxl", "sd3", "flux", "wan", "svd")):
             done = run(SMALL[cmd], root)
             assert done.returncode == 0, done.stderr
     sd15 = ays.OptimizeResult(sigmas=ays.schedules.published("sd15", steps=10), steps=10, solver="dpmpp_2m",

@@ -19,6 +19,12 @@ from typing import Any
 import torch
 
 FAMILIES = ("sd15", "sd2v", "sdxl", "sd3", "sd3_no_t5", "flux", "flux_schnell")
+#: Pipelines of no family of their own, driven through their own ``__call__`` (the route).
+ROUTED = ("svd", "wan", "ltx", "pixart_sigma", "chroma")
+#: Frames of the tiny video pipelines (Wan's VAE: 1 + 4k frames -> 1 + k latent frames).
+FRAMES = {"svd": 3, "wan": 5, "ltx": 9}
+#: Their image sides in pixels (Wan's VAE downsamples 8x: 32 px are 4x4 latents, 2x2 tokens a frame).
+ROUTED_RESOLUTION = {"svd": 16, "wan": 32, "ltx": 32, "pixart_sigma": 16, "chroma": 16}
 #: Image side length in pixels each tiny pipeline samples at by default (VAE factor 2: 8x8 latents).
 RESOLUTION = 16
 
@@ -59,10 +65,12 @@ def _clip_config(**kw: Any) -> Any:
     return transformers.CLIPTextConfig(**cfg)
 
 
-def _t5_encoder(d_model: int = 16) -> Any:
+def _t5_encoder(d_model: int = 16, umt5: bool = False) -> Any:
     import transformers
 
-    return transformers.T5EncoderModel(transformers.T5Config(
+    model, config = ((transformers.UMT5EncoderModel, transformers.UMT5Config) if umt5 else
+                     (transformers.T5EncoderModel, transformers.T5Config))
+    return model(config(
         vocab_size=4 + 2 * len(LETTERS), d_model=d_model, d_ff=24, d_kv=8, num_layers=1, num_heads=2,
         relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
 
@@ -150,13 +158,109 @@ def _flux(folder: Path, guidance: bool) -> Any:
                                   tokenizer_2=t5_tokenizer(), transformer=transformer)
 
 
+def _svd() -> Any:
+    """Stable Video Diffusion's layout (image encoder, spatio-temporal UNet, temporal VAE) and scheduler config."""
+    import diffusers
+    import transformers
+
+    unet = diffusers.UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 32), layers_per_block=1, sample_size=RESOLUTION // 2, in_channels=8, out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=16,
+        num_attention_heads=(2, 4), projection_class_embeddings_input_dim=3 * 8, addition_time_embed_dim=8).eval()
+    # the released scheduler config: EDM-like continuous sigmas 0.002..700, v prediction, Karras spacing
+    scheduler = diffusers.EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, interpolation_type="linear",
+        num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002, steps_offset=1,
+        timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True)
+    vae = diffusers.AutoencoderKLTemporalDecoder(
+        block_out_channels=(32, 32), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2).eval()
+    encoder = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        hidden_size=16, projection_dim=16, num_hidden_layers=1, num_attention_heads=2, image_size=224,
+        intermediate_size=24, patch_size=56)).eval()  # SVD resizes the conditioning image to 224 px
+    extractor = transformers.CLIPImageProcessor(crop_size=224, size=224)
+    return diffusers.StableVideoDiffusionPipeline(vae=vae, image_encoder=encoder, unet=unet, scheduler=scheduler,
+                                                  feature_extractor=extractor)
+
+
+def _wan() -> Any:
+    """Wan 2.1 text-to-video's layout (umT5 text encoder, 3-D transformer, causal video VAE) and scheduler."""
+    import diffusers
+
+    vae = diffusers.AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                     latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+                                     temperal_downsample=[False, True, True]).eval()
+    transformer = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=24, num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32).eval()
+    # as released: UniPC on flow sigmas with flow_shift 3 (480p)
+    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  num_train_timesteps=1000, flow_shift=3.0)
+    return diffusers.WanPipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(16, umt5=True),
+                                 transformer=transformer, vae=vae, scheduler=scheduler)
+
+
+def _ltx() -> Any:
+    """LTX-Video's layout (T5, a 3-D transformer on packed tokens, its video VAE) and its shifting scheduler."""
+    import diffusers
+
+    vae = diffusers.AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1,
+        patch_size_t=1, encoder_causal=True, decoder_causal=False).eval()
+    transformer = diffusers.LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, num_layers=1, caption_channels=16).eval()
+    # as released (0.9.1): dynamic shift by token count, stretched to end at shift_terminal
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096,
+        shift_terminal=0.1)
+    return diffusers.LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=_t5_encoder(16), tokenizer=t5_tokenizer(),
+                                 transformer=transformer)
+
+
+def _pixart_sigma() -> Any:
+    """PixArt-Σ's layout (T5, a DiT with learned variance) and its DPM-Solver scheduler."""
+    import diffusers
+
+    transformer = diffusers.PixArtTransformer2DModel(
+        sample_size=RESOLUTION // 2, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+        caption_channels=16, in_channels=4, cross_attention_dim=16, out_channels=8, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6).eval()
+    scheduler = diffusers.DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    return diffusers.PixArtSigmaPipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(16), vae=_vae(),
+                                         transformer=transformer, scheduler=scheduler)
+
+
+def _chroma() -> Any:
+    """Chroma's layout (T5 only, a Flux-like transformer whose modulation comes from an approximator, no CLIP)."""
+    import diffusers
+
+    transformer = diffusers.ChromaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=16, axes_dims_rope=(2, 2, 4), approximator_num_channels=8, approximator_hidden_dim=16,
+        approximator_layers=1).eval()
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=4,
+        max_image_seq_len=64)
+    return diffusers.ChromaPipeline(scheduler=scheduler, vae=_vae(shift_factor=0.1), text_encoder=_t5_encoder(16),
+                                    tokenizer=t5_tokenizer(), transformer=transformer)
+
+
 def make(family: str, folder: Path, seed: int = 0) -> Any:
-    """The tiny pipeline of ``family`` (one of :data:`FAMILIES`), random weights from ``seed``."""
+    """The tiny pipeline of ``family`` (one of :data:`FAMILIES` or :data:`ROUTED`), random weights from ``seed``."""
     torch.manual_seed(seed)
     builders = {"sd15": lambda: _sd(folder, "epsilon"), "sd2v": lambda: _sd(folder, "v_prediction"),
                 "sdxl": lambda: _sdxl(folder), "sd3": lambda: _sd3(folder, True),
                 "sd3_no_t5": lambda: _sd3(folder, False), "flux": lambda: _flux(folder, True),
-                "flux_schnell": lambda: _flux(folder, False)}
+                "flux_schnell": lambda: _flux(folder, False), "svd": _svd, "wan": _wan, "ltx": _ltx,
+                "pixart_sigma": _pixart_sigma, "chroma": _chroma}
     pipe = builders[family]()
     pipe.set_progress_bar_config(disable=True)
     return pipe

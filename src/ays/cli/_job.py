@@ -123,7 +123,8 @@ def load_job(target: str | None, model: str = "exact", diffusers: str | None = N
 
 
 #: the --diffusers data options, passed through the commands untouched (click ``expose_value=False``)
-DIFFUSERS_DATA_OPTIONS = ("prompts_file", "images", "captions", "resolution", "negative_prompt", "samples_per_prompt")
+DIFFUSERS_DATA_OPTIONS = ("prompts_file", "images", "captions", "resolution", "negative_prompt", "samples_per_prompt",
+                          "frames")
 
 
 def _keep_diffusers_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -167,14 +168,17 @@ def model_options(f: Any) -> Any:
               ("--prompts", "prompts_file", "FILE", "For --diffusers: a prompt file (one a line); the model's own "
                                                     "samples of them are the data (cached on disk)."),
               ("--images", "images", "DIR", "For --diffusers: a folder of captioned images (metadata.jsonl or "
-                                            "NAME.txt beside each image)."),
+                                            "NAME.txt beside each image); for image-to-video (SVD), the "
+                                            "conditioning images."),
               ("--captions", "captions", "FILE", "For --diffusers --latents: a caption file, one line per row."),
               ("--resolution", "resolution", "HxW", "For --diffusers: the image size, 1024 or HxW (default: the "
                                                     "model's)."),
               ("--negative-prompt", "negative_prompt", "TEXT", "For --diffusers: the negative prompt of guidance."),
               ("--samples-per-prompt", "samples_per_prompt", "N", "For --diffusers --prompt/--prompts: the model's "
                                                                 "own N samples of each prompt are the data (default "
-                                                                "1; one prompt needs N >= 2)."))],
+                                                                "1; one prompt needs N >= 2)."),
+              ("--frames", "frames", "N", "For --diffusers video pipelines (SVD, Wan): the number of frames "
+                                          "(default: the pipeline's)."))],
     ]
     for opt in reversed(opts):
         f = opt(f)

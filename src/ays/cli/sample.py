@@ -71,7 +71,8 @@ def sample(target: str | None, model: str, diffusers: str | None, prompts: tuple
         # The pipeline's own loop cannot be shared out: rank 0 draws the grid, the others wait.
         ran = from_rank_zero(sample_grid, diffusers, schedule_name, list(prompts), grid, seed=seed,
                              guidance_scale=guidance_scale, negative_prompt=extra["negative_prompt"],
-                             resolution=extra["resolution"], scheduler=scheduler)
+                             resolution=extra["resolution"], scheduler=scheduler, images=extra["images"],
+                             frames=extra["frames"])
         say(f"ays: {ran.get('note', 'with ' + ran['scheduler'])}", err=True)
         say(f"wrote {grid}", err=True)
         return

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from .pipeline import require_diffusers
 
 __all__ = [
     "ConditionedModel",
+    "ContinuousEuler",
     "denoiser_from_parts",
     "denoiser_from_pipeline",
     "encode_prompts",
@@ -68,6 +70,29 @@ def _is_flow(scheduler: Any) -> bool:
 # ----------------------------------------------------------------------------- scheduler -> noise, prediction
 
 
+@dataclass(frozen=True)
+class ContinuousEuler:
+    """Euler with ``timestep_type="continuous"`` (SVD): VP-scaled inputs, timestep ``t = 0.25·log σ``.
+
+    The EDM preconditioning with ``σ_data = 1`` (Karras et al. 2022, Table 1, ``c_noise``):
+    ``x_model = x/sqrt(1 + σ²)``, ``alpha = 1/sqrt(1 + σ²)``, as diffusers' ``scale_model_input``.
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 700.0
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        return torch.exp(4 * torch.as_tensor(t, dtype=torch.float64))
+
+    def t(self, sigma: Tensor | float) -> Tensor:
+        return 0.25 * torch.as_tensor(sigma, dtype=torch.float64).log()
+
+    def alpha(self, sigma: Tensor | float) -> Tensor:
+        return torch.rsqrt(1 + torch.as_tensor(sigma, dtype=torch.float64) ** 2)
+
+
+
+
 def noise_from_scheduler(scheduler: Any) -> NoiseSchedule:
     """The ays noise schedule of a diffusers scheduler.
 
@@ -76,6 +101,7 @@ def noise_from_scheduler(scheduler: Any) -> NoiseSchedule:
       schedule, not the map between sigma and t) and the training range
       ``t in [1/N, 1 - 1/N]`` (``N = num_train_timesteps``);
     - EDM (``EDMEulerScheduler``): :class:`~ays.noise.EDM` with its sigma range;
+    - Euler with ``timestep_type="continuous"`` and v prediction (SVD): :class:`ContinuousEuler`;
     - DDPM-style (``alphas_cumprod``): :class:`~ays.noise.DiscreteVP` of that table.
     """
     cfg = _config(scheduler)
@@ -85,6 +111,8 @@ def noise_from_scheduler(scheduler: Any) -> NoiseSchedule:
         return Flow(shift=shift, sigma_min=1.0 / (n - 1), sigma_max=float(n - 1))
     if hasattr(scheduler, "precondition_noise") and "sigma_schedule" in cfg:
         return EDM(sigma_min=float(cfg["sigma_min"]), sigma_max=float(cfg["sigma_max"]))
+    if cfg.get("timestep_type") == "continuous" and cfg.get("prediction_type") == "v_prediction":
+        return ContinuousEuler(float(cfg.get("sigma_min") or 0.002), float(cfg.get("sigma_max") or 700.0))
     if hasattr(scheduler, "alphas_cumprod"):
         return DiscreteVP(torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64))
     raise AysError(f"cannot tell the noise schedule of {type(scheduler).__name__}: it has no alphas_cumprod "

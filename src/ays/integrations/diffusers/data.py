@@ -33,8 +33,8 @@ from ...data import Conditioned
 from ...validate import AysError
 from .family import Family
 
-__all__ = ["IMAGE_SUFFIXES", "captioned_files", "conditioned", "from_images", "from_latents", "load_image",
-           "model_samples", "read_lines"]
+__all__ = ["IMAGE_SUFFIXES", "cached_latents", "captioned_files", "conditioned", "from_images", "from_latents",
+           "load_image", "model_samples", "read_lines", "sample_key"]
 
 Tensor = torch.Tensor
 
@@ -170,40 +170,49 @@ def model_samples(family: Family, model: str | os.PathLike[str], prompts: Sequen
     ``progress(done, total)``: after every step of every batch (total: batches × steps), when the
     pipeline reports its steps (``callback_on_step_end``), else after every batch.
     """
-    from ...io import atomic_write_bytes
-
     scale = family.default_guidance() if guidance_scale is None else float(guidance_scale)
     key = sample_key(model, prompts=list(prompts), resolution=list(resolution), steps=steps, seed=seed,
                      guidance=scale, negative=negative_prompt)
+
+    def make() -> Tensor:
+        h, w = resolution
+        g = torch.Generator(family.device).manual_seed(int(seed))
+        kwargs: dict[str, Any] = {"num_inference_steps": int(steps), "guidance_scale": scale, "height": h,
+                                  "width": w, "generator": g, "output_type": "latent"}
+        if negative_prompt and family.uses_cfg(scale):
+            kwargs["negative_prompt"] = negative_prompt
+        out = []
+        batches = range(0, len(prompts), batch_size)
+        total = len(batches) * int(steps)
+        per_step = progress is not None and "callback_on_step_end" in inspect.signature(family.pipe.__call__).parameters
+        with torch.no_grad():
+            for b, i in enumerate(batches):
+                if per_step:
+                    def on_step(pipe: Any, step: int, t: Any, kw: dict[str, Any], b: int = b) -> dict[str, Any]:
+                        progress(b * int(steps) + step + 1, total)
+                        return kw
+
+                    kwargs["callback_on_step_end"] = on_step
+                images = family.pipe(prompt=list(prompts[i:i + batch_size]), **kwargs).images
+                out.append(family.latents_from_output(images, resolution).float().cpu())
+                if progress is not None:
+                    progress((b + 1) * int(steps), total)
+        return torch.cat(out)
+
+    latents, cached = cached_latents(key, make)
+    return conditioned(family, latents, list(prompts), resolution, negative_prompt), cached
+
+
+def cached_latents(key: str, make: Callable[[], Tensor]) -> tuple[Tensor, bool]:
+    """``(latents, cached)``: the sample set stored under ``key`` in the cache, else ``make()``, stored atomically."""
+    from ...io import atomic_write_bytes
+
     path = _cache_dir() / f"{key}.pt"
     if path.is_file():
-        doc = torch.load(path, map_location="cpu", weights_only=True)
-        return conditioned(family, doc["latents"], list(prompts), resolution, negative_prompt), True
-    h, w = resolution
-    g = torch.Generator(family.device).manual_seed(int(seed))
-    kwargs: dict[str, Any] = {"num_inference_steps": int(steps), "guidance_scale": scale, "height": h, "width": w,
-                              "generator": g, "output_type": "latent"}
-    if negative_prompt and family.uses_cfg(scale):
-        kwargs["negative_prompt"] = negative_prompt
-    out = []
-    batches = range(0, len(prompts), batch_size)
-    total = len(batches) * int(steps)
-    per_step = progress is not None and "callback_on_step_end" in inspect.signature(family.pipe.__call__).parameters
-    with torch.no_grad():
-        for b, i in enumerate(batches):
-            if per_step:
-                def on_step(pipe: Any, step: int, t: Any, kw: dict[str, Any], b: int = b) -> dict[str, Any]:
-                    progress(b * int(steps) + step + 1, total)
-                    return kw
-
-                kwargs["callback_on_step_end"] = on_step
-            images = family.pipe(prompt=list(prompts[i:i + batch_size]), **kwargs).images
-            out.append(family.latents_from_output(images, resolution).float().cpu())
-            if progress is not None:
-                progress((b + 1) * int(steps), total)
-    latents = torch.cat(out)
+        return torch.load(path, map_location="cpu", weights_only=True)["latents"], True
+    latents = make()
     buf = io.BytesIO()
     torch.save({"latents": latents}, buf)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
-    return conditioned(family, latents, list(prompts), resolution, negative_prompt), False
+    return latents, False

@@ -10,6 +10,7 @@ is duck-typed.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import os
@@ -23,8 +24,8 @@ from ...noise import DiscreteVP, Flow
 from ...validate import AysError, ScheduleError, check_choice
 from ..resolve import ScheduleLike, resolve, to_sampling_form
 
-__all__ = ["DIFFUSERS_KINDS", "SOLVER_SCHEDULERS", "diffusers_kind", "plain_scheduler", "run_diffusers_pipeline",
-           "scheduler_for", "solver_of", "to_diffusers"]
+__all__ = ["DIFFUSERS_KINDS", "SOLVER_SCHEDULERS", "diffusers_kind", "fixed_schedule", "plain_scheduler",
+           "run_diffusers_pipeline", "scheduler_for", "solver_of", "to_diffusers"]
 
 Tensor = torch.Tensor
 
@@ -361,6 +362,19 @@ def _verify(scheduler: Any, kwargs: dict[str, Any], kind: str, sampling: Tensor,
         )
 
 
+def fixed_schedule(scheduler: Any, kwargs: dict[str, Any]) -> Any:
+    """A copy of ``scheduler`` whose ``set_timesteps(...)``, whatever it is asked, sets ``kwargs`` (the export)."""
+    fixed = copy.deepcopy(scheduler)
+    inner = fixed.set_timesteps
+
+    @functools.wraps(inner)  # its signature too: pipelines look for sigmas= in it (retrieve_timesteps)
+    def set_timesteps(*args: Any, device: Any = None, **ignored: Any) -> None:
+        inner(device=device, **copy.deepcopy(kwargs))
+
+    fixed.set_timesteps = set_timesteps
+    return fixed
+
+
 def run_diffusers_pipeline(pipe: Any, schedule: ScheduleLike, *, steps: int | None = None, **pipe_kwargs: Any) -> Any:
     """Call a diffusers pipeline with this schedule, whatever its scheduler takes.
 
@@ -380,7 +394,10 @@ def run_diffusers_pipeline(pipe: Any, schedule: ScheduleLike, *, steps: int | No
     kwargs = to_diffusers(schedule, scheduler, steps=steps)
     key = next(iter(kwargs))
     if key not in inspect.signature(pipe.__call__).parameters:
-        raise AysError(f"{type(pipe).__name__} does not take {key}=; it cannot run a custom schedule")
+        # a pipeline that sets its scheduler's steps itself (Wan): the scheduler keeps to the schedule
+        steps_run = len(kwargs[key]) - (1 if diffusers_kind(scheduler) == "sigmas" else 0)  # sigmas= ends with 0
+        scheduler = fixed_schedule(scheduler, kwargs)
+        kwargs = {"num_inference_steps": steps_run}
     pipe.scheduler = scheduler
     try:
         return pipe(**pipe_kwargs, **kwargs)

@@ -19,6 +19,7 @@ kind, what diffusers' own ``__call__`` does around the network:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -176,7 +177,9 @@ class Family:
 
 
 def _jsonable(v: Any) -> bool:
-    if v is None or isinstance(v, (bool, int, float, str)):
+    if isinstance(v, float):
+        return math.isfinite(v)  # DPM-Solver's lambda_min_clipped=-inf has no JSON; its default comes back
+    if v is None or isinstance(v, (bool, int, str)):
         return True
     if isinstance(v, (list, tuple)):
         return all(_jsonable(x) for x in v)

@@ -28,6 +28,8 @@ from .denoiser import PipelineDenoiser
 from .families import family_of
 from .family import Family
 from .pipeline import load_pipeline, pipeline_folder
+from .route import driving_problem
+from .routed import RouteJob, route_job
 
 __all__ = ["DiffusersJob", "load_diffusers_job", "parse_resolution"]
 
@@ -103,7 +105,9 @@ def load_diffusers_job(
     device: str | torch.device | None = None,
     torch_dtype: torch.dtype | str | None = None,
     progress: Any = None,
-) -> DiffusersJob:
+    frames: int | str | None = None,
+    route: bool = False,
+) -> DiffusersJob | RouteJob:
     """The denoiser, conditioned data and noise of a local pipeline folder, for :func:`ays.optimize`.
 
     ``device`` and ``torch_dtype`` (e.g. ``"bfloat16"``) are where and how the pipeline is loaded:
@@ -112,7 +116,9 @@ def load_diffusers_job(
     (``prompts``, ``prompts_file``) without latents make the data from the model's own samples,
     ``samples_per_prompt`` of each (default 1). The data needs at least two rows (one row has no
     spread to set a schedule's scale from); that is checked before the pipeline is loaded or any
-    sample made.
+    sample made. A pipeline of no family ays knows (video, the newer image families), or any
+    pipeline with ``route=True``, runs through its own ``__call__`` (:mod:`.routed`); ``frames`` is
+    a video pipeline's ``num_frames``.
     """
     if isinstance(torch_dtype, str):
         torch_dtype = getattr(torch, torch_dtype)
@@ -134,7 +140,21 @@ def load_diffusers_job(
         raise AysError("--diffusers needs data: --images DIR (captioned images), --prompts FILE or --prompt "
                        "(the model's own samples), or --latents FILE --captions FILE")
     pipe = load_pipeline(path, device=device, torch_dtype=torch_dtype)
-    family = family_of(pipe)
+    family: Family | None = None
+    try:
+        family = None if route else family_of(pipe)
+    except AysError as e:
+        problem = driving_problem(pipe)
+        if problem is not None:
+            raise AysError(f"{e}; nor can ays drive it through its own __call__: {problem}") from None
+    if family is None:
+        rows = D.read_lines(captions, "captions") if captions is not None else all_prompts
+        return route_job(pipe, path, prompts=rows, images=images, latents=latents,
+                         resolution=parse_resolution(resolution), frames=None if frames is None else int(frames),
+                         guidance_scale=guidance_scale, negative_prompt=negative_prompt, sample_steps=sample_steps,
+                         seed=seed)
+    if frames is not None:
+        raise AysError(f"--frames is for video pipelines; {type(pipe).__name__} makes images")
     res = parse_resolution(resolution)
     if latents is not None:
         rows = D.read_lines(captions, "captions") if captions is not None else all_prompts
