@@ -279,9 +279,9 @@ def test_a_pipeline_that_never_steps_its_scheduler_is_named() -> None:
 
 
 @pytest.mark.parametrize(("name", "args", "says"), [
-    ("pixart_sigma", ["--prompt", "a cat", "--frames", "5"], "makes no video"),
+    ("pixart_sigma", ["--prompt", "a cat", "--prompt", "a dog", "--frames", "5"], "makes no video"),
     ("svd", ["--images", "IMAGES", "--guidance-scale", "2"], "takes no guidance_scale"),
-    ("svd", ["--prompt", "a cat"], "conditioned on images"),
+    ("svd", ["--prompt", "a cat", "--prompt", "a dog"], "conditioned on images"),
     ("wan", ["--images", "IMAGES"], "takes no image="),
 ])
 def test_bad_input_to_a_routed_pipeline_is_exit_2_and_one_line(folders: dict[str, Path], images: Path, tmp_path: Path,

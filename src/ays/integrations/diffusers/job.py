@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,6 +89,16 @@ def _two_rows(rows: int, what: str) -> None:
                        "(--samples-per-prompt N: N samples of each prompt, or more prompts, images or latents)")
 
 
+def _image_rows(folder: str | os.PathLike[str]) -> int:
+    """The images of a data folder: its captioned ones, or every image (image-conditioned pipelines need no caption)."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise AysError(f"--images {str(folder)!r} is not a folder")
+    if (root / "metadata.jsonl").is_file():
+        return len(D.captioned_files(root))
+    return sum(p.suffix.lower() in D.IMAGE_SUFFIXES for p in root.iterdir())
+
+
 def load_diffusers_job(
     path: str | os.PathLike[str],
     *,
@@ -128,7 +139,7 @@ def load_diffusers_job(
     if per_prompt != 1 and (latents is not None or images is not None or not all_prompts):
         raise AysError("--samples-per-prompt goes with --prompt/--prompts alone: the model's own samples of each")
     if images is not None:
-        _two_rows(len(D.captioned_files(images)), f"--images {str(images)!r} holds one image")
+        _two_rows(_image_rows(images), f"--images {str(images)!r} holds one image")
     elif latents is None and all_prompts:
         all_prompts = [p for p in all_prompts for _ in range(per_prompt)]  # N samples of each, each its own noise
         _two_rows(len(all_prompts), "one prompt with --samples-per-prompt 1 is one sample")
