@@ -66,6 +66,14 @@ _COMMON = textwrap.dedent(
         again = ays.optimize(den, data, steps=4, samples=129, seed=5, max_sweeps=3, checkpoint=ckpt, resume=True,
                              batch_size=64, method="coordinate")
         squares = dd.map_ordered(lambda k: torch.tensor([float(k * k)], dtype=torch.float64), range(5))
+        # The diffusers route's many-step samples: made on rank 0 alone, every rank gets them.
+        from ays.integrations.diffusers.data import cached_latents
+        made, before = [], os.environ.get("AYS_CACHE")
+        os.environ["AYS_CACHE"] = outdir
+        try:
+            latents, cached = cached_latents("k", lambda: (made.append(dd.rank()), torch.arange(3.0) + 1)[1])
+        finally:
+            os.environ.pop("AYS_CACHE") if before is None else os.environ.update(AYS_CACHE=before)
         if dd.rank() == 1:
             atomic_write_text(os.path.join(outdir, "rank1.txt"), "only rank 0 writes")
         try:
@@ -79,6 +87,7 @@ _COMMON = textwrap.dedent(
             "history": res.history, "opt_calls": res.calls, "nan_error": nan_error,
             "world": dd.world_size(), "rank": dd.rank(), "resumed": again.sigmas.tolist(),
             "squares": [float(v) for v in squares], "from_zero": dd.from_rank_zero(lambda: dd.rank()),
+            "made": made, "latents": latents.tolist(), "cached": cached,
         }
     """
 )
@@ -123,15 +132,17 @@ def test_two_gloo_processes_give_the_single_process_result_exactly(tmp_path):
     ref = namespace["run"](str(ref_dir))
     assert ref["world"] == 1 and ref["nan_error"] is None  # rank() is 0 here: no fault injected
     assert ref["squares"] == [0.0, 1.0, 4.0, 9.0, 16.0] and ref["from_zero"] == 0 and ref["resumed"] == ref["sigmas"]
+    assert ref["made"] == [0] and ref["latents"] == [1.0, 2.0, 3.0] and not ref["cached"]
 
     for r, out in enumerate(got):
         assert out["world"] == 2 and out["rank"] == r
         for key in ("per_interval", "stderr", "total", "total_stderr", "calls", "sigmas", "klub", "history",
-                    "opt_calls", "resumed", "squares", "from_zero"):
+                    "opt_calls", "resumed", "squares", "from_zero", "latents", "cached"):
             assert out[key] == ref[key], (r, key)  # bit for bit: same draws, same terms, same order
         # A NaN on rank 1 only is raised on both ranks, naming the noise level, without a hang.
         assert out["nan_error"] is not None and "NaN or inf at sigma=" in out["nan_error"]
     assert got[0]["nan_error"] == got[1]["nan_error"]
+    assert got[0]["made"] == [0] and got[1]["made"] == []  # the model's samples: made once, on rank 0
     # The estimate is the KLUB (a check that the shared-out run computes the right thing at all).
     exact = float(gaussian_klub(torch.tensor(ref["sigmas"]), 0.5, dim=3))
     assert math.isfinite(ref["klub"]) and abs(ref["klub"] - exact) < 0.25 * exact

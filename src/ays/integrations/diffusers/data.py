@@ -204,7 +204,17 @@ def model_samples(family: Family, model: str | os.PathLike[str], prompts: Sequen
 
 
 def cached_latents(key: str, make: Callable[[], Tensor]) -> tuple[Tensor, bool]:
-    """``(latents, cached)``: the sample set stored under ``key`` in the cache, else ``make()``, stored atomically."""
+    """``(latents, cached)``: the sample set stored under ``key`` in the cache, else ``make()``, stored atomically.
+
+    Under ``torchrun`` rank 0 alone reads or makes them (the pipeline's own loop is not shared
+    out) while the other ranks wait, and every rank gets them (:func:`ays.distributed.from_rank_zero`).
+    """
+    from ...distributed import from_rank_zero
+
+    return from_rank_zero(_read_or_make, key, make)
+
+
+def _read_or_make(key: str, make: Callable[[], Tensor]) -> tuple[Tensor, bool]:
     from ...io import atomic_write_bytes
 
     path = _cache_dir() / f"{key}.pt"
