@@ -114,6 +114,18 @@ def test_demo_writes_a_schedule_results_and_pictures_and_its_schedule_samples(
     assert f"4 steps of {ays.optimize.DEFAULT_SOLVER}" in err and "warning" not in err
 
 
+def test_demo_on_a_problem_without_modes_judges_it_by_what_it_has(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # A Gaussian has a density and no modes to count: the demo leaves `modes` out before any work,
+    # instead of failing after the schedule file is written.
+    out_dir = tmp_path / "out"
+    ok(["demo", "--problem", "gaussian", "--steps", "3", *SMALL_AYS, "--eval-samples", "64", "--seeds", "2",
+        "-q", "-o", str(out_dir)], capsys)
+    doc = results_doc(out_dir / f"results-gaussian-{ays.optimize.DEFAULT_SOLVER}-3.json")
+    columns = set(doc["rows"][0])
+    assert {"nll", "sliced_w2"} <= columns and not columns & {"dropped_modes", "mode_tv", "off_mode"}
+
+
 # ------------------------------------------------------------------ optimize
 def test_optimize_problem_equals_the_library_call(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, picture = tmp_path / "g.json", tmp_path / "g.png"

@@ -81,6 +81,8 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     check_steps(eval_samples, name="--eval-samples", minimum=2)
     os.makedirs(out, exist_ok=True)
     job = load_job(problem, model)
+    # What this problem can be judged by, chosen before any work (a Gaussian has no modes to count).
+    metrics = [m for m in ("nll", "sliced_w2", "modes") if m in ev.default_metrics(job.problem)]
     say(f"ays demo: {job.label}, solver {solver}, {steps} steps")
     start = time.perf_counter()
     path = os.path.join(out, f"{problem}-{solver}-{steps}.json")
@@ -110,7 +112,6 @@ def demo(problem: str, model: str, solver: str, steps: int, method: str, samples
     found[result.method] = result
 
     named: dict[str, Any] = {**{h: h for h in HEURISTICS}, **found}
-    metrics = ["nll", "sliced_w2", "modes"]
     runs = CountBar("evaluate", "run", bars)
     rows = ev.evaluate(job.denoiser, job.problem, named, [solver], [steps], seeds=seeds, samples=eval_samples,
                        metrics=metrics, model=job.label,
