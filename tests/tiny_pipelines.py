@@ -1,7 +1,8 @@
 """Tiny random diffusers pipelines of every family ays supports, built locally from configs.
 
 Nothing is downloaded: the networks are random, the tokenizers are built from a letter
-vocabulary written here (a CLIP BPE tokenizer with no merges, a T5 unigram tokenizer),
+vocabulary written here (a CLIP BPE tokenizer with no merges, a T5 unigram tokenizer, a Gemma
+byte-fallback BPE tokenizer with no merges),
 and each pipeline is saved with ``save_pretrained`` as users have theirs. Shapes are as
 small as the layers allow (4 latent channels, 16 px images, 8x8 latents) so that a
 whole command-line run takes a second or two on one core.
@@ -20,11 +21,12 @@ import torch
 
 FAMILIES = ("sd15", "sd2v", "sdxl", "sd3", "sd3_no_t5", "flux", "flux_schnell")
 #: Pipelines of no family of their own, driven through their own ``__call__`` (the route).
-ROUTED = ("svd", "wan", "ltx", "pixart_sigma", "chroma")
+ROUTED = ("svd", "wan", "ltx", "pixart_sigma", "chroma", "lumina2")
 #: Frames of the tiny video pipelines (Wan's VAE: 1 + 4k frames -> 1 + k latent frames).
 FRAMES = {"svd": 3, "wan": 5, "ltx": 9}
-#: Their image sides in pixels (Wan's VAE downsamples 8x: 32 px are 4x4 latents, 2x2 tokens a frame).
-ROUTED_RESOLUTION = {"svd": 16, "wan": 32, "ltx": 32, "pixart_sigma": 16, "chroma": 16}
+#: Their image sides in pixels (Wan's VAE downsamples 8x: 32 px are 4x4 latents, 2x2 tokens a frame;
+#: Lumina 2 assumes an 8x VAE, its tiny one has 4 blocks).
+ROUTED_RESOLUTION = {"svd": 16, "wan": 32, "ltx": 32, "pixart_sigma": 16, "chroma": 16, "lumina2": 32}
 #: Image side length in pixels each tiny pipeline samples at by default (VAE factor 2: 8x8 latents).
 RESOLUTION = 16
 
@@ -55,6 +57,15 @@ def t5_tokenizer(max_length: int = 8) -> Any:
     return transformers.T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
 
 
+def gemma_tokenizer() -> Any:
+    """A Gemma tokenizer (BPE with byte fallback, spaces as the metaspace U+2581) over single letters, no merges."""
+    import transformers
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "\u2581": 5}
+    vocab.update({c: i + 6 for i, c in enumerate(LETTERS + LETTERS.upper())})
+    return transformers.GemmaTokenizer(vocab=vocab, merges=[])
+
+
 def _clip_config(**kw: Any) -> Any:
     import transformers
 
@@ -75,12 +86,13 @@ def _t5_encoder(d_model: int = 16, umt5: bool = False) -> Any:
         relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
 
 
-def _vae(shift_factor: float | None = None, scaling_factor: float = 0.5) -> Any:
+def _vae(shift_factor: float | None = None, scaling_factor: float = 0.5, blocks: int = 2) -> Any:
+    """A VAE that downsamples by ``2 ** (blocks - 1)``."""
     import diffusers
 
     return diffusers.AutoencoderKL(
-        block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8,) * blocks, in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
         sample_size=RESOLUTION, scaling_factor=scaling_factor, shift_factor=shift_factor,
     ).eval()
 
@@ -253,6 +265,25 @@ def _chroma() -> Any:
                                     tokenizer=t5_tokenizer(), transformer=transformer)
 
 
+def _lumina2() -> Any:
+    """Lumina Image 2.0's layout (a Gemma 2 decoder as text encoder, a DiT on 2x2 patches) and its shifted scheduler."""
+    import diffusers
+    import transformers
+
+    tokenizer = gemma_tokenizer()
+    encoder = transformers.Gemma2Model(transformers.Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, sliding_window=64, pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
+    transformer = diffusers.Lumina2Transformer2DModel(
+        sample_size=4, patch_size=2, in_channels=4, hidden_size=16, num_layers=1, num_refiner_layers=1,
+        num_attention_heads=2, num_kv_heads=1, multiple_of=8, axes_dim_rope=(2, 2, 4), axes_lens=(300, 16, 16),
+        cap_feat_dim=16).eval()
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=6.0)  # as released: a fixed shift of 6
+    # the pipeline assumes an 8x VAE (its vae_scale_factor is fixed): 4 blocks
+    return diffusers.Lumina2Pipeline(transformer=transformer, scheduler=scheduler, vae=_vae(shift_factor=0.1, blocks=4),
+                                     text_encoder=encoder, tokenizer=tokenizer)
+
+
 def make(family: str, folder: Path, seed: int = 0) -> Any:
     """The tiny pipeline of ``family`` (one of :data:`FAMILIES` or :data:`ROUTED`), random weights from ``seed``."""
     torch.manual_seed(seed)
@@ -260,7 +291,7 @@ def make(family: str, folder: Path, seed: int = 0) -> Any:
                 "sdxl": lambda: _sdxl(folder), "sd3": lambda: _sd3(folder, True),
                 "sd3_no_t5": lambda: _sd3(folder, False), "flux": lambda: _flux(folder, True),
                 "flux_schnell": lambda: _flux(folder, False), "svd": _svd, "wan": _wan, "ltx": _ltx,
-                "pixart_sigma": _pixart_sigma, "chroma": _chroma}
+                "pixart_sigma": _pixart_sigma, "chroma": _chroma, "lumina2": _lumina2}
     pipe = builders[family]()
     pipe.set_progress_bar_config(disable=True)
     return pipe
