@@ -15,8 +15,8 @@ import torch
 
 from ays import analysis, schedules
 from ays.optimize import ays as A
-from ays.optimize import teacher as T
 from ays.optimize import optimize
+from ays.optimize import teacher as T
 from ays.validate import AysError
 from gaussian import gaussian_data, gaussian_denoiser
 
