@@ -60,7 +60,7 @@ def test_the_teacher_of_the_evidence_is_the_exact_flow_and_is_paid_once():
     # For N(0, c²) the probability-flow ODE is linear: x(σ) = sqrt((c² + σ²)/(c² + σ_max²)) x(σ_max), and the
     # posterior mean D(x, σ) = c²/(c² + σ²) x. The shared trajectory must be both, at every grid level, and its
     # end is the judge's target (an ODE solver); calls: one trajectory per evidence noise, one per fresh noise.
-    task, levels, ev, fresh, calls = _sets("dpmpp_2m", rows=64)
+    _, levels, ev, fresh, calls = _sets("dpmpp_2m", rows=64)
     x0 = ev.noise * 80.0
     exact = torch.sqrt((C * C + levels**2) / (C * C + 80.0**2)).reshape(-1, 1, 1) * x0[None]
     assert torch.allclose(ev.states, exact, rtol=2e-3, atol=1e-8)
