@@ -80,8 +80,8 @@ from .evidence import (
 )
 
 __all__ = [
-    "Evidence", "Plan", "SelectOptions", "ays", "blend", "data_scale", "default_budget", "gain_z", "gather_evidence",
-    "make_plan", "parse_options", "reference_schedule", "run_rows", "statistic",
+    "STATISTICS", "Evidence", "Plan", "SelectOptions", "ays", "blend", "data_scale", "default_budget", "gain_z",
+    "gather_evidence", "local_bandwidth", "make_plan", "parse_options", "reference_schedule", "run_rows", "statistic",
 ]
 
 Tensor = torch.Tensor
