@@ -50,6 +50,8 @@ SOLVERS = ("euler", "dpmpp_2m", "stochastic_ddim", "dpmpp_2m_sde")
 HEURISTICS = ("karras", "loglinear", "time_uniform", "kl_optimal", "beta")
 OPTIMISERS = ("ays", "gits", "oss", "ld3", "dmn")
 COMPETITORS = ("gits", "oss", "ld3", "dmn")
+#: The default's version the cells were run with: a cell of another one has its default (and audit) run again
+AYS_VERSION = "portfolio-2: coupled evidence against the ODE trajectory for every solver"
 T975 = {2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 7: 2.447, 8: 2.365, 10: 2.262}  # t quantiles by seeds
 
 
@@ -143,12 +145,13 @@ def sample(solver: str, denoiser: Any, noise: torch.Tensor, sigmas: torch.Tensor
     return solvers.get(solver)(denoiser, noise * float(s[0]), s, generator=torch.Generator().manual_seed(seed))
 
 
-def schedules_of(prob: DiagonalMixture, solver: str, n: int) -> dict[str, tuple[torch.Tensor, int, float]]:
+def schedules_of(prob: DiagonalMixture, solver: str, n: int, methods: Sequence[str] = (*HEURISTICS, *OPTIMISERS),
+                 ) -> dict[str, tuple[torch.Tensor, int, float]]:
     """Every method's schedule for one cell: (sigmas, calls spent finding it, seconds)."""
     lo, hi = prob.sigma_min, prob.sigma_max
     found = {h: (schedules.build(h, n, lo, hi, **({"c": 0.5} if h == "kl_optimal" else {})), 0, 0.0)
-             for h in HEURISTICS}
-    for m in OPTIMISERS:
+             for h in HEURISTICS if h in methods}
+    for m in (m for m in OPTIMISERS if m in methods):
         t = time.time()
         kw = {} if m == "ays" else {"method": m}
         res = optimize(prob.denoiser, prob.sample, steps=n, solver=solver, seed=0, sigma_min=lo, sigma_max=hi,
@@ -200,10 +203,15 @@ def audit(prob: DiagonalMixture, solver: str, n: int, history: list[dict[str, An
     return {"candidates": out, "by_statistic": by}
 
 
-def run_cell(prob: DiagonalMixture, solver: str, n: int, seeds: int, samples: int) -> dict[str, Any]:
-    """Every method of one cell, scored on ``seeds`` sets of ``samples`` (the same for every method)."""
+def run_cell(prob: DiagonalMixture, solver: str, n: int, seeds: int, samples: int,
+             old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every method of one cell, scored on ``seeds`` sets of ``samples`` (the same for every method).
+
+    ``old``: a cell of an earlier default (another :data:`AYS_VERSION`): only the default and its audit are
+    run again, the other methods' rows are kept.
+    """
     t0 = time.time()
-    found = schedules_of(prob, solver, n)
+    found = schedules_of(prob, solver, n, ("ays",) if old else (*HEURISTICS, *OPTIMISERS))
     history = found.pop("_ays_history")  # type: ignore[misc]
     choice = next(h for h in history if h["stage"] == "choice")
     gate = next((h for h in history if h["stage"] == "validate"), None)
@@ -219,14 +227,15 @@ def run_cell(prob: DiagonalMixture, solver: str, n: int, seeds: int, samples: in
             off.append(prob.off_mode(x))
         return {"sw2": sw2, "off_mode": off}
 
-    rows: dict[str, Any] = {}
+    rows: dict[str, Any] = dict(old["methods"]) if old else {}
     for method, (sig, calls, secs) in found.items():
         rows[method] = {"sigmas": [float(v) for v in sig.tolist()], "calls": calls, "seconds": secs, **score(sig)}
-    return {"audit": audit(prob, solver, n, history, score),
+    rows = {m: rows[m] for m in (*HEURISTICS, *OPTIMISERS)}
+    return {"audit": audit(prob, solver, n, history, score), "ays_version": AYS_VERSION,
             "problem": prob.name, "design": prob.design, "solver": solver, "steps": n, "seeds": seeds,
             "samples": samples, "methods": rows, "ays_choice": {"family": choice["family"], "why": choice["why"],
                                                                   "gate_z": None if gate is None else gate["z"]},
-            "seconds": time.time() - t0}
+            "seconds": time.time() - t0 + (old["seconds"] if old else 0.0)}
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
@@ -325,9 +334,10 @@ def main(argv: Sequence[str] | None = None) -> str:
             for solver in args.solvers.split(","):
                 for n in (int(s) for s in args.steps.split(",")):
                     path = cell_dir / f"{name}-{solver}-{n}.json"
-                    if path.exists():
+                    old = json.loads(path.read_text()) if path.exists() else None
+                    if old is not None and old.get("ays_version") == AYS_VERSION:
                         continue
-                    cell = run_cell(prob, solver, n, args.seeds, args.samples)
+                    cell = run_cell(prob, solver, n, args.seeds, args.samples, old)
                     atomic_write_json(path, cell)
                     ms = cell["methods"]
                     print(f"[{name}] {solver:>15} n={n:<2} " + " ".join(f"{m} {mean(ms[m]['sw2']):.4f}" for m in ms)

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from ays import analysis, schedules
+from ays import analysis, schedules, solvers
 from ays.optimize import ays as A
 from ays.optimize import optimize
 from ays.optimize import teacher as T
@@ -41,17 +41,18 @@ def _task(solver: str, steps: int = 4, dim: int = 1, **kw):
                 checkpoint=None, resume=False, batch_size=None, progress=None, model=None, method="ays", **kw)
 
 
-def _sets(solver: str, rows: int = 4096, reference_steps: int = 256):
+def _sets(solver: str, rows: int = 4096, reference_steps: int = 256, reference_solver: str | None = None):
     """The default's own evidence on 1-D Gaussian data: both noise sets and their teacher."""
     task = _task(solver)
     levels = T.grid_levels(task, 40, 7.0)
-    choose, fresh, calls = A.gather_evidence(task, rows, 64, levels, 8, reference_steps, None)
+    choose, fresh, calls = A.gather_evidence(task, rows, 64, levels, 8, reference_steps, reference_solver)
     return task, levels, choose, fresh, calls
 
 
 def _evidence_of(solver: str, sigmas: torch.Tensor) -> float:
-    """The paired evidence ``ays`` computes for one schedule on 1-D Gaussian data (its own functions)."""
-    task, _, ev, _, _ = _sets(solver)
+    """The paired evidence ``ays`` computes for one schedule on 1-D Gaussian data (its own functions); for a
+    stochastic solver against its own many-step run on the same Brownian path (``reference_solver``)."""
+    task, _, ev, _, _ = _sets(solver, reference_solver=solver if solvers.info(solver).stochastic else None)
     x = A.run_rows(solver, task.denoiser, ev.noise, sigmas, slice(0, ev.noise.shape[0]), ev.tree)
     return A.statistic("paired", x.reshape(x.shape[0], -1), ev.target, 1.0)
 
@@ -69,9 +70,12 @@ def test_the_teacher_of_the_evidence_is_the_exact_flow_and_is_paid_once():
     assert torch.allclose(ev.target, exact[-1].reshape(64, 1), rtol=2e-3)
     per_noise = T.trajectory_calls(levels, "dpmpp_2m", 8)
     assert calls == (64 + 64) * per_noise and fresh.states is None
-    # A stochastic solver's target is its own many-step run from the same noise and Brownian path: its law is the
-    # data's, N(0, c²), up to the sampling error of 4,096 draws and the teacher's own bias.
-    _, _, ev, _, _ = _sets("dpmpp_2m_sde", rows=4096, reference_steps=128)
+    # A stochastic solver is judged against the same flow's end by default; with reference_solver, against that
+    # solver's many-step run from the same noise and Brownian path, whose law is the data's, N(0, c²), up to the
+    # sampling error of 4,096 draws and the teacher's own bias.
+    _, _, sde_ev, _, _ = _sets("dpmpp_2m_sde", rows=64)
+    assert torch.equal(sde_ev.target, ev.target)
+    _, _, ev, _, _ = _sets("dpmpp_2m_sde", rows=4096, reference_steps=128, reference_solver="dpmpp_2m_sde")
     assert float(ev.target.var()) == pytest.approx(C * C, rel=0.06)
 
 

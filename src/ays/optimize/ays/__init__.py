@@ -15,9 +15,9 @@ over the stages (:func:`make_plan`):
    budget; ``samples=`` sets the chains) and its grid optimum.
 2. **teacher**: ``rows`` evidence noises, one DPM-Solver++(2M) trajectory each on the shared
    grid (:mod:`ays.optimize.teacher`: ``teacher_grid`` levels, ``teacher_refine`` substeps),
-   read by OSS, GITS and the judge; for a stochastic target solver also ``reference_steps``
-   steps of the solver itself (the judge's target); and ``fresh`` noises more, with their
-   teacher only, for the gate.
+   read by OSS, GITS and the judge (its end is the judge's target, for every solver; with
+   ``reference_solver``, ``reference_steps`` steps of that stochastic solver on the same
+   Brownian path instead); and ``fresh`` noises more, with their teacher only, for the gate.
 3. **search**: OSS's programme over the trajectories of ``oss_samples`` of those noises (GITS's
    costs come from the same trajectories at no call).
 4. **candidates**: every candidate run from the ``rows`` noises and scored by ``select``
@@ -101,7 +101,7 @@ def default_budget(steps: int) -> int:
 class SelectOptions:
     """Options of ``method="ays"`` beyond those of :class:`~ays.optimize.dp.DPOptions` (module docstring)."""
 
-    select: str = "median"  #: the evidence: "paired", "median", "trimmed", "coupled", "kernel"; "none"
+    select: str = "coupled"  #: the evidence: "coupled", "paired", "median", "trimmed", "kernel"; "none"
     family: str = "blend"  #: "blend": one path kl_optimal(ĉ) → KLUB optimum; "grid": also from ĉ·c_factors
     path_points: int = 5  #: λ values on each path, ends included
     c_factors: tuple[float, ...] = (0.7, 1.0, 1.4)  #: scales of the start tried by family="grid"
@@ -118,8 +118,8 @@ class SelectOptions:
     significance: float = 2.0  #: bootstrap standard errors the gain must exceed (one-sided)
     bootstrap: int = 200  #: resamples of the fresh noises for the gain's standard error
     select_samples: int | None = None  #: evidence noises (and as many fresh ones); None: from the budget
-    reference_steps: int = 32  #: steps of the stochastic teacher (target solver stochastic)
-    reference_solver: str | None = None  #: the stochastic teacher's solver (None: the target solver)
+    reference_steps: int = 32  #: steps of the stochastic teacher (with reference_solver)
+    reference_solver: str | None = None  #: a stochastic teacher for the judge (None: the ODE trajectory's end)
     projections: int = 256  #: directions of the sliced W2 (select="coupled")
     table_share: float = 0.1  #: share of the budget spent on the KLUB table
 

@@ -7,11 +7,13 @@ teacher's and every candidate's, shares its Brownian path.
 
 **The teacher.** On the choose set, one probability-flow trajectory
 (:func:`ays.optimize.teacher.trajectory`, DPM-Solver++(2M) on the shared grid) whose states
-and denoiser outputs also feed OSS's programme and GITS's costs. The judge's target is the
-teacher's sample: for an ODE target solver the trajectory's end; for a stochastic one
-``reference_steps`` steps of the target solver itself, from the same noise and Brownian
-path (the trajectory then only feeds OSS and GITS). On the validate set, the same teacher
-run without its states.
+and denoiser outputs also feed OSS's programme and GITS's costs. The judge's target is its
+end, the teacher's sample from the same noise, for every target solver: a stochastic solver's
+samples are compared with it as a law (``"coupled"``). With ``reference_solver`` (a stochastic
+solver) the target is instead ``reference_steps`` steps of that solver from the same noise and
+Brownian path, the coupling the per-noise statistics need for a stochastic solver; measured,
+the many-step ODE target ranks the schedules of the stochastic solvers better at less cost
+(BENCHMARKS.md, "Which evidence"). On the validate set, the same teacher run without its states.
 
 **The statistics** (``select``) compare a schedule's samples ``x_i`` with the teacher's ``t_i``
 from the same noises (through ``features`` when given), by the per-noise errors
@@ -61,10 +63,9 @@ STATISTICS = ("paired", "median", "trimmed", "coupled", "kernel")
 TRIM = 0.1  #: share of the per-noise errors left out at each end by "trimmed"
 
 
-def uses_sde_teacher(solver: str, reference_solver: str | None) -> bool:
+def uses_sde_teacher(reference_solver: str | None) -> bool:
     """Whether the judge's target is a separate run of a stochastic solver (else the ODE trajectory's end)."""
-    name = reference_solver or solver
-    return bool(solvers.info(name).stochastic)
+    return reference_solver is not None
 
 
 def reference_schedule(task: Task, steps: int) -> Tensor:
@@ -80,9 +81,9 @@ def teacher_calls(task: Task, levels: Tensor, refine: int, reference_steps: int,
                   ) -> tuple[int, int]:
     """Calls per noise of the teacher: (choose set, validate set)."""
     traj = trajectory_calls(levels, "dpmpp_2m", refine)
-    if not uses_sde_teacher(task.solver, reference_solver):
+    if not uses_sde_teacher(reference_solver):
         return traj, traj
-    sde = solvers.count_calls(reference_solver or task.solver,
+    sde = solvers.count_calls(reference_solver,
                               schedules.to_sampling(reference_schedule(task, reference_steps)))
     return traj + sde, sde
 
@@ -219,7 +220,7 @@ def gather_evidence(task: Task, rows: int, fresh: int, levels: Tensor, refine: i
     (0 when the teacher file beside a checkpoint had them)."""
     probe, probe_cond = draw(task.data, 1, torch.Generator().manual_seed(seed_for(task.seed, "select", "probe")))
     shape, dtype, dev = tuple(probe.shape[1:]), probe.dtype, probe.device
-    sde = uses_sde_teacher(task.solver, reference_solver)
+    sde = uses_sde_teacher(reference_solver)
     ref_s = reference_schedule(task, reference_steps)
     saved = _load_teacher(task, settings)
 
@@ -255,7 +256,7 @@ def gather_evidence(task: Task, rows: int, fresh: int, levels: Tensor, refine: i
                 if not sde:  # the trajectory's end is the target
                     parts.append(states[-1:])
             if sde:
-                parts.append(run_rows(reference_solver or task.solver, task.denoiser, z, ref_s, r, w,
+                parts.append(run_rows(reference_solver, task.denoiser, z, ref_s, r, w,  # type: ignore[arg-type]
                                       task.batch_size, c)[None])
             return torch.cat(parts)
 
