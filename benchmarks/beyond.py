@@ -40,6 +40,7 @@ from ays.optimize import ays as A
 from ays.optimize import optimize
 from ays.optimize.task import Task
 from ays.optimize.teacher import grid_levels
+from ays.seeds import seed_for
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.beyond
     import _harness as H
@@ -51,7 +52,7 @@ HEURISTICS = ("karras", "loglinear", "time_uniform", "kl_optimal", "beta")
 OPTIMISERS = ("ays", "gits", "oss", "ld3", "dmn")
 COMPETITORS = ("gits", "oss", "ld3", "dmn")
 #: The default's version the cells were run with: a cell of another one has its default (and audit) run again
-AYS_VERSION = "portfolio-2: coupled evidence against the ODE trajectory for every solver"
+AYS_VERSION = "portfolio-3: coupled evidence against the ODE trajectory, the sharpest of the tied, two-sided gate"
 T975 = {2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 7: 2.447, 8: 2.365, 10: 2.262}  # t quantiles by seeds
 
 
@@ -190,16 +191,22 @@ def audit(prob: DiagonalMixture, solver: str, n: int, history: list[dict[str, An
             row[half] = {st: A.statistic(st, x, ev.target, h) for st in A.STATISTICS}
         row.update(score(sig))
         out.append(row)
+    ref = sets[0].reference
+    for r, x in zip(out, xs):
+        r["precision"] = float(A.precision(x[0], ref).mean())
+    sharp = [r["precision"] for r in out]
     by: dict[str, Any] = {}
-    for st in A.STATISTICS:
-        pick = min(range(len(out)), key=lambda k: out[k]["choose"][st])
-        free = min((k for k in range(len(out)) if out[k]["free"]), key=lambda k: out[k]["choose"][st])
-        z = None
+    for st in A.STATISTICS:  # the default's own rule (ays.optimize.ays.choose) with each statistic
+        values = [r["choose"][st] for r in out]
+        pick = A.sharpest_of_best(values, sharp, range(len(out)), opt.tie)
+        free = A.sharpest_of_best(values, sharp, [k for k in range(len(out)) if out[k]["free"]], opt.tie)
+        z = z_sharp = None
         result = pick
         if not out[pick]["free"]:
-            _, z = A.gain_z(st, sets[1].target, xs[free][1], xs[pick][1], h, 0)
-            result = pick if z > opt.significance else free
-        by[st] = {"pick": pick, "best_free": free, "z": z, "result": result}
+            _, z = A.gain_z(st, sets[1].target, xs[free][1], xs[pick][1], h, seed_for(0, "select", "bootstrap"))
+            z_sharp = A.sharpness_z(xs[free][1], xs[pick][1], ref)
+            result = pick if A.gate_keeps(z, z_sharp, opt.significance) else free
+        by[st] = {"pick": pick, "best_free": free, "z": z, "z_precision": z_sharp, "result": result}
     return {"candidates": out, "by_statistic": by}
 
 

@@ -113,12 +113,27 @@ def test_the_gate_finds_a_gain_beyond_noise_and_refuses_one_within_it(select):
     base = target + 0.3 * torch.randn(400, 2, generator=g, dtype=torch.float64)
     better = target + 0.1 * torch.randn(400, 2, generator=g, dtype=torch.float64)
     same = target + 0.3 * torch.randn(400, 2, generator=g, dtype=torch.float64)
-    gain, z = A.gain_z(select, target, base, better, 1.0, seed=1, resamples=100)
+    kw = dict(seed=1, resamples=100, projections=64)
+    gain, z = A.gain_z(select, target, base, better, 1.0, **kw)
     assert gain > 0 and z > 4
-    _, z = A.gain_z(select, target, base, same, 1.0, seed=1, resamples=100)  # the same law: z ~ N(0, 1)
+    _, z = A.gain_z(select, target, base, same, 1.0, **kw)  # the same law: z ~ N(0, 1)
     assert abs(z) < 3.5
-    _, z = A.gain_z(select, target, better, base, 1.0, seed=1, resamples=100)  # a loss
+    _, z = A.gain_z(select, target, better, base, 1.0, **kw)  # a loss
     assert z < -4
+
+
+def test_precision_is_the_distance_to_the_nearest_data_sample_and_breaks_ties_toward_sharp_schedules():
+    data = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.3], [0.5, 1.0]], dtype=torch.float64)
+    # per sample: |x − nearest data sample|² / d (the midpoint-like sample is far from every one)
+    assert A.precision(x, data).tolist() == pytest.approx([0.0, 0.09 / 2, 1.25 / 2])
+    # within 5 % of the best evidence the sharper one is taken; beyond it, the evidence decides
+    assert A.sharpest_of_best([1.00, 1.03, 0.99], [0.5, 0.1, 0.9], range(3), 0.05) == 1
+    assert A.sharpest_of_best([1.00, 1.20, 0.99], [0.5, 0.1, 0.9], range(3), 0.05) == 0
+    assert A.sharpest_of_best([1.00, 1.03, 0.99], [0.5, 0.1, 0.9], [0, 2], 0.05) == 0
+    # the gate: a gain beyond noise that is no blurrier, or a tie that is sharper beyond noise
+    assert A.gate_keeps(3.0, 0.0, 2.0) and A.gate_keeps(0.0, 3.0, 2.0)
+    assert not A.gate_keeps(3.0, -3.0, 2.0) and not A.gate_keeps(-1.5, 5.0, 2.0) and not A.gate_keeps(1.0, 1.0, 2.0)
 
 
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m_sde"])

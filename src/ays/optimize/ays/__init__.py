@@ -24,10 +24,14 @@ over the stages (:func:`make_plan`):
    (:func:`.evidence.statistic`; the default was chosen by measurement, BENCHMARKS.md "Which
    evidence").
 5. **refine** (``refine_sweeps > 0`` only): coordinate moves of single levels of the choice.
+   Among the candidates within ``tie`` (5 %) of the best score, the one whose samples lie
+   nearest the data is taken (:func:`.evidence.precision`: the sliced W2 barely sees blur
+   between modes); the best free schedule is picked the same way among the free ones.
 6. **validate**: the gate. If the choice is not itself free, it and the best free schedule
-   on the evidence are run from the ``fresh`` noises; the choice is kept only when its gain
-   exceeds ``significance`` bootstrap standard errors there, else the best free schedule is
-   returned. ``res.history`` records every score, the choice, the gate and why.
+   are run from the ``fresh`` noises; the choice is kept when its gain there exceeds
+   ``significance`` standard errors (bootstrap) and it is no blurrier beyond noise, or when it
+   is as good (z > −1) and sharper beyond noise (paired over the fresh noises); else the best
+   free schedule is returned. ``res.history`` records every score, the choice, the gate and why.
 
 Under ``torch.distributed`` every stage shares its rows out (:func:`ays.distributed.map_shards`)
 and every rank takes the same decisions. A checkpoint is written after every stage and every
@@ -73,6 +77,7 @@ from .evidence import (
     gain_z,
     gather_evidence,
     local_bandwidth,
+    precision,
     reference_schedule,
     run_rows,
     statistic,
@@ -81,7 +86,8 @@ from .evidence import (
 
 __all__ = [
     "STATISTICS", "Evidence", "Plan", "SelectOptions", "ays", "blend", "data_scale", "default_budget", "gain_z",
-    "gather_evidence", "local_bandwidth", "make_plan", "parse_options", "reference_schedule", "run_rows", "statistic",
+    "gate_keeps", "gather_evidence", "local_bandwidth", "make_plan", "parse_options", "precision", "reference_schedule",
+    "run_rows", "sharpest_of_best", "sharpness_z", "statistic",
 ]
 
 Tensor = torch.Tensor
@@ -115,7 +121,8 @@ class SelectOptions:
     refine_delta: float = 0.3  #: first move, as a fraction of the gap to a neighbour (halves per sweep)
     refine_budget: int | None = None  #: at most this many schedules refined (None: what the plan gives)
     validate: bool = True  #: the gate against the best free schedule on the fresh noises
-    significance: float = 2.0  #: bootstrap standard errors the gain must exceed (one-sided)
+    significance: float = 2.0  #: standard errors the gain must exceed (one-sided)
+    tie: float = 0.05  #: evidence within this share of the best counts as tied: the sharpest of those is taken
     bootstrap: int = 200  #: resamples of the fresh noises for the gain's standard error
     select_samples: int | None = None  #: evidence noises (and as many fresh ones); None: from the budget
     reference_steps: int = 32  #: steps of the stochastic teacher (with reference_solver)
@@ -156,6 +163,7 @@ class SelectOptions:
         if not isinstance(opt.validate, bool):
             raise AysError(f"validate must be True or False, got {opt.validate!r}")
         check_positive(opt.significance, name="significance", allow_zero=True)
+        check_positive(opt.tie, name="tie", allow_zero=True)
         if opt.select_samples is not None:
             check_steps(opt.select_samples, name="select_samples", minimum=8)
         check_steps(opt.reference_steps, name="reference_steps", minimum=2)
@@ -280,6 +288,29 @@ def _refine(task: Task, opt: SelectOptions, judge: Judge, start: Tensor, value: 
     return best, best_val
 
 
+def sharpest_of_best(values: list[float], precisions: list[float], among: Any, tie: float) -> int:
+    """Among the indices ``among`` whose evidence ``values`` are within ``tie`` (relative) of their best, the one
+    whose samples lie nearest the data (lowest :func:`.evidence.precision`): the sliced W2 barely sees blur
+    between modes, so where it cannot tell two schedules apart, the sharper one is taken (ties: the earlier)."""
+    ks = list(among)
+    best = min(values[k] for k in ks)
+    close = [k for k in ks if values[k] <= best + tie * abs(best)]
+    return min(close, key=lambda k: precisions[k])
+
+
+def gate_keeps(z: float, z_sharp: float, significance: float) -> bool:
+    """The gate: better beyond noise (``z``) and no blurrier beyond noise (``z_sharp``, the paired gain in
+    :func:`.evidence.precision`), or as good (``z > −1``) and sharper beyond noise."""
+    return (z > significance and z_sharp > -significance) or (z > -1.0 and z_sharp > significance)
+
+
+def sharpness_z(x_base: Tensor, x_other: Tensor, reference: Tensor) -> float:
+    """``z`` of the per-noise gain in :func:`.evidence.precision` of ``x_other`` over ``x_base`` (paired)."""
+    d = precision(x_base, reference) - precision(x_other, reference)
+    se = float(d.std(unbiased=True)) / math.sqrt(d.numel())
+    return float(d.mean()) / se if se > 0 else (math.inf if float(d.mean()) > 0 else 0.0)
+
+
 def _taught(task: Task, opt: SelectOptions, plan: Plan, levels: Tensor, ev: Evidence, state: dict[str, Any],
             save: Callable[[], None]) -> list[tuple[str, Tensor]]:
     """OSS's and GITS's schedules from the shared teacher trajectory (OSS's paths checkpointed)."""
@@ -338,14 +369,15 @@ def choose(task: Task, opt: SelectOptions, end: Tensor, plan: Plan, levels: Tens
     if len(cands) < plan.candidates:  # coinciding candidates: the plan says what they no longer cost
         per_schedule = plan.stages["candidates"] // plan.candidates
         task.meter.plan({**plan.stages, "candidates": len(cands) * per_schedule})
-    pick = min(range(len(cands)), key=lambda k: values[k])  # ties keep the earlier one
-    frees = [k for k in range(len(cands)) if cands[k][2]]
-    best_free = min(frees, key=lambda k: values[k])
+    sharp = [judge.precision(s, "candidates") for _, s, _ in cands]
+    pick = sharpest_of_best(values, sharp, range(len(cands)), opt.tie)
+    best_free = sharpest_of_best(values, sharp, [k for k in range(len(cands)) if cands[k][2]], opt.tie)
     chosen, value = cands[pick][1], values[pick]
     if plan.refine > 0 and n > 1:
         chosen, value = _refine(task, opt, judge, chosen, value, plan.refine, records)
     why = {"stage": "choice", "family": cands[pick][0]["family"], "evidence": value, "statistic": opt.select,
-           "best_free": {**cands[best_free][0], "evidence": values[best_free]}}
+           "precision": judge.precision(chosen, "candidates"),
+           "best_free": {**cands[best_free][0], "evidence": values[best_free], "precision": sharp[best_free]}}
     refined = not torch.equal(chosen, cands[pick][1])
     if cands[pick][2] and not refined:
         why["why"] = "the best on the evidence is free: nothing to gate"
@@ -358,12 +390,16 @@ def choose(task: Task, opt: SelectOptions, end: Tensor, plan: Plan, levels: Tens
         x_free, x_chosen = check.samples(base, "validate"), check.samples(chosen, "validate")
         gain, z = gain_z(opt.select, evidence[1].target, x_free, x_chosen, bandwidth,
                          seed_for(task.seed, "select", "bootstrap"), opt.bootstrap, opt.projections)
-        keep = z > opt.significance
-        why["why"] = (f"beats the best free schedule on fresh noises by {z:.2f} standard errors"
-                      if keep else f"not beyond noise on fresh noises (z = {z:.2f} <= {opt.significance}): "
+        assert evidence[1].reference is not None
+        z_sharp = sharpness_z(x_free, x_chosen, evidence[1].reference)
+        keep = gate_keeps(z, z_sharp, opt.significance)
+        why["why"] = (f"beats the best free schedule on fresh noises (z = {z:.2f} on {opt.select}, "
+                      f"{z_sharp:.2f} on precision)" if keep else
+                      f"not beyond noise on fresh noises (z = {z:.2f} on {opt.select}, {z_sharp:.2f} on precision): "
                       "the best free schedule is returned")
         records += [why, {"stage": "validate", "statistic": opt.select, "best_free": check(base, "validate"),
-                          "chosen": check(chosen, "validate"), "gain": gain, "z": z, "kept": keep}]
+                          "chosen": check(chosen, "validate"), "gain": gain, "z": z, "z_precision": z_sharp,
+                          "kept": keep}]
         if not keep:
             chosen = base
     return chosen, records, judge.calls + check.calls + search_calls
