@@ -280,6 +280,8 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
             vm = verdict(me["sw2"], ms[m]["sw2"])
             out["vs"][m]["better_or_tied" if vm != "worse" else "worse"] += 1
         fam = c["ays_choice"]["family"]
+        if c["ays_choice"]["why"].startswith("not beyond noise"):  # the gate returned the best free schedule
+            fam = f"free (gate; chosen {fam})"
         out["families"][fam] = out["families"].get(fam, 0) + 1
         out["per_cell"].append({"problem": c["problem"], "solver": c["solver"], "steps": c["steps"],
                                 "best_free": best, "verdict": v, "off_verdict": off_v, "family": fam})
