@@ -1,119 +1,143 @@
-"""Beyond the paper: heuristics, the paper's optimiser, the global optimiser and its evidence-based choice,
-the solver-aware bound and two competing methods, on exact problems, for four solvers at 5/10/20 steps.
+"""Beyond the grids: the default method against every free schedule and every competing method, on mixtures
+unlike the ones it was designed on, for four solvers at 6 and 10 steps.
 
 Usage::
 
-    python benchmarks/beyond.py            # the full table (gmm-8x8, gmm-8x4, gmm-6x6, digits)
-    python benchmarks/beyond.py --quick    # gmm-8x8 only, 5 and 10 steps, small samples
-    python benchmarks/beyond.py --problems gmm-8x8,gmm-6x6 --ablation   # + ays with the 2M bound as the end
-    python benchmarks/beyond.py --quick --select '{"select": "mmd"}'      # another discrepancy for ays
+    python benchmarks/beyond.py            # every problem, 4 solvers × 6 and 10 steps, resumes per cell
+    python benchmarks/beyond.py --quick    # gmm-8x8 and line-1d, 6 steps, small samples
+    python benchmarks/beyond.py --problems aniso-64d --solvers euler --steps 10
 
-Every method sees the same exact denoiser. Samples of each schedule are drawn from the same
-evaluation noise (common random numbers) with :func:`ays.schedules.to_sampling` applied, and
-scored against fresh data: sliced W2 (all problems), NLL under the true density and dropped
-modes (the grids), and denoiser calls spent finding the schedule. The many-step reference
-(256 steps of DPM-Solver++(2M)) gives the modes a good sampler keeps.
+Problems (:data:`PROBLEMS`): ``gmm-8x8`` (the README's; the default was designed on the grids) and
+four shapes never used in its design: ``line-1d`` (one dimension, five components of unequal weights
+and widths), ``aniso-2d`` (four anisotropic components, one of them needle-thin), ``uneq-8d`` (eight
+dimensions, six components, weights 0.45 to 0.02, widths 0.01 to 0.4 per axis) and ``aniso-64d``
+(64 dimensions, three components with per-axis widths spread over two decades). Each has its exact
+denoiser (a diagonal Gaussian mixture, :class:`DiagonalMixture`, in float32).
 
-Methods: ``karras``, ``loglinear``, ``time_uniform``, ``kl_optimal`` (c = 0.5): the four
-heuristics; ``coordinate``: the paper's Alg. 1 with early stopping (fewer Monte Carlo samples than
-the paper's 8,192: its calls are also reported scaled to the table's chain count); ``dp``: the
-global grid minimiser of the paper's KLUB; ``dp_solver``: the minimiser of the solver-aware
-bound (differs from ``dp`` only for the 2M solvers); ``ays``: the global optimiser plus the
-evidence-based choice (``method="ays"``); ``gits`` and ``dmn``: competing methods.
-
-To keep the CPU time bounded, one KLUB table and one reference set per problem are shared by the
-``dp``/``ays`` runs of all solvers and step counts; the calls reported for every cell count them
-in full, as a standalone ``ays.optimize`` call would spend them.
+Every cell (problem × solver × steps) runs, from the same evaluation noise (common random numbers),
+the free schedules (karras, loglinear, time_uniform, kl_optimal c = 0.5, beta), the default
+(``ays.optimize`` with nothing set: ``method="ays"`` at its default budget), and ``gits``, ``oss``,
+``ld3`` and ``dmn`` at their defaults. Scores: sliced W2 to fresh data (``seeds`` independent sets
+of ``samples`` samples, the same noise and data for every method within a seed) and the off-mode mass
+(the share of samples outside every component's 99.9 % ellipsoid). A comparison is a paired
+difference over the seeds: mean ± t(0.975)·sd/√seeds; "better"/"worse" when that interval excludes
+0, else "tied". Each cell is written to ``cells/`` as it finishes and skipped when found.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ays import metrics, problems, schedules, solvers
-from ays.io import atomic_write_text
-from ays.klub import table as T
-from ays.optimize import dp as D
+from ays.io import atomic_write_json, atomic_write_text
+from ays.optimize import ays as A
 from ays.optimize import optimize
+from ays.optimize.task import Task
+from ays.optimize.teacher import grid_levels
+from ays.seeds import seed_for
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.beyond
     import _harness as H
 except ImportError:  # pragma: no cover
     from benchmarks import _harness as H
 
-PAPER_SAMPLES = 8192  # Monte Carlo samples per KLUB estimate in the paper
 SOLVERS = ("euler", "dpmpp_2m", "stochastic_ddim", "dpmpp_2m_sde")
-HEURISTICS = ("karras", "loglinear", "time_uniform", "kl_optimal")
-OPTIMISERS = ("coordinate", "dp", "dp_solver", "ays", "ays_ungated", "ays_sw2", "gits", "dmn")
-
-# Sample sizes per problem kind: (evaluation, table chains, selection samples, coordinate samples)
-SIZES = {
-    "full": {"gmm": (4096, 4096, 2048, 128), "digits": (768, 1024, 512, 32)},
-    "quick": {"gmm": (2048, 2048, 512, 128), "digits": (512, 512, 128, 32)},
-}
+HEURISTICS = ("karras", "loglinear", "time_uniform", "kl_optimal", "beta")
+OPTIMISERS = ("ays", "gits", "oss", "ld3", "dmn")
+COMPETITORS = ("gits", "oss", "ld3", "dmn")
+#: The default's version the cells were run with: a cell of another one has its default (and audit) run again
+AYS_VERSION = "portfolio-3: coupled evidence against the ODE trajectory, the sharpest of the tied, two-sided gate"
+T975 = {2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 7: 2.447, 8: 2.365, 10: 2.262}  # t quantiles by seeds
 
 
-class FastMixture:
-    """The problem's exact mixture denoiser, computed in float32 without chunking (2-4× faster on a CPU).
+class DiagonalMixture:
+    """A Gaussian mixture with per-axis widths: ``means [K, d]``, ``stds [K, d]``, ``weights [K]``; exact denoiser.
 
-    Same formula as :meth:`ays.problems.GaussianMixture.denoiser`; checked against it at start-up.
+    ``D(x, σ) = Σ_k r_k(x) (μ_k + s_k²/(s_k² + σ²) (x − μ_k))`` with ``r_k ∝ w_k N(x; μ_k, diag(s_k² + σ²))``
+    (the posterior mean of each component, weighted by its posterior probability), in float32, without
+    in-place writes (LD3 differentiates through it).
     """
 
-    def __init__(self, prob: Any) -> None:
-        self.prob = prob
-        self.mu = prob.means.to(torch.float32)
-        self.mu2 = (self.mu * self.mu).sum(1)
-        self.s2 = (prob.stds**2).to(torch.float32)
-        self.logw = torch.log(prob.weights).to(torch.float32)
-        self.atoms = bool((prob.stds == 0).all())
-        self.d = self.mu.shape[1]
+    def __init__(self, name: str, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor,
+                 sigma_min: float = 0.002, sigma_max: float = 80.0, design: bool = False) -> None:
+        self.name, self.design = name, design
+        self.means = means.to(torch.float64)
+        self.stds = stds.to(torch.float64).expand_as(self.means).clone()
+        self.weights = (weights / weights.sum()).to(torch.float64)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self._mu, self._s2 = self.means.float(), (self.stds**2).float()
+        self._logw = self.weights.log().float()
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        xf = x.reshape(x.shape[0], -1).to(torch.float32)
-        sg2 = sigma.to(torch.float32).reshape(-1, 1) ** 2
-        d2 = ((xf * xf).sum(1, keepdim=True) - 2.0 * xf @ self.mu.T + self.mu2[None, :]).clamp_min(0.0)
-        if self.atoms:  # empirical data: every component has variance sigma², the pull is total
-            r = torch.softmax(self.logw[None, :] - 0.5 * d2 / sg2, dim=1)
-            out = r @ self.mu
-        else:
-            v = self.s2[None, :] + sg2
-            r = torch.softmax(self.logw[None, :] - 0.5 * d2 / v - (0.5 * self.d) * torch.log(v), dim=1)
-            rb = r * (sg2 / v)
-            out = xf * (1.0 - rb.sum(1, keepdim=True)) + rb @ self.mu
-        return out.reshape(x.shape).to(x.dtype)
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
 
-    def check(self) -> float:
-        """Largest deviation from the library's float64 denoiser over noise levels 0.002..80."""
-        x0 = self.prob.sample(512, torch.Generator().manual_seed(99))
-        worst = 0.0
-        for s in (0.002, 0.02, 0.2, 2.0, 20.0, 80.0):
-            x = x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(s * 1000)))
-            sig = torch.full((x.shape[0],), s)
-            worst = max(worst, float((self(x, sig) - self.prob.denoiser(x, sig)).abs().max()))
-        return worst
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self.means[k] + self.stds[k] * z
 
+    def denoiser(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        xf = x.reshape(x.shape[0], -1).float()
+        sg2 = sigma.float().reshape(-1, 1, 1) ** 2
+        v = self._s2[None] + sg2  # [B, K, d]
+        diff = xf[:, None, :] - self._mu[None]
+        logits = self._logw[None] - 0.5 * (diff * diff / v + torch.log(v)).sum(dim=2)
+        r = torch.softmax(logits, dim=1)[..., None]
+        post = self._mu[None] + self._s2[None] / v * diff
+        return (r * post).sum(dim=1).reshape(x.shape).to(x.dtype)
 
-class Problem:
-    """A named problem whose ``denoiser`` is the fast exact one (``log_prob``, mixture fields kept)."""
-
-    def __init__(self, name: str) -> None:
-        self.base = problems.get(name)
-        self.name = name
-        self.denoiser = FastMixture(self.base)
-        self.sample = self.base.sample
-        self.sigma_min, self.sigma_max = self.base.sigma_min, self.base.sigma_max
-
-    def __getattr__(self, key: str) -> Any:
-        return getattr(self.base, key)
+    def off_mode(self, x: torch.Tensor) -> float:
+        """Share of samples outside every component's 99.9 % ellipsoid (squared Mahalanobis distance above
+        the chi² quantile of ``d`` degrees of freedom, by Wilson-Hilferty)."""
+        d = self.dim
+        q = d * (1 - 2 / (9 * d) + 3.09 * math.sqrt(2 / (9 * d))) ** 3
+        xf = x.reshape(x.shape[0], -1).to(torch.float64)
+        m2 = torch.stack([(((xf - mu) / s) ** 2).sum(dim=1) for mu, s in zip(self.means, self.stds)], dim=1)
+        return float((m2.min(dim=1).values > q).double().mean())
 
 
-_DMN: dict[tuple[int, str, float, float], tuple[torch.Tensor, float]] = {}
+def _grid_8x8() -> DiagonalMixture:
+    base = problems.get("gmm-8x8")
+    return DiagonalMixture("gmm-8x8", base.means, base.stds[:, None].expand_as(base.means), base.weights,
+                           base.sigma_min, base.sigma_max, design=True)
+
+
+def _make(name: str) -> DiagonalMixture:
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    f64 = torch.float64
+    if name == "line-1d":
+        means = torch.tensor([[-2.0], [-0.6], [0.0], [0.9], [2.5]], dtype=f64)
+        stds = torch.tensor([[0.3], [0.05], [0.01], [0.15], [0.4]], dtype=f64)
+        return DiagonalMixture(name, means, stds, torch.tensor([0.3, 0.1, 0.05, 0.35, 0.2], dtype=f64))
+    if name == "aniso-2d":
+        means = torch.tensor([[-1.5, 0.0], [1.5, 0.5], [0.0, 1.8], [0.2, -1.5]], dtype=f64)
+        stds = torch.tensor([[0.6, 0.02], [0.05, 0.5], [0.2, 0.2], [0.01, 0.01]], dtype=f64)
+        return DiagonalMixture(name, means, stds, torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=f64))
+    if name == "uneq-8d":
+        means = 1.5 * torch.randn(6, 8, generator=g, dtype=f64)
+        stds = torch.exp(torch.empty(6, 8, dtype=f64).uniform_(math.log(0.01), math.log(0.4), generator=g))
+        return DiagonalMixture(name, means, stds, torch.tensor([0.45, 0.25, 0.15, 0.08, 0.05, 0.02], dtype=f64))
+    if name == "aniso-64d":
+        means = 0.5 * torch.randn(3, 64, generator=g, dtype=f64)
+        stds = torch.exp(torch.empty(3, 64, dtype=f64).uniform_(math.log(0.005), math.log(0.5), generator=g))
+        return DiagonalMixture(name, means, stds, torch.tensor([0.6, 0.3, 0.1], dtype=f64))
+    if name == "gmm-8x8":
+        return _grid_8x8()
+    raise SystemExit(f"unknown problem {name!r}; choose from {', '.join(PROBLEMS)}")
+
+
+PROBLEMS = ("gmm-8x8", "line-1d", "aniso-2d", "uneq-8d", "aniso-64d")
+
+
+def problem(name: str) -> DiagonalMixture:
+    return _make(name)
 
 
 def sample(solver: str, denoiser: Any, noise: torch.Tensor, sigmas: torch.Tensor, seed: int) -> torch.Tensor:
@@ -122,265 +146,219 @@ def sample(solver: str, denoiser: Any, noise: torch.Tensor, sigmas: torch.Tensor
     return solvers.get(solver)(denoiser, noise * float(s[0]), s, generator=torch.Generator().manual_seed(seed))
 
 
-def evaluate(prob: Any, solver: str, sigmas: torch.Tensor, noise: torch.Tensor, fresh: torch.Tensor,
-             kept: set[int] | None, is_grid: bool, digits_ref: torch.Tensor | None) -> dict[str, Any]:
-    x = sample(solver, prob.denoiser, noise, sigmas, seed=12345)
-    row: dict[str, Any] = {"sw2": metrics.sliced_w2(x, fresh).value}
-    if is_grid:
-        row["nll"] = metrics.nll(x, prob.base).value
-        cov = metrics.mode_coverage(x, prob.base)
-        row["dropped"] = cov.n_dropped
-        row["dropped_kept"] = len(set(cov.dropped) & kept) if kept is not None else None
-        row["dropped_modes"] = sorted(int(m) for m in cov.dropped)
-        row["tv"] = cov.tv
-    if digits_ref is not None:
-        row["fd"] = metrics.digits_fd(x, digits_ref)
-    return row
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def run_problem(name: str, mode: str, steps_list: list[int], seed: int, solver_list: Sequence[str],
-                ablation: bool = False, select_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    torch.manual_seed(0)  # nothing here draws from it; set only so that stray global draws are reproducible
-    prob = Problem(name)
-    err = prob.denoiser.check()
-    if err > 1e-3:
-        raise SystemExit(f"the fast denoiser of {name} deviates from the library's by {err:.2e}")
-    log(f"[{name}] fast float32 denoiser within {err:.1e} of the library's float64 one")
-    is_grid = name.startswith("gmm")
-    n_eval, n_table, _, n_coord = SIZES[mode]["gmm" if is_grid else "digits"]
+def schedules_of(prob: DiagonalMixture, solver: str, n: int, methods: Sequence[str] = (*HEURISTICS, *OPTIMISERS),
+                 ) -> dict[str, tuple[torch.Tensor, int, float]]:
+    """Every method's schedule for one cell: (sigmas, calls spent finding it, seconds)."""
     lo, hi = prob.sigma_min, prob.sigma_max
-    shape = tuple(prob.sample(1, torch.Generator().manual_seed(0)).shape[1:])
-    fresh = prob.sample(n_eval, torch.Generator().manual_seed(seed + 2000))
-    noise = torch.randn((n_eval, *shape), generator=torch.Generator().manual_seed(seed + 1000), dtype=fresh.dtype)
-    t0 = time.time()
-
-    # The many-step reference: which modes does a good sampler keep?
-    kept = None
-    digits_ref = None
-    if is_grid:
-        ref = sample("dpmpp_2m", prob.denoiser, noise, schedules.karras(256, lo, hi), seed=1)
-        cov = metrics.mode_coverage(ref, prob.base)
-        kept = set(range(cov.counts.numel())) - set(cov.dropped)
-        log(f"[{name}] reference: sw2 {metrics.sliced_w2(ref, fresh).value:.4f}, dropped {cov.n_dropped}")
-    else:
-        digits_ref = prob.sample(n_eval, torch.Generator().manual_seed(seed + 3000))
-
-    # Shared by the dp cells: one table (ays builds its own, a small one, inside its budget).
-    t = time.time()
-    table = T.build_table(prob.denoiser, prob.sample, T.log_grid(lo, hi, 128), chains=n_table, seed=seed)
-    t_table = time.time() - t
-    log(f"[{name}] table {table.calls} rows in {t_table:.0f}s")
-
-    rows: list[dict[str, Any]] = []
-    for n in steps_list:
-        shared: dict[str, tuple[torch.Tensor, int, float]] = {}
+    found = {h: (schedules.build(h, n, lo, hi, **({"c": 0.5} if h == "kl_optimal" else {})), 0, 0.0)
+             for h in HEURISTICS if h in methods}
+    for m in (m for m in OPTIMISERS if m in methods):
         t = time.time()
-        res = optimize(prob.denoiser, prob.sample, steps=n, method="coordinate", samples=n_coord, seed=seed)
-        shared["coordinate"] = (res.sigmas, res.calls, time.time() - t)
-        t = time.time()
-        res = optimize(prob.denoiser, prob.sample, steps=n, method="gits", seed=seed)
-        shared["gits"] = (res.sigmas, res.calls, time.time() - t)
-        ddim = D.schedules_from_table(table, n, objective="ddim")[n][0]
-        shared["dp"] = (ddim, table.calls, t_table)
-        for solver in solver_list:
-            found = dict(shared)
-            for h in HEURISTICS:
-                found[h] = (schedules.build(h, n, lo, hi), 0, 0.0)
-            t = time.time()
-            solver_obj = D.DPOptions().resolved_objective(solver)  # "dp"'s default: the solver's own bound
-            own = D.schedules_from_table(table, n, objective=solver_obj, solver=solver)[n][0]
-            found["dp_solver"] = (own, table.calls, t_table + time.time() - t)
-            # The default method at its default budget; "ays_ungated": without the significance gate;
-            # "ays_sw2": the unpaired sliced W2 to an independent reference set (the evidence ablation).
-            variants: list[tuple[str, dict[str, Any]]] = [
-                ("ays", {}), ("ays_ungated", {"validate": False}), ("ays_sw2", {"select": "sw2"})]
-            if ablation and solver_obj == "solver":
-                variants.append(("ays_2m_end", {"objective": "solver"}))
-            for method, extra in variants:
-                t = time.time()
-                res = optimize(prob.denoiser, prob.sample, steps=n, solver=solver, seed=seed, model=prob.name,
-                               **{**extra, **(select_options or {})})
-                found[method] = (res.sigmas, res.calls, time.time() - t)
-            t = time.time()
-            key = (n, solver, lo, hi)
-            if key not in _DMN:  # DMN never sees the model: its schedule depends on the range only
-                res = optimize(prob.denoiser, prob.sample, steps=n, method="dmn", solver=solver)
-                _DMN[key] = (res.sigmas, time.time() - t)
-            found["dmn"] = (_DMN[key][0], 0, _DMN[key][1])
-            for method, (sig, calls, secs) in found.items():
-                row = {"problem": name, "solver": solver, "steps": n, "method": method, "calls": calls,
-                       "seconds": secs, "sigmas": [float(v) for v in sig.tolist()]}
-                row.update(evaluate(prob, solver, sig, noise, fresh, kept, is_grid, digits_ref))
-                if kept is not None:
-                    row["kept_modes"] = sorted(kept)
-                rows.append(row)
-            cell = {r["method"]: r for r in rows if r["problem"] == name and r["solver"] == solver and r["steps"] == n}
-            best_h = min(HEURISTICS, key=lambda h: cell[h]["sw2"])
-            log(f"[{name}] {solver:>15} n={n:<2} best heuristic {best_h} {cell[best_h]['sw2']:.4f} | "
-                + " ".join(f"{m} {cell[m]['sw2']:.4f}" for m in OPTIMISERS)
-                + f" | ays calls {cell['ays']['calls']} ({time.time() - t0:.0f}s)")
-    return rows
+        kw = {} if m == "ays" else {"method": m}
+        res = optimize(prob.denoiser, prob.sample, steps=n, solver=solver, seed=0, sigma_min=lo, sigma_max=hi,
+                       progress=None, **kw)
+        found[m] = (res.sigmas, res.calls, time.time() - t)
+        if m == "ays":
+            found["_ays_history"] = res.history  # type: ignore[assignment]
+    return found
 
 
-def summarise(rows: list[dict[str, Any]], n_coord: dict[str, int], kept_modes: dict[str, list[int]]) -> dict[str, Any]:
-    cells: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        cells.setdefault((r["problem"], r["solver"], r["steps"]), {})[r["method"]] = r
-    for (p, _, _), c in cells.items():
-        c["_kept"] = set(kept_modes.get(p, []))
-    out: dict[str, Any] = {"cells": len(cells), "beats_best_heuristic": {}, "drops_kept_mode": {}, "calls_ratio": {}}
-    for m in [m for m in OPTIMISERS if all(m in c for c in cells.values())]:
-        wins = sum(c[m]["sw2"] < min(c[h]["sw2"] for h in HEURISTICS) for c in cells.values())
-        out["beats_best_heuristic"][m] = wins / len(cells)
-        out["drops_kept_mode"][m] = sum(bool(c[m].get("dropped_kept")) for c in cells.values())
-        # the target of the default: no mode dropped that the reference keeps wherever some heuristic keeps it
-        lost = 0
-        for c in cells.values():
-            if "dropped_modes" in c[m]:
-                kept_by_some = set().union(*(c["_kept"] - set(c[h]["dropped_modes"]) for h in HEURISTICS))
-                lost += bool(set(c[m]["dropped_modes"]) & kept_by_some)
-        out.setdefault("drops_mode_a_heuristic_keeps", {})[m] = lost
-    ratios = []
-    for (p, _, _), c in cells.items():
-        # the paper's coordinate search at its 8,192 samples per estimate, against ays at its default budget
-        ratios.append(c["coordinate"]["calls"] * PAPER_SAMPLES / n_coord[p] / c["ays"]["calls"])
-    ratios.sort()
-    out["calls_ratio"] = {"min": ratios[0], "median": ratios[len(ratios) // 2], "max": ratios[-1]}
-    ten = sorted(c["ays"]["calls"] for (_, _, n), c in cells.items() if n == 10)
-    out["ays_calls_at_10_steps"] = ten[-1] if ten else None
-    return out
-
-
-def cells_of(rows: list[dict[str, Any]], problem: str) -> list[tuple[str, int, dict[str, dict[str, Any]]]]:
-    """The (solver, steps, {method: row}) cells of one problem, in table order."""
+def audit(prob: DiagonalMixture, solver: str, n: int, history: list[dict[str, Any]],
+          score: Any) -> dict[str, Any]:
+    """Every candidate of the default's portfolio, scored by every statistic on its own evidence sets (the same
+    noises, Brownian paths and teacher as the default's run) and by the final measures (``score``); and, per
+    statistic, the schedule the default would return with it (choice, gate on the fresh set)."""
+    task = Task(denoiser=prob.denoiser, data=prob.sample, steps=n, solver=solver, sigma_min=prob.sigma_min,
+                sigma_max=prob.sigma_max, seed=0, samples=64, early_stopping=True, init=None, noise=None,
+                checkpoint=None, resume=False, batch_size=None, progress=None, model=None, method="ays")
+    opt = A.SelectOptions()
+    plan = next(h for h in history if h["stage"] == "plan")
+    levels = grid_levels(task, opt.teacher_grid, 7.0)
+    sets = A.gather_evidence(task, plan["rows"], plan["fresh"], levels, opt.teacher_refine, opt.reference_steps,
+                             None)[:2]
+    h = A.local_bandwidth(sets[0].target)
+    cands = [r for r in history if r["stage"] == "select"]
     out = []
-    for solver in SOLVERS:
-        for n in sorted({r["steps"] for r in rows}):
-            cell = {r["method"]: r for r in rows if (r["problem"], r["solver"], r["steps"]) == (problem, solver, n)}
-            if cell:
-                out.append((solver, n, cell))
+    xs: list[list[torch.Tensor]] = []
+    for r in cands:
+        sig = torch.tensor(r["sigmas"], dtype=torch.float64)
+        row: dict[str, Any] = {k: r.get(k) for k in ("family", "heuristic", "c", "lambda", "free", "sigmas")}
+        xs.append([])
+        for half, ev in zip(("choose", "fresh"), sets):
+            x = A.run_rows(solver, prob.denoiser, ev.noise, sig, slice(0, ev.noise.shape[0]), ev.tree)
+            x = x.reshape(x.shape[0], -1).to(torch.float64)
+            xs[-1].append(x)
+            row[half] = {st: A.statistic(st, x, ev.target, h) for st in A.STATISTICS}
+        row.update(score(sig))
+        out.append(row)
+    ref = sets[0].reference
+    for r, x in zip(out, xs):
+        r["precision"] = float(A.precision(x[0], ref).mean())
+    sharp = [r["precision"] for r in out]
+    by: dict[str, Any] = {}
+    for st in A.STATISTICS:  # the default's own rule (ays.optimize.ays.choose) with each statistic
+        values = [r["choose"][st] for r in out]
+        pick = A.sharpest_of_best(values, sharp, range(len(out)), opt.tie)
+        free = A.sharpest_of_best(values, sharp, [k for k in range(len(out)) if out[k]["free"]], opt.tie)
+        z = z_sharp = None
+        result = pick
+        if not out[pick]["free"]:
+            _, z = A.gain_z(st, sets[1].target, xs[free][1], xs[pick][1], h, seed_for(0, "select", "bootstrap"))
+            z_sharp = A.sharpness_z(xs[free][1], xs[pick][1], ref)
+            result = pick if A.gate_keeps(z, z_sharp, opt.significance) else free
+        by[st] = {"pick": pick, "best_free": free, "z": z, "z_precision": z_sharp, "result": result}
+    return {"candidates": out, "by_statistic": by}
+
+
+def run_cell(prob: DiagonalMixture, solver: str, n: int, seeds: int, samples: int,
+             old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every method of one cell, scored on ``seeds`` sets of ``samples`` (the same for every method).
+
+    ``old``: a cell of an earlier default (another :data:`AYS_VERSION`): only the default and its audit are
+    run again, the other methods' rows are kept.
+    """
+    t0 = time.time()
+    found = schedules_of(prob, solver, n, ("ays",) if old else (*HEURISTICS, *OPTIMISERS))
+    history = found.pop("_ays_history")  # type: ignore[misc]
+    choice = next(h for h in history if h["stage"] == "choice")
+    gate = next((h for h in history if h["stage"] == "validate"), None)
+    noises = [torch.randn(samples, prob.dim, generator=torch.Generator().manual_seed(1000 + k), dtype=torch.float64)
+              for k in range(seeds)]
+    data = [prob.sample(samples, torch.Generator().manual_seed(2000 + k)) for k in range(seeds)]
+
+    def score(sig: torch.Tensor) -> dict[str, list[float]]:
+        sw2, off = [], []
+        for k in range(seeds):
+            x = sample(solver, prob.denoiser, noises[k], sig, seed=3000 + k)
+            sw2.append(metrics.sliced_w2(x, data[k], generator=torch.Generator().manual_seed(4000 + k)).value)
+            off.append(prob.off_mode(x))
+        return {"sw2": sw2, "off_mode": off}
+
+    rows: dict[str, Any] = dict(old["methods"]) if old else {}
+    for method, (sig, calls, secs) in found.items():
+        rows[method] = {"sigmas": [float(v) for v in sig.tolist()], "calls": calls, "seconds": secs, **score(sig)}
+    rows = {m: rows[m] for m in (*HEURISTICS, *OPTIMISERS)}
+    return {"audit": audit(prob, solver, n, history, score), "ays_version": AYS_VERSION,
+            "problem": prob.name, "design": prob.design, "solver": solver, "steps": n, "seeds": seeds,
+            "samples": samples, "methods": rows, "ays_choice": {"family": choice["family"], "why": choice["why"],
+                                                                  "gate_z": None if gate is None else gate["z"]},
+            "seconds": time.time() - t0 + (old["seconds"] if old else 0.0)}
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean and 95 % half width of the paired differences ``a − b`` over seeds."""
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    k = d.numel()
+    return float(d.mean()), (T975.get(k, 1.96) * float(d.std(unbiased=True)) / math.sqrt(k) if k > 1 else 0.0)
+
+
+def verdict(a: Sequence[float], b: Sequence[float]) -> str:
+    mean, half = paired(a, b)
+    return "tied" if abs(mean) <= half else ("better" if mean < 0 else "worse")
+
+
+def mean(v: Sequence[float]) -> float:
+    return sum(v) / len(v)
+
+
+def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per cell the best free schedule (by mean sliced W2), the default against it and against each competitor."""
+    out: dict[str, Any] = {"cells": len(cells), "wins": 0, "better": 0, "worse": 0, "off_worse": 0,
+                           "vs": {m: {"better_or_tied": 0, "worse": 0} for m in COMPETITORS}, "families": {},
+                           "per_cell": []}
+    for c in cells:
+        ms = c["methods"]
+        best = min(HEURISTICS, key=lambda h: mean(ms[h]["sw2"]))
+        me = ms["ays"]
+        v = verdict(me["sw2"], ms[best]["sw2"])
+        out["wins"] += mean(me["sw2"]) < mean(ms[best]["sw2"])
+        out["better"] += v == "better"
+        out["worse"] += v == "worse"
+        off_v = verdict(me["off_mode"], ms[best]["off_mode"])
+        out["off_worse"] += off_v == "worse"
+        for m in COMPETITORS:
+            vm = verdict(me["sw2"], ms[m]["sw2"])
+            out["vs"][m]["better_or_tied" if vm != "worse" else "worse"] += 1
+        fam = c["ays_choice"]["family"]
+        if c["ays_choice"]["why"].startswith("not beyond noise"):  # the gate returned the best free schedule
+            fam = f"free (gate; chosen {fam})"
+        out["families"][fam] = out["families"].get(fam, 0) + 1
+        out["per_cell"].append({"problem": c["problem"], "solver": c["solver"], "steps": c["steps"],
+                                "best_free": best, "verdict": v, "off_verdict": off_v, "family": fam})
     return out
 
 
-def metric_table(rows: list[dict[str, Any]], problem: str, methods: tuple[str, ...], metric: str) -> str:
-    """One metric of one problem: a line per (solver, steps), a column per method."""
-    body = [[solver, n, *(f"{cell[m][metric]:.3f}" for m in methods)] for solver, n, cell in cells_of(rows, problem)]
-    return H.markdown_table(["solver", "n", *methods], body)
-
-
-def summary_of(rows: list[dict[str, Any]], sizes: dict[str, Any]) -> dict[str, Any]:
-    """:func:`summarise` with each problem's table chains and coordinate samples from ``sizes``."""
-    kind = {p: ("gmm" if p.startswith("gmm") else "digits") for p in {r["problem"] for r in rows}}
-    kept = {p: r["kept_modes"] for r in rows if "kept_modes" in r for p in [r["problem"]]}
-    return summarise(rows, {p: sizes[k][3] for p, k in kind.items()}, kept)
-
-
-def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], command: str, seconds: float, cpu: float) -> str:
+def markdown(cells: list[dict[str, Any]], command: str) -> str:
     methods = (*HEURISTICS, *OPTIMISERS)
-    lines = [f"Command: `{command}` ({seconds / 60:.1f} min wall clock, {cpu / 60:.1f} min CPU time of this process)",
-             ""]
-    problems_seen = sorted({r["problem"] for r in rows}, key=lambda p: (p == "digits", p))
-    for p in problems_seen:
-        grid = p.startswith("gmm")
-        lines.append(f"### {p}: sliced W2 to fresh data (lower is better)" + ("; [dropped modes]" if grid else ""))
-        lines.append("")
-        body = []
-        for solver, n, cell in cells_of(rows, p):
-            best = min(cell[m]["sw2"] for m in methods)
-            vals = []
-            for m in methods:
-                v = f"{cell[m]['sw2']:.4f}"
-                if cell[m]["sw2"] == best:
-                    v = f"**{v}**"
-                if grid and cell[m].get("dropped"):
-                    v += f" [{cell[m]['dropped']}]"
-                vals.append(v)
-            body.append([solver, n, *vals])
-        lines.append(H.markdown_table(["solver", "n", *methods], body))
-        lines.append("")
-        metric, title = ("nll", "NLL under the true density") if grid else ("fd", "Classifier-feature Fréchet distance")
-        lines.append(f"{title} ({p}; lower is better{', blind to dropped modes' if grid else ''}):")
-        lines += ["", metric_table(rows, p, methods, metric), ""]
-    abl = [r for r in rows if r["method"] in ("ays_ddim_end", "ays_2m_end")]
-    if abl:
-        lines.append("### Ablation: which bound ends the path, for the 2M solvers (sliced W2)")
-        lines.append("")
-        lines.append("| problem | solver | n | dp (paper's bound) | dp_solver (2M bound) | ays, 2M-bound end "
-                     "| ays, paper-bound end |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for r in abl:
-            cell = {q["method"]: q for q in rows
-                    if (q["problem"], q["solver"], q["steps"]) == (r["problem"], r["solver"], r["steps"])}
-            two_m, paper_end = (r, cell["ays"]) if r["method"] == "ays_2m_end" else (cell["ays"], r)
-            lines.append(f"| {r['problem']} | {r['solver']} | {r['steps']} | {cell['dp']['sw2']:.4f} | "
-                         f"{cell['dp_solver']['sw2']:.4f} | {two_m['sw2']:.4f} | {paper_end['sw2']:.4f} |")
-        lines.append("")
-    lines.append("### Denoiser calls spent finding the schedule (median over cells)")
+    s = summarise(cells)
+    n = max(1, s["cells"])
+    lines = [f"Command: `{command}`", "", f"Cells: {s['cells']} (problem × solver × steps); sliced W2 to fresh data, "
+             "mean over the seeds (lower is better; the best in bold); [off-mode mass, %].", ""]
+    body = []
+    for c in cells:
+        ms = c["methods"]
+        best = min(mean(ms[m]["sw2"]) for m in methods)
+        vals = []
+        for m in methods:
+            v = f"{mean(ms[m]['sw2']):.4f}"
+            vals.append((f"**{v}**" if mean(ms[m]["sw2"]) == best else v) + f" [{100 * mean(ms[m]['off_mode']):.1f}]")
+        body.append([c["problem"] + ("" if c["design"] else " (new)"), c["solver"], c["steps"], *vals])
+    lines += [H.markdown_table(["problem", "solver", "n", *methods], body), ""]
+    lines.append("Verdicts of the default (paired over seeds, 95 %) and the family it returned:")
     lines.append("")
-    lines.append("| problem | " + " | ".join(OPTIMISERS) + " |")
-    lines.append("|---|" + "---|" * len(OPTIMISERS))
-    for p in problems_seen:
-        meds = []
-        for m in OPTIMISERS:
-            v = sorted(r["calls"] for r in rows if r["problem"] == p and r["method"] == m)
-            meds.append(f"{v[len(v) // 2]:,}")
-        lines.append(f"| {p} | " + " | ".join(meds) + " |")
-    lines.append("")
+    body = [[p["problem"], p["solver"], p["steps"], p["best_free"], p["verdict"], p["off_verdict"], p["family"]]
+            for p in s["per_cell"]]
+    lines += [H.markdown_table(["problem", "solver", "n", "best free", "sW2 vs best free", "off-mode vs best free",
+                                "returned"], body), ""]
+    calls = {m: sorted(c["methods"][m]["calls"] for c in cells) for m in OPTIMISERS}
+    lines += ["Denoiser calls spent finding the schedule (median over cells): "
+              + ", ".join(f"{m} {v[len(v) // 2]:,}" for m, v in calls.items() if v), ""]
     lines.append("### Summary")
     lines.append("")
-    lines.append(f"- cells (problem × solver × steps): {summary['cells']}")
-    for m in OPTIMISERS:
-        lines.append(f"- `{m}` beats the best of the four heuristics on sliced W2 in "
-                     f"{100 * summary['beats_best_heuristic'][m]:.0f}% of cells; cells where it drops a mode the "
-                     f"many-step reference keeps: {summary['drops_kept_mode'][m]}")
-        if m in summary.get("drops_mode_a_heuristic_keeps", {}):
-            lines.append(f"  - cells where `{m}` drops a kept mode that some heuristic keeps: "
-                         f"{summary['drops_mode_a_heuristic_keeps'][m]}")
-    r = summary["calls_ratio"]
-    lines.append(f"- the paper's coordinate search at {PAPER_SAMPLES:,} samples per estimate / `ays` at its default "
-                 f"budget, in calls: min {r['min']:.1f}×, median {r['median']:.1f}×, max {r['max']:.1f}×")
-    if summary.get("ays_calls_at_10_steps"):
-        lines.append(f"- `ays` calls for a 10-step schedule (most over cells): {summary['ays_calls_at_10_steps']:,}")
+    lines.append(f"- the default beats the best free schedule (mean sliced W2) in {s['wins']}/{s['cells']} cells "
+                 f"({100 * s['wins'] / n:.0f} %; target ≥ 80 %); significantly better in {s['better']}, "
+                 f"significantly worse in {s['worse']} (target 0)")
+    lines.append(f"- its off-mode mass is significantly above the best free schedule's in {s['off_worse']} cells "
+                 "(target 0)")
+    for m in COMPETITORS:
+        b = s["vs"][m]["better_or_tied"]
+        lines.append(f"- better than or tied with `{m}` in {b}/{s['cells']} cells ({100 * b / n:.0f} %; target ≥ 90 %)")
+    families = ", ".join(f"{k} {v}" for k, v in sorted(s["families"].items()))
+    lines.append(f"- the family the default returned: {families}")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    ap = H.arguments(__doc__.split("\n")[0], "beyond", cells=False)
-    ap.add_argument("--problems", default=None, help="comma-separated problem names")
-    ap.add_argument("--steps", default=None, help="comma-separated step counts (default 5,10,20)")
+    ap = H.arguments(__doc__.split("\n")[0], "beyond", seeds=5, samples=4096)
+    ap.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated problem names")
+    ap.add_argument("--steps", default="6,10", help="comma-separated step counts")
     ap.add_argument("--solvers", default=",".join(SOLVERS), help="comma-separated solvers")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--select", default=None, help="ays option overrides as JSON, e.g. '{\"select\": \"mmd\"}'")
-    ap.add_argument("--ablation", action="store_true",
-                    help="also run ays with the 2M solvers' bound as the path's end (ays_2m_end)")
-    ap.add_argument("--render", default=None, help="only re-render the Markdown of a saved JSON (no runs)")
-    args = H.parse(ap, argv, {"problems": "gmm-8x8", "steps": "5,10"})
-    if args.render:
-        doc = json.loads(Path(args.render).read_text())
-        text = markdown(doc["rows"], summary_of(doc["rows"], doc["sizes"]), doc["command"].strip(), doc["seconds"],
-                        doc.get("cpu_seconds", 0.0))
-        atomic_write_text(Path(args.render).parent / "beyond_table.md", text)
-        print(text)
-        return text
-    mode = "quick" if args.quick else "full"
-    names = args.problems.split(",") if args.problems else ["gmm-8x8", "gmm-8x4", "gmm-6x6", "digits"]
-    steps = [int(s) for s in args.steps.split(",")] if args.steps else [5, 10, 20]
-    start = time.time()
-    cpu0 = time.process_time()
-    rows: list[dict[str, Any]] = []
-    for name in names:
-        rows += run_problem(name, mode, steps, args.seed, args.solvers.split(","), args.ablation,
-                            json.loads(args.select) if args.select else None)
-    summary = summary_of(rows, SIZES[mode])
-    seconds, cpu = time.time() - start, time.process_time() - cpu0
-    H.write_rows(rows, args.out, "beyond_results", cmd=args.command,
-                 meta={"seconds": seconds, "cpu_seconds": cpu, "mode": mode, "sizes": SIZES[mode],
-                       "select_overrides": args.select, "summary": summary})
-    text = markdown(rows, summary, args.command, seconds, cpu)
+    ap.add_argument("--render", action="store_true", help="only re-render the Markdown from the cells found")
+    args = H.parse(ap, argv, {"problems": "gmm-8x8,line-1d", "steps": "6", "seeds": 2, "samples": 1024})
+    cell_dir = args.out / "cells"
+    cell_dir.mkdir(exist_ok=True)
+    if not args.render:
+        for name in args.problems.split(","):
+            prob = problem(name)
+            for solver in args.solvers.split(","):
+                for n in (int(s) for s in args.steps.split(",")):
+                    path = cell_dir / f"{name}-{solver}-{n}.json"
+                    old = json.loads(path.read_text()) if path.exists() else None
+                    if old is not None and old.get("ays_version") == AYS_VERSION:
+                        continue
+                    cell = run_cell(prob, solver, n, args.seeds, args.samples, old)
+                    atomic_write_json(path, cell)
+                    ms = cell["methods"]
+                    print(f"[{name}] {solver:>15} n={n:<2} " + " ".join(f"{m} {mean(ms[m]['sw2']):.4f}" for m in ms)
+                          + f" | ays -> {cell['ays_choice']['family']} ({cell['seconds']:.0f}s)", flush=True)
+    order = {p: i for i, p in enumerate(PROBLEMS)}
+    cells = [json.loads(p.read_text()) for p in cell_dir.glob("*.json")]
+    cells.sort(key=lambda c: (order.get(c["problem"], 99), SOLVERS.index(c["solver"]), c["steps"]))
+    rows = [{"problem": c["problem"], "solver": c["solver"], "steps": c["steps"], "method": m, "calls": r["calls"],
+             "sw2": mean(r["sw2"]), "off_mode": mean(r["off_mode"]), "sigmas": r["sigmas"]}
+            for c in cells for m, r in c["methods"].items()]
+    H.write_rows(rows, args.out, "beyond_results", cmd=args.command, meta={"summary": summarise(cells)})
+    text = markdown(cells, args.command)
     atomic_write_text(args.out / "beyond_table.md", text)
     print(text)
     return text

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ays.optimize.ays import SelectOptions
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 H = importlib.import_module("_harness")
@@ -165,29 +167,35 @@ def test_calls(tmp_path: Path) -> None:
     (table,) = _md_tables((tmp_path / "calls.md").read_text())
     assert [line[1] for line in table[1:]] == [f"{r['calls']:,}" for r in rows]
 
-def test_beyond(tmp_path: Path) -> None:
-    _script("beyond").main(["--quick", "--steps", "3", "--solvers", "euler", "--out", str(tmp_path)])
+def test_beyond_and_evidence(tmp_path: Path) -> None:
+    beyond = _script("beyond")
+    beyond.main(["--quick", "--problems", "line-1d", "--steps", "3", "--solvers", "euler", "--seeds", "2",
+                 "--samples", "256", "--out", str(tmp_path)])
     doc = json.loads((tmp_path / "beyond_results.json").read_text())
     rows = doc["rows"]
     header, body = _csv(tmp_path / "beyond_results.csv")
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    assert header == keys and len(body) == len(rows)
+    assert header == list(rows[0]) and len(body) == len(rows)
     assert doc["command"].startswith("python benchmarks/beyond.py ")
-    methods = [*_script("beyond").HEURISTICS, *_script("beyond").OPTIMISERS]
-    tables = _md_tables((tmp_path / "beyond_table.md").read_text())
-    sw2, nll = tables[0], tables[1]
-    for table, metric in ((sw2, "sw2"), (nll, "nll")):
-        assert table[0] == ["solver", "n", *methods]
-        assert len(table) - 1 == len({(r["solver"], r["steps"]) for r in rows})  # one line per cell
-        by = {r["method"]: r for r in rows}
-        for m, cell in zip(methods, table[1][2:]):
-            assert float(cell.replace("*", "").split()[0]) == pytest.approx(by[m][metric], abs=1e-3)
-    # the re-render of the saved JSON gives the same markdown
+    methods = [*beyond.HEURISTICS, *beyond.OPTIMISERS]
+    assert [r["method"] for r in rows] == methods  # one cell: every method once, all from the same noise
+    table = _md_tables((tmp_path / "beyond_table.md").read_text())[0]
+    assert table[0] == ["problem", "solver", "n", *methods]
+    by = {r["method"]: r for r in rows}
+    for m, cell in zip(methods, table[1][3:]):
+        assert float(cell.replace("*", "").split()[0]) == pytest.approx(by[m]["sw2"], abs=1e-4)
+    # the cell is resumed, not recomputed: a second run renders the same table from the saved cell
     before = (tmp_path / "beyond_table.md").read_text()
-    _script("beyond").main(["--render", str(tmp_path / "beyond_results.json")])
-    assert (tmp_path / "beyond_table.md").read_text() == before
+    beyond.main(["--render", "--out", str(tmp_path)])
+    assert (tmp_path / "beyond_table.md").read_text().split("\n", 1)[1] == before.split("\n", 1)[1]
+    # every candidate of the default's portfolio is audited; with its own statistic the audit returns what
+    # the default returned (the same evidence noises, teacher and gate)
+    cell = json.loads(next((tmp_path / "cells").glob("*.json")).read_text())
+    audit = cell["audit"]
+    own = SelectOptions().select
+    got = audit["candidates"][audit["by_statistic"][own]["result"]]["sigmas"]
+    assert got == pytest.approx(cell["methods"]["ays"]["sigmas"], rel=1e-12)
+    text = _script("evidence").main(["--cells", str(tmp_path / "cells"), "--out", str(tmp_path)])
+    assert "Kendall" in text and (tmp_path / "evidence.md").exists()
 
 
 def _check_rows(out: Path, stem: str, script: str) -> list[dict]:

@@ -17,7 +17,8 @@ import torch
 from ays import analysis, schedules, solvers
 from ays.cli import main
 from ays.optimize import optimize
-from ays.optimize.oss import median_path, oss_paths, run_student, teacher_trajectory
+from ays.optimize.oss import median_path, oss_paths, run_student
+from ays.optimize.teacher import trajectory
 from ays.validate import AysError
 from gaussian import gaussian_data, gaussian_denoiser
 
@@ -64,10 +65,14 @@ def test_student_steps_are_the_registry_solvers(solver):
 def test_teacher_trajectory_is_the_exact_ode():
     levels = grid(16)
     x = HI * torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    traj, calls = teacher_trajectory(gaussian_denoiser(C), x, levels, "dpmpp_2m", refine=8)
+    traj, dens, calls = trajectory(gaussian_denoiser(C), x, levels, "dpmpp_2m", refine=8)
     assert calls == 3 * (15 * 8 + 1)  # 15 refined intervals, then the final denoise
-    assert traj.shape == (17, 3, 2)
-    assert torch.allclose(traj, exact_teacher(levels, x), rtol=2e-3, atol=1e-6)
+    assert traj.shape == (17, 3, 2) and dens.shape == (16, 3, 2)
+    exact = exact_teacher(levels, x)
+    assert torch.allclose(traj, exact, rtol=2e-3, atol=1e-6)
+    # the teacher's denoiser outputs are the exact posterior means at its own states: c²/(c² + s²) x
+    shrink = (C * C / (C * C + levels[:-1] ** 2)).reshape(-1, 1, 1)
+    assert torch.allclose(dens, shrink * traj[:-1], rtol=1e-12)
 
 
 @pytest.mark.parametrize("solver,steps", [("euler", 3), ("euler", 4), ("dpmpp_2m", 3), ("dpmpp_2m", 4)])

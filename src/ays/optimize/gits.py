@@ -35,15 +35,16 @@ from typing import Any
 import torch
 
 from .. import distributed as _dist
-from .. import schedules, solvers
-from ..data import Cond, bind, conditioning, draw, take, to
+from .. import schedules
+from ..data import Cond, conditioning, draw, take, to
 from ..klub import seed_for
 from ..validate import AysError, check_positive, check_sigmas, check_steps
 from .dp import check_fits, check_option_names, dp_paths, fit_budget
 from .result import OptimizeResult
 from .task import Task, register
+from .teacher import refined, trajectory
 
-__all__ = ["GitsOptions", "gits", "teacher_costs"]
+__all__ = ["GitsOptions", "gits", "gits_path", "pair_errors", "teacher_costs"]
 
 Tensor = torch.Tensor
 
@@ -73,18 +74,25 @@ class GitsOptions:
         return cls(**{**asdict(opt), "rho": float(opt.rho), "coeff": float(opt.coeff)})
 
 
-def _refined(grid_desc: Tensor, refine: int) -> Tensor:
-    """The decreasing grid with ``refine − 1`` log-spaced levels inserted into every interval."""
-    if refine == 1:
-        return grid_desc
-    hi, lo = grid_desc[:-1].log(), grid_desc[1:].log()
-    frac = torch.arange(refine, dtype=torch.float64) / refine
-    inner = torch.exp(hi[:, None] + frac[None, :] * (lo - hi)[:, None]).reshape(-1)
-    return torch.cat([inner, grid_desc[-1:]])
-
-
 #: Noise rows per partial sum of the cost: fixed, so the order of the sum does not depend on the ranks.
 _BLOCK = 8
+
+
+def pair_errors(states: Tensor, dens: Tensor, grid_desc: Tensor, metric: str = "l2") -> Tensor:
+    """Per noise, GITS's error of every coarse step: ``[B, G, G]``, ``[r, a, b]`` for ``a < b`` (indices of the
+    INCREASING grid), the distance between one Euler step ``D_i + (g_j/g_i)(x_i − D_i)`` from the teacher's
+    state at ``g_i`` (its own ``D_i``) and its state at ``g_j`` (``states``/``dens`` of
+    :func:`ays.optimize.teacher.trajectory` on ``grid_desc``, which may end in 0: the step there is ``D_i``)."""
+    size, b = grid_desc.numel(), states.shape[1]
+    x = states.reshape(size, b, -1).to(torch.float64)
+    d = dens.reshape(size - 1, b, -1).to(torch.float64)
+    out = torch.zeros(b, size, size, dtype=torch.float64)
+    for i in range(size - 1):
+        for j in range(i + 1, size):
+            err = (d[i] + (float(grid_desc[j]) / float(grid_desc[i])) * (x[i] - d[i]) - x[j]).square().sum(dim=1)
+            # increasing-grid indices: level g[j] is index size-1-j, g[i] is size-1-i
+            out[:, size - 1 - j, size - 1 - i] = err.sqrt() if metric == "l2" else err
+    return out
 
 
 def teacher_costs(
@@ -101,7 +109,7 @@ def teacher_costs(
     """
     g = check_sigmas(grid_desc, allow_final_zero=False)
     size = g.numel()
-    fine = _refined(g, refine)
+    fine = refined(g, refine)
     n = noise.shape[0]
     blocks = -(-n // _BLOCK)
     # rows per teacher run: whole blocks, so that a block never straddles two runs
@@ -114,35 +122,20 @@ def teacher_costs(
         for r0 in range(r_lo, r_hi, per_run):
             r1 = min(r_hi, r0 + per_run)
             z = noise[r0:r1]
-            states: list[Tensor] = []
-            dens: list[Tensor] = []
-
-            def grab(info: dict[str, Any], states: list[Tensor] = states, dens: list[Tensor] = dens) -> None:
-                if info["i"] % refine == 0:
-                    states.append(info["x"].reshape(info["x"].shape[0], -1).to(torch.float64))
-                    dens.append(info["denoised"].reshape(info["x"].shape[0], -1).to(torch.float64))
-
-            rows_den = bind(denoiser, take(cond or {}, slice(r0, r1)))
-            x_end = solvers.get("dpmpp_2m")(rows_den, z * float(fine[0]), fine, callback=grab)
-            states.append(x_end.reshape(z.shape[0], -1).to(torch.float64))
+            states, dens, _ = trajectory(denoiser, z * float(g[0]), g, "dpmpp_2m", refine, None,
+                                         take(cond or {}, slice(r0, r1)))
+            err = pair_errors(states, dens, g, metric)
             b0, nb = (r0 - r_lo) // _BLOCK, -(-(r1 - r0) // _BLOCK)
-            padded = torch.zeros(nb * _BLOCK, dtype=torch.float64)
-            # states[i] is the teacher at g[i] (decreasing); dens[i] its denoiser output (i < size - 1).
-            for i in range(size - 1):
-                x_i, d_i = states[i], dens[i]
-                for j in range(i + 1, size):
-                    step = d_i + (float(g[j]) / float(g[i])) * (x_i - d_i)
-                    err = (step - states[j]).square().sum(dim=1)
-                    padded[: r1 - r0] = err.sqrt() if metric == "l2" else err
-                    # increasing-grid indices: level g[j] is index size-1-j, g[i] is size-1-i
-                    out[b0 : b0 + nb, size - 1 - j, size - 1 - i] = padded.reshape(nb, _BLOCK).sum(dim=1)
+            padded = torch.zeros(nb * _BLOCK, size, size, dtype=torch.float64)
+            padded[: r1 - r0] = err
+            out[b0 : b0 + nb] = padded.reshape(nb, _BLOCK, size, size).sum(dim=1)
         return out
 
     total = _dist.map_shards(blocks, block_sums, dim=0).sum(dim=0)
     return total / n, n * (fine.numel() - 1)
 
 
-def _coeff_paths(cost: Tensor, steps: int, coeff: float) -> Tensor:
+def gits_path(cost: Tensor, steps: int, coeff: float) -> Tensor:
     """GITS's programme with ``V = cost + coeff · V_rest`` (``coeff = 1``: :func:`dp_paths`)."""
     if coeff == 1.0:
         return dp_paths(cost, steps)[steps][0]
@@ -190,7 +183,7 @@ def gits(task: Task, **options: Any) -> OptimizeResult:
     with task.meter.stage("teacher"):
         cost, calls = teacher_costs(task.denoiser, noise, grid_desc, opt.refine, opt.metric, task.batch_size,
                                     to(cond, probe.device))
-    idx = _coeff_paths(cost, task.steps, opt.coeff)
+    idx = gits_path(cost, task.steps, opt.coeff)
     sigmas = torch.flip(grid_desc, [0])[idx]
     sigmas = check_sigmas(task.space.snap(sigmas, f"{task.steps}-step schedule"), allow_final_zero=False)
     history = [{"stage": "gits", "grid": int(grid_desc.numel()), "teacher_samples": opt.teacher_samples,

@@ -27,7 +27,8 @@ method: for a stochastic target solver the student steps with its ODE counterpar
 two repairs of its code: only the noise at ``g_0`` starts a path (the code also starts from the
 noise placed at every level), and a ``k``-step state exists only where ``k`` steps can reach.
 
-The one-step machinery (:func:`advance`, :func:`run_student`) is also the student of
+The teacher is :func:`ays.optimize.teacher.trajectory` (the room every teacher-based method
+shares). The one-step machinery (:func:`advance`, :func:`run_student`) is also the student of
 :mod:`ays.optimize.ld3`: the same formulas as :mod:`ays.solvers`, with the noise levels as
 per-row tensors, so one call batches many ``(i, j)`` pairs and gradients reach the levels.
 
@@ -48,18 +49,18 @@ from typing import Any
 import torch
 
 from .. import distributed as _dist
-from .. import schedules, solvers
+from .. import solvers
 from ..data import Cond, bind, conditioning, draw, in_batches, repeat, take, to
 from ..klub import seed_for
 from ..validate import AysError, check_choice, check_positive, check_sigmas, check_steps
 from .dp import check_fits, fit_budget
-from .gits import _refined
 from .result import OptimizeResult
 from .task import Task, register
+from .teacher import grid_levels, trajectory, trajectory_calls
 
 __all__ = [
-    "ODE_COUNTERPART", "OssOptions", "advance", "oss", "oss_paths", "programme_calls", "run_student",
-    "teacher_trajectory",
+    "ODE_COUNTERPART", "OssOptions", "advance", "median_path", "oss", "oss_paths", "path_schedule", "programme_calls",
+    "run_student",
 ]
 
 Tensor = torch.Tensor
@@ -160,36 +161,6 @@ def run_student(solver: str, denoiser: Denoiser, x: Tensor, levels: Tensor) -> t
     return x, rows
 
 
-def teacher_trajectory(
-    denoiser: Denoiser, x: Tensor, levels: Any, teacher: str = "dpmpp_2m", refine: int = 2,
-    batch_size: int | None = None, cond: Cond | None = None,
-) -> tuple[Tensor, int]:
-    """The teacher's states at the decreasing ``levels`` (which may end in 0): ``[G, B, ...]`` and its calls.
-
-    ``teacher`` runs from ``x`` (scaled noise) on the positive levels subdivided ``refine``
-    times in log-sigma, then into 0 if ``levels`` ends there. Row i of ``x`` is denoised
-    under ``cond``'s row i (:mod:`ays.data`).
-    """
-    lv = check_sigmas(levels)
-    pos = lv[lv > 0]
-    fine = _refined(pos, refine)
-    if lv[-1] == 0:
-        fine = torch.cat([fine, lv.new_zeros(1)])
-    fn = solvers.get(teacher)
-    rows = x.shape[0] if batch_size is None else max(1, min(x.shape[0], batch_size))
-    parts = []
-    for r0 in range(0, x.shape[0], rows):
-        seen: list[Tensor] = []
-
-        def grab(info: dict[str, Any], seen: list[Tensor] = seen) -> None:
-            if info["i"] % refine == 0 and info["i"] // refine < pos.numel():
-                seen.append(info["x"])
-
-        out = fn(bind(denoiser, take(cond or {}, slice(r0, r0 + rows))), x[r0 : r0 + rows], fine, callback=grab)
-        parts.append(torch.stack([*seen, out]))
-    return torch.cat(parts, dim=1), x.shape[0] * solvers.count_calls(teacher, fine)
-
-
 def _tile(t: Tensor, m: int) -> Tensor:
     """``m`` copies of ``t`` stacked along the rows (one per target level)."""
     return t.repeat(m, *([1] * (t.ndim - 1)))
@@ -272,6 +243,13 @@ def median_path(paths: Tensor) -> Tensor:
     return (ordered[(b - 1) // 2] + ordered[b // 2]) // 2
 
 
+def path_schedule(task: Task, levels: Tensor, idx: Tensor) -> Tensor:
+    """The schedule of grid indices ``idx`` (ending at the grid's 0): its levels, the last replaced by sigma_min
+    (the schedule-file convention), snapped to the model's levels."""
+    sigmas = torch.cat([levels[idx[:-1]], torch.tensor([task.sigma_min], dtype=torch.float64)])
+    return check_sigmas(task.space.snap(sigmas, f"{task.steps}-step schedule"), allow_final_zero=False)
+
+
 @dataclass(frozen=True)
 class OssOptions:
     """Options of ``method="oss"``."""
@@ -298,16 +276,6 @@ class OssOptions:
         if not isinstance(opt.teacher, str) or solvers.info(opt.teacher).stochastic:
             raise AysError(f"teacher must be a deterministic solver, got {opt.teacher!r}")
         return cls(**{**asdict(opt), "rho": float(opt.rho)})
-
-
-def grid_levels(task: Task, size: int, rho: float) -> Tensor:
-    """The decreasing grid: ``size`` rho-spaced levels from sigma_max, above sigma_min, then 0."""
-    pos = schedules.karras(size, task.sigma_min, task.sigma_max, rho=rho)[:-1]
-    if task.space.is_discrete:
-        # the model's own levels nearest to the grid, duplicates merged
-        pos = task.space.level(torch.unique(task.space.index(pos))).to(torch.float64).flip(0)
-        pos = pos[pos > task.sigma_min * (1 + 1e-12)]
-    return torch.cat([pos, pos.new_zeros(1)])
 
 
 def programme_calls(solver: str, levels: Tensor, steps: int) -> int:
@@ -343,8 +311,7 @@ def oss(task: Task, **options: Any) -> OptimizeResult:
     levels = grid_levels(task, opt.grid, opt.rho)
     if levels.numel() < task.steps + 1:
         raise AysError(f"{task.steps} steps need a grid of more than {levels.numel() - 1} levels above sigma_min")
-    fine = _refined(levels[levels > 0], opt.refine)
-    per_teacher = solvers.count_calls(opt.teacher, torch.cat([fine, fine.new_zeros(1)]))
+    per_teacher = trajectory_calls(levels, opt.teacher, opt.refine)
     per_search = programme_calls(student, levels, task.steps)
     if task.budget is not None and "teacher_samples" not in options:
         b = fit_budget(lambda k: k * (per_teacher + per_search), task.budget, 1, "oss", "teacher noise")
@@ -368,16 +335,14 @@ def oss(task: Task, **options: Any) -> OptimizeResult:
             return torch.zeros(0, task.steps + 2, dtype=torch.float64)
         xs, cs = x[ks], take(cond, ks)
         with task.meter.stage("teacher"):
-            traj, _ = teacher_trajectory(task.denoiser, xs, levels, opt.teacher, opt.refine, task.batch_size, cs)
+            traj, _, _ = trajectory(task.denoiser, xs, levels, opt.teacher, opt.refine, task.batch_size, cs)
         with task.meter.stage("search"):
             paths, cost, _ = oss_paths(student, task.denoiser, xs, levels, traj, task.steps, task.batch_size, cs)
         return torch.cat([paths.to(torch.float64), cost.reshape(-1, 1)], dim=1)
 
     both = _dist.map_shards(n_noise, share, dim=0)
     paths, cost = both[:, :-1].round().long(), both[:, -1]
-    idx = median_path(paths)
-    sigmas = torch.cat([levels[idx[:-1]], torch.tensor([task.sigma_min], dtype=torch.float64)])
-    sigmas = check_sigmas(task.space.snap(sigmas, f"{task.steps}-step schedule"), allow_final_zero=False)
+    sigmas = path_schedule(task, levels, median_path(paths))
     teacher_calls, dp_calls = n_noise * per_teacher, n_noise * per_search
     calls = teacher_calls + dp_calls
     history = [{"stage": "oss", "grid": int(levels.numel()), "teacher_samples": n_noise,
