@@ -494,7 +494,7 @@ _COMMANDS = [
     ["evaluate", "gaussian", "--optimize", "--budget", "6000", "--solvers", "euler", "--steps", "4", "--seeds", "2",
      "--samples", "64", "--schedules", "karras", "--out", "evo", "-q"],
     ["sample", "gaussian", "--solver", "dpmpp_2m_sde", "--steps", "5", "--count", "65", "--out", "s.pt"],
-    ["demo", "--problem", "gmm-8x4", "--steps", "4", "--samples", "256", "--eval-samples", "64", "--seeds", "2",
+    ["demo", "--problem", "gmm-8x4", "--steps", "4", "--eval-samples", "64", "--seeds", "2",
      "-O", "budget=20000", "--out", "demo", "-q"],
     ["train", "gaussian", "--steps", "30", "--out", "m.pt"],
     ["plot", "karras", "loglinear", "--steps", "4", "--klub", "gaussian", "--samples", "64", "-o", "p.png"],
