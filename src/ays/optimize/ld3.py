@@ -41,8 +41,8 @@ The radius is LD3's code's (``adjust_hyper``: ``prior_bound = 0.001·res²·chan
 unit noise, ``fix_bound`` false), i.e. ``0.001·d/n²``: for 2-D data at 10 steps 2e-5, a
 no-op there as in LD3, for 28×28 images 0.0078 (unit noise of norm about 28). The feature loss
 for images in place of LPIPS is ``features="mnist"`` (the mnist classifier's 64 penultimate
-features, :func:`ays.metrics.mnist.mnist_features`) or ``"digits"`` for the 8×8 digits; any
-callable works.
+features, those of :func:`ays.metrics.mnist.mnist_features`, here with their gradient) or
+``"digits"`` for the 8×8 digits; any differentiable callable works.
 
 Honest differences from LD3: the validation loss uses the original noises (LD3 also moves the
 held-out noises inside their balls, one more forward and backward pass per held-out noise per
@@ -153,9 +153,13 @@ def decoupled(denoiser: Callable[..., Tensor], levels: Tensor, factors: Tensor) 
     keys = levels.detach()[: factors.numel()]
 
     def shifted(x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
-        hit = (keys == sigma.detach().reshape(-1)[0].to(keys.dtype)).nonzero()
-        if hit.numel():
-            sigma = sigma * factors[int(hit[0, 0])].to(sigma.dtype)
+        # the level as the solver hands it over: in the data's dtype (float32 rounds it), so the
+        # nearest key within float32's resolution, not equality
+        s = sigma.detach().reshape(-1)[0].to(keys.dtype)
+        gap = (keys - s).abs() / keys
+        k = int(gap.argmin())
+        if float(gap[k]) <= 1e-6:
+            sigma = sigma * factors[k].to(sigma.dtype)
         return denoiser(x, sigma, **cond)
 
     return shifted
@@ -252,16 +256,25 @@ class Ld3Options:
         return out
 
     def feature_map(self) -> Callable[[Tensor], Tensor] | None:
-        """``features`` as a function (a named one imported here, only when it is asked for)."""
+        """``features`` as a function: a named one is its classifier's penultimate layer, kept
+        differentiable (the metrics' own ``mnist_features`` detach: they score, this is a loss)."""
+        if not isinstance(self.features, str):
+            return self.features
         if self.features == "mnist":
-            from ..metrics.mnist import mnist_features
+            from ..metrics.mnist import load_mnist_classifier as load
 
-            return mnist_features
-        if self.features == "digits":
-            from ..metrics.digits import digits_features
+            side = 28
+        else:
+            from ..metrics.digits import load_digits_classifier as load
 
-            return digits_features
-        return self.features  # type: ignore[return-value]
+            side = 8
+        net = load()[0]
+
+        def classifier_features(x: Tensor) -> Tensor:
+            p = next(net.parameters())
+            return net.features(x.reshape(-1, 1, side, side).to(p.device, p.dtype)).to(x.dtype)
+
+        return classifier_features
 
 
 def _loss(out: Tensor, target: Tensor, features: Callable[[Tensor], Tensor] | None) -> Tensor:
@@ -317,19 +330,21 @@ def _plan(opt: Ld3Options, c_teacher: int, c_student: int, noises: int, valid: i
             "backward": train, "valid_samples": valid, "eval_every": every}
 
 
-_NOT_DIFFERENTIABLE = ("modified by an inplace operation", "does not require grad", "does not have a grad_fn",
-                       "appears to not have been used in the graph")
+_NOT_DIFFERENTIABLE = ("modified by an inplace operation", "does not require grad", "does not have a grad_fn")
 
 
-def _gradients(loss: Tensor, wrt: list[Tensor]) -> tuple[Tensor, ...]:
-    """``∂loss/∂wrt``, or an AysError when the denoiser cannot be backpropagated through."""
+def _gradients(loss: Tensor, wrt: list[Tensor], features: bool) -> tuple[Tensor, ...]:
+    """``∂loss/∂wrt``, or an AysError when the denoiser (or the features) cannot be backpropagated through."""
     try:
-        return torch.autograd.grad(loss, wrt)
+        # A parameter the graph does not reach (ξ, for a model that reads its level as an index) has gradient 0.
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+        return tuple(torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt, strict=True))
     except RuntimeError as e:
         if not any(m in str(e) for m in _NOT_DIFFERENTIABLE):
             raise
+        what = "the denoiser or the features are" if features else "this denoiser is"
         raise AysError(
-            "method 'ld3' backpropagates through the denoiser, and this denoiser is not differentiable "
+            f"method 'ld3' backpropagates through the denoiser, and {what} not differentiable "
             "(it works in place or without autograd); give a differentiable one, or use a method that "
             "needs forward calls only: 'oss', 'gits' or the default 'ays'"
         ) from None
@@ -456,7 +471,7 @@ def ld3(task: Task, **options: Any) -> OptimizeResult:
             with task.meter.stage("train", calls=planned["train"] * world), torch.enable_grad():
                 per = _loss(run(theta, xi_now, z_b, take(c_train, idx)), y_train[idx], features)
                 loss = per.mean()
-                grads = _gradients(loss, wrt)
+                grads = _gradients(loss, wrt, features is not None)
             count.backward += idx.numel() * c_student
             train_losses.append(float(loss))
             theta.grad = grads[0]
