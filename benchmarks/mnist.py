@@ -265,6 +265,14 @@ def cpu_main(argv: Sequence[str]) -> str:
     return text
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository's root when it lies inside it (as the commands are run)."""
+    try:
+        return path.resolve().relative_to(H.ROOT.parent).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def cpu_tables(args: Any, cells: list[tuple[str, int]], heuristics: list[str], methods: list[str],
                seconds: float) -> str:
     """``mnist_cpu.md`` (and ``mnist_cpu.json``) from the cells evaluated so far."""
@@ -310,7 +318,7 @@ def cpu_tables(args: Any, cells: list[tuple[str, int]], heuristics: list[str], m
     done = sum(len(c) for c in found.values())
     parts += [f"Evaluated: {done} of {len(cells) * (len(heuristics) + len(methods))} (schedule, cell) pairs.", "",
               "Reproduce a row (e.g. the default's file for a cell; a heuristic by its name):", "",
-              f"    ays evaluate mnist --model trained --schedules {args.out.name}/schedules/FILE.json,karras "
+              f"    ays evaluate mnist --model trained --schedules {shown(args.out)}/schedules/FILE.json,karras "
               f"--solvers SOLVER --steps N --seeds {args.seeds} --samples {args.samples} --metrics mnist_fd", ""]
     text = "\n".join(parts)
     atomic_write_text(args.out / "mnist_cpu.md", text)
