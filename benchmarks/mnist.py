@@ -22,7 +22,7 @@ CPU that is days; ``--quick`` (2 step counts, 2 solvers, 2 seeds × 128 samples,
 solver) is its smoke form.
 
     python benchmarks/mnist.py --device cuda        # the full table (GPU)
-    OMP_NUM_THREADS=1 python benchmarks/mnist.py --quick
+    OMP_NUM_THREADS=1 python benchmarks/mnist.py --quick --device cpu   # its smoke form (any --device: this form)
 
 Results: ``benchmarks/results/mnist/`` (``mnist.{csv,json,md}``, ``mnist_cost.{csv,json,md}``,
 ``mnist_summary.md``).
