@@ -126,7 +126,9 @@ def test_digits(tmp_path: Path) -> None:
 
 
 def test_mnist(tmp_path: Path) -> None:
-    _script("mnist").main(["--quick", "--heuristics", "karras,loglinear", "--methods", "dmn", "--judge", "dmn",
+    # --device: the full table's form (on the CPU here); without it and without a GPU, the CPU form
+    _script("mnist").main(["--quick", "--device", "cpu", "--heuristics", "karras,loglinear", "--methods", "dmn",
+                           "--judge", "dmn",
                            "--steps", "4", "--solvers", "euler", "--samples", "64", "--seeds", "2",
                            "--no-plots", "--out", str(tmp_path)])
     rows = _check_schedules_table(tmp_path, "mnist", "mnist", tmp_path / "mnist.md")
@@ -138,6 +140,33 @@ def test_mnist(tmp_path: Path) -> None:
     assert [line[0] for line in tables[0][1:]] == ["dmn"]
     (word,) = H.verdicts(rows, "mnist_fd", "dmn", ["karras", "loglinear"]).values()
     assert tables[1][1] == ["euler", word]
+
+def test_mnist_cpu_form_judges_by_paired_differences_and_keys_its_cache(tmp_path: Path) -> None:
+    m = _script("mnist")
+    # Paired differences per seed: a constant gap is significant however noisy the seeds are.
+    assert m.paired([10.0, 50.0, 90.0], [11.0, 51.0, 91.5])[2] == "better"
+    assert m.paired([10.0, 52.0, 90.0], [11.0, 51.0, 91.0])[2] == "tied"
+    assert m.paired([12.0, 52.0, 92.0], [11.0, 51.0, 91.0])[2] == "worse"
+    # The schedule cache is keyed on the method's options and source: new options, a new key.
+    assert m.cache_key("ld3", {"features": "mnist"}) == m.cache_key("ld3", {"features": "mnist"})
+    assert m.cache_key("ld3", {}) != m.cache_key("ld3", {"features": "mnist"}) != m.cache_key("oss", {})
+    # The tables from cell files alone (no model): the verdict is the paired one, against the best mean.
+    (tmp_path / "cells").mkdir()
+    fds = {"karras": [30.0, 40.0, 50.0], "loglinear": [20.0, 60.0, 40.0], "gits": [25.0, 45.0, 30.0],
+           "ays": [24.0, 44.0, 49.0]}
+    for name, v in fds.items():
+        (tmp_path / "cells" / f"{name}-dpmpp_2m-4.json").write_text(json.dumps(
+            {"mnist_fd": statistics.mean(v), "mnist_fd_err": 1.0, "per_seed": {"mnist_fd": v}, "calls": 10,
+             "seconds": 1.0, "eval_seconds": 1.0}))
+    args = type("Args", (), {"out": tmp_path, "command": "python benchmarks/mnist.py --cpu", "seeds": 3,
+                             "samples": 400})()
+    text = m.cpu_tables(args, [("dpmpp_2m", 4)], ["karras", "loglinear"], ["ays", "gits"], 1.0)
+    verdicts = _md_tables(text)[-1]
+    assert verdicts[1][:3] == ["dpmpp_2m, 4", "best heuristic", "karras"]  # 40 < 40.67
+    assert verdicts[1][4] == m.paired(fds["ays"], fds["karras"])[2] == "tied"
+    assert verdicts[2][2] == "gits" and verdicts[2][4] == m.paired(fds["ays"], fds["gits"])[2]
+    assert verdicts[2][5] == "1/1"
+
 
 def test_table4(tmp_path: Path) -> None:
     _script("table4").main(["--quick", "--model", "exact", "--samples", "64", "--opt-samples", "32",

@@ -18,7 +18,7 @@ from ays import analysis, schedules, solvers
 from ays.cli import main
 from ays.klub import seed_for
 from ays.optimize import optimize
-from ays.optimize.ld3 import BACKWARD_FACTOR, logits_for, project, schedule_from_logits
+from ays.optimize.ld3 import BACKWARD_FACTOR, decoupled, eval_sigmas_of, logits_for, project, schedule_from_logits
 from ays.validate import AysError
 from gaussian import gaussian_data, gaussian_denoiser
 
@@ -37,6 +37,20 @@ def train_noise(seed: int, samples: int, valid: int) -> torch.Tensor:
     """The training noises the method draws (its documented seed derivation)."""
     g = torch.Generator().manual_seed(seed_for(seed, "ld3", "noise"))
     return torch.randn((samples, 1), generator=g, dtype=torch.float64)[: samples - valid, 0]
+
+
+def student_scale(res, solver: str) -> float:
+    """A of an ld3 result by the registry solver, the model evaluated at its second parameter set if it has one."""
+    lv = schedules.to_sampling(res.sigmas)
+    ev = eval_sigmas_of(res)
+    den = DEN if ev is None else decoupled(DEN, lv, ev / res.sigmas[:-1])
+    return float(solvers.get(solver)(den, torch.full((1, 1), HI, dtype=torch.float64), lv))
+
+
+def teacher_scale() -> float:
+    """The teacher's A: DPM-Solver++(2M), 64 steps of EDM spacing (the method's default teacher)."""
+    levels = schedules.to_sampling(schedules.karras(64, LO, HI, rho=7.0))
+    return float(solvers.get("dpmpp_2m")(DEN, torch.full((1, 1), HI, dtype=torch.float64), levels))
 
 
 def relaxed_loss(a: float, z: torch.Tensor, r: float) -> float:
@@ -63,7 +77,7 @@ def test_projection_keeps_rows_inside_the_ball():
 
 
 def test_two_steps_without_relaxation_is_plain_teacher_matching():
-    res = optimize(DEN, DATA, steps=2, solver="euler", method="ld3", seed=0, radius=0.0)
+    res = optimize(DEN, DATA, steps=2, solver="euler", method="ld3", seed=0, radius=0.0, decoupled=False)
     grid = torch.logspace(math.log10(LO), math.log10(HI), 801, dtype=torch.float64)[1:-1]
     loss = torch.tensor([(scale([float(s)]) - E) ** 2 for s in grid])
     best = float(grid[int(loss.argmin())])
@@ -73,7 +87,7 @@ def test_two_steps_without_relaxation_is_plain_teacher_matching():
 
 
 def test_three_steps_match_a_brute_force_grid_search():
-    res = optimize(DEN, DATA, steps=3, solver="euler", method="ld3", seed=0, radius=0.0)
+    res = optimize(DEN, DATA, steps=3, solver="euler", method="ld3", seed=0, radius=0.0, decoupled=False)
     grid = torch.logspace(math.log10(LO), math.log10(HI), 121, dtype=torch.float64)[1:-1].tolist()
     _, a, b = min(((scale([grid[a], grid[b]]) - E) ** 2, a, b) for a in range(len(grid)) for b in range(a))
     spacing = grid[1] / grid[0]
@@ -83,7 +97,7 @@ def test_three_steps_match_a_brute_force_grid_search():
 
 def test_soft_teacher_forcing_minimises_the_relaxed_objective_inside_the_ball():
     r, seed = 0.3, 1
-    res = optimize(DEN, DATA, steps=2, solver="euler", method="ld3", seed=seed, radius=r)
+    res = optimize(DEN, DATA, steps=2, solver="euler", method="ld3", seed=seed, radius=r, decoupled=False)
     z = train_noise(seed, 100, 50)
     grid = torch.logspace(math.log10(LO), math.log10(HI), 801, dtype=torch.float64)[1:-1]
     loss = torch.tensor([relaxed_loss(scale([float(s)]), z, r) for s in grid])
@@ -140,8 +154,10 @@ def test_bad_options_and_the_command_line(tmp_path, capsys):
         optimize(DEN, DATA, method="ld3", bogus=1)
     with pytest.raises(AysError, match="valid_samples"):
         optimize(DEN, DATA, method="ld3", teacher_samples=10, valid_samples=10)
-    with pytest.raises(AysError, match="features"):
+    with pytest.raises(AysError, match="unknown features 'lpips'; choose one of: mnist, digits"):
         optimize(DEN, DATA, method="ld3", features="lpips")
+    with pytest.raises(AysError, match="features must be a callable"):
+        optimize(DEN, DATA, method="ld3", features=3)
     out = tmp_path / "s.json"
     with pytest.raises(SystemExit) as exc:
         main(["optimize", "gaussian", "--method", "ld3", "--solver", "dpmpp_2m_sde", "--steps", "3",
@@ -150,3 +166,97 @@ def test_bad_options_and_the_command_line(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["method"] == "ld3" and len(doc["sigmas"]) == 4
     assert doc["settings"]["options"]["student_solver"] == "dpmpp_2m"
+
+
+@pytest.mark.parametrize(("solver", "steps"), [("euler", 2), ("euler", 3), ("dpmpp_2m", 3)])
+def test_the_second_phase_never_hurts_and_helps_on_the_closed_form(solver, steps):
+    # For N(0, c²) the teacher-matching loss of a schedule is (A − A_T)²·mean z² in closed form:
+    # every solver is linear in its start, the model's evaluation levels included.
+    a_t = teacher_scale()
+    err = lambda res: (student_scale(res, solver) - a_t) ** 2
+    kw = dict(steps=steps, solver=solver, method="ld3", seed=0)
+    phase1_rounds = optimize(DEN, DATA, decoupled=False, epochs=2, **kw)  # LD3's 2 rounds of phase 1
+    phase1_only = optimize(DEN, DATA, decoupled=False, **kw)  # all 7 rounds on θ alone
+    both = optimize(DEN, DATA, **kw)
+    assert eval_sigmas_of(phase1_only) is None and eval_sigmas_of(both) is not None
+    assert [h["phase"] for h in both.history[:-1]] == [1, 1, 2, 2, 2, 2, 2]
+    # Never hurts: phase 2 starts from the best of phase 1 and keeps the best on held-out noises,
+    # whose loss is this closed form times a constant (the original noises, not the moved ones).
+    assert err(both) <= err(phase1_rounds) * (1 + 1e-9)
+    # Helps: at least halves the error of spending the same rounds on θ alone.
+    assert err(both) < 0.5 * err(phase1_only)
+
+
+def test_evaluation_levels_stay_inside_their_window():
+    res = optimize(DEN, DATA, steps=4, solver="euler", method="ld3", seed=0, window=0.5)
+    s, ev = res.sigmas, eval_sigmas_of(res)
+    lam, lam_ev = -s.log(), -ev.log()
+    half = 0.5 * float((lam[1:] - lam[:-1]).min())
+    assert float(ev[0]) == float(s[0])  # the first evaluation is at σ_max, as LD3 masks it
+    assert bool(torch.all((lam_ev - lam[:-1]).abs() <= half * (1 + 1e-9)))
+    assert bool(torch.any(lam_ev[1:] != lam[1:-1]))  # the second set was learnt
+    # float32 data (other noise draws): the solver hands the levels over rounded, and they are still found
+    f32 = optimize(DEN, lambda n, g: DATA(n, g).float(), steps=4, solver="euler", method="ld3", seed=0)
+    ev32 = eval_sigmas_of(f32)
+    assert ev32 is not None and bool(torch.any(ev32[1:] != f32.sigmas[1:-1]))
+
+
+def test_validation_stays_within_its_share_of_the_calls():
+    # LD3's code validates 50 noises after every step of 2: 87 % of its calls. Bounded here.
+    kw = dict(steps=3, solver="euler", teacher_steps=8, epochs=2, radius=0.0)
+    res = optimize(DEN, DATA, method="ld3", early_stopping=False, **kw)
+    every = res.settings["options"]["resolved_eval_every"]
+    updates = 2 * 25
+    validation = (updates // every) * 50 * 3
+    last = res.history[-1]
+    assert last["forward"] == 100 * 8 + 2 * 50 * 3 + validation  # teacher + training + validation
+    assert validation <= 0.5 * res.calls < (updates // (every - 1)) * 50 * 3 * 2  # the least cadence within 1/2
+    ld3_code = optimize(DEN, DATA, method="ld3", early_stopping=False, eval_every=1, **kw)
+    assert ld3_code.calls - res.calls == (updates - updates // every) * 50 * 3
+
+
+IN_PLACE = """
+import torch
+
+
+def denoise(x, sigma):
+    # the exact denoiser of two atoms at ±0.5, its posterior weights negated in place
+    s2 = sigma.reshape(-1, 1) ** 2
+    logits = torch.cat([-(x - 0.5) ** 2, -(x + 0.5) ** 2], dim=1).div_(2 * s2)
+    w = logits.softmax(dim=1)
+    w[:, 1].mul_(-1)  # softmax's backward needs its output, changed here: autograd cannot go back
+    return w.sum(dim=1, keepdim=True).mul_(0.5)
+
+
+def load():
+    return denoise, lambda n, g: 0.5 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+"""
+
+
+def test_an_in_place_denoiser_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "inplace_model.py").write_text(IN_PLACE)
+    ns: dict = {}
+    exec(IN_PLACE, ns)
+    with pytest.raises(AysError, match=r"ld3.*not differentiable.*'oss', 'gits' or the default 'ays'"):
+        optimize(ns["denoise"], DATA, steps=3, solver="euler", method="ld3", teacher_samples=6, valid_samples=2)
+    assert optimize(ns["denoise"], DATA, steps=3, solver="euler", method="oss").steps == 3  # forward calls only
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", str(tmp_path / "inplace_model.py") + ":load", "--method", "ld3", "--steps", "3",
+              "-O", "teacher_samples=6", "-O", "valid_samples=2", "-q", "-o", str(tmp_path / "s.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "not differentiable" in err[0], err
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_the_gradient_reaches_a_preconditioned_model_through_its_noise_level():
+    # LD3 learns levels through the model's dependence on σ too (its second set only through it):
+    # the EDM preconditioning must keep σ's graph. Checked against a central difference.
+    from ays.denoisers import EDMPrecond
+
+    den = EDMPrecond(lambda x, c: torch.tanh(x) * c.reshape(-1, 1), sigma_data=0.5)
+    x = torch.tensor([[0.3], [-1.2]], dtype=torch.float64)
+    s = torch.tensor([0.7, 2.0], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(den(x, s).sum(), s)
+    h = 1e-6
+    fd = (den(x, s.detach() + h) - den(x, s.detach() - h)).reshape(-1) / (2 * h)
+    assert torch.allclose(g, fd, rtol=1e-6) and bool(torch.all(g != 0))

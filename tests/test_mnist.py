@@ -138,3 +138,20 @@ def test_shipped_classifier_has_its_stated_accuracy_and_fd_orders_sets() -> None
     held_out = mnist_fd(mnist_data("train")[:1000])  # default reference: the test split
     assert held_out < mnist_fd(blurred) < mnist_fd(noise)
     assert 10 * held_out < mnist_fd(noise)
+
+
+def test_unet_chunks_large_cpu_batches_into_the_same_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The UNet splits a CPU batch above ays.device.CPU_BATCH_ROWS (faster: benchmarks/unet_cpu.py);
+    # rows are independent, so the output is the one-call output, gradients included.
+    import ays.device
+
+    net = nets.build("unet", seed=0, widths=(8, 16), heads=2, groups=4)
+    x = torch.randn(11, 1, 28, 28, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    c = torch.linspace(-1.0, 1.0, 11)
+    monkeypatch.setattr(ays.device, "CPU_BATCH_ROWS", 1 << 30)
+    whole = net(x, c)
+    (g_whole,) = torch.autograd.grad(whole.square().sum(), x)
+    monkeypatch.setattr(ays.device, "CPU_BATCH_ROWS", 4)  # chunks of 4, 4, 3
+    chunked = net(x, c)
+    (g_chunked,) = torch.autograd.grad(chunked.square().sum(), x)
+    assert torch.allclose(chunked, whole, atol=1e-5) and torch.allclose(g_chunked, g_whole, atol=1e-5)

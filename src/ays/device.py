@@ -36,6 +36,7 @@ from .distributed import launched_by_torchrun, local_rank
 from .validate import AysError, check_steps
 
 __all__ = [
+    "CPU_BATCH_ROWS",
     "ModelCall",
     "batch_size_for",
     "check_output",
@@ -58,6 +59,10 @@ _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
 }  # fmt: skip
+
+
+#: Rows per model call of an image model on the CPU (benchmarks/unet_cpu.py; see :class:`ModelCall`).
+CPU_BATCH_ROWS = 32
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

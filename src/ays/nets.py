@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import device as _device
 from .validate import AysError, check_choice, check_steps
 
 __all__ = ["MLP", "ConvNet", "SinusoidalEmbedding", "UNet", "build", "config_of", "names", "num_parameters"]
@@ -291,6 +292,15 @@ class UNet(nn.Module):
             raise AysError(
                 f"UNet expects [batch, {self.channels}, H, W] with H and W divisible by {m}, got shape {tuple(x.shape)}"
             )
+        rows = _device.CPU_BATCH_ROWS  # read at call time: benchmarks/unet_cpu.py measures without it
+        if x.device.type == "cpu" and x.shape[0] > rows:
+            # On the CPU large batches run slower per row (their activations leave the caches:
+            # benchmarks/unet_cpu.py); the rows are independent, so chunks give the same output.
+            c = c_noise.reshape(-1).expand(x.shape[0]) if c_noise.numel() == 1 else c_noise.reshape(-1)
+            return torch.cat([self._forward(x[a : a + rows], c[a : a + rows]) for a in range(0, x.shape[0], rows)])
+        return self._forward(x, c_noise)
+
+    def _forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
         dtype = self.inp.weight.dtype
         e = self.emb(self.embed(c_noise).to(dtype))
         h = self.inp(x.to(dtype))

@@ -67,7 +67,8 @@ def batch_sigma(x: Tensor, sigma: Tensor | float) -> Tensor:
     check_batch(x, name="x")
     try:
         # Python numbers straight to float64 (torch.as_tensor would round them to float32 first).
-        s = (sigma.detach() if isinstance(sigma, Tensor) else torch.as_tensor(sigma, dtype=torch.float64))
+        # A tensor keeps its graph: method="ld3" differentiates the model's output in its noise level.
+        s = (sigma if isinstance(sigma, Tensor) else torch.as_tensor(sigma, dtype=torch.float64))
         s = s.to(device="cpu", dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
         raise AysError(f"sigma must be a number or a tensor, got {type(sigma).__name__}") from None
