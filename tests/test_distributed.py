@@ -51,6 +51,10 @@ _COMMON = textwrap.dedent(
     def data(n, g):
         return C * torch.randn(n, DIM, generator=g, dtype=torch.float64)
 
+    def den_video(x, sigma):  # the same exact denoiser on video-shaped rows [N, C, F, H, W]
+        return C * C / (C * C + sigma.reshape(-1, 1, 1, 1, 1) ** 2) * x
+    def data_video(n, g):
+        return C * torch.randn(n, 2, 3, 2, 2, generator=g, dtype=torch.float64)
     def nan_on_rank_one(x, sigma):  # a fault on one rank only: its share of the draws
         out = den(x, sigma)
         return out * float("nan") if dd.rank() == 1 else out
@@ -65,6 +69,12 @@ _COMMON = textwrap.dedent(
         # Resuming reads the checkpoint on rank 0 and hands its state to every rank.
         again = ays.optimize(den, data, steps=4, samples=129, seed=5, max_sweeps=3, checkpoint=ckpt, resume=True,
                              batch_size=64, method="coordinate")
+        # Video-shaped latents (a frame axis) through the KLUB and the SDE sampler, rows shared out
+        vid = ays.klub(den_video, data_video, sig, samples=65, generator=torch.Generator().manual_seed(3),
+                       batch_size=16)
+        g = torch.Generator().manual_seed(4)
+        frames = ays.sample(den_video, torch.randn(9, 2, 3, 2, 2, generator=g, dtype=torch.float64) * 80.0,
+                            schedules.to_sampling(sig), solver="dpmpp_2m_sde", generator=g)
         squares = dd.map_ordered(lambda k: torch.tensor([float(k * k)], dtype=torch.float64), range(5))
         # The diffusers route's many-step samples: made on rank 0 alone, every rank gets them.
         from ays.integrations.diffusers.data import cached_latents
@@ -88,6 +98,7 @@ _COMMON = textwrap.dedent(
             "world": dd.world_size(), "rank": dd.rank(), "resumed": again.sigmas.tolist(),
             "squares": [float(v) for v in squares], "from_zero": dd.from_rank_zero(lambda: dd.rank()),
             "made": made, "latents": latents.tolist(), "cached": cached,
+            "video_klub": vid.per_interval.tolist(), "video_samples": frames.flatten().tolist(),
         }
     """
 )
@@ -137,7 +148,8 @@ def test_two_gloo_processes_give_the_single_process_result_exactly(tmp_path):
     for r, out in enumerate(got):
         assert out["world"] == 2 and out["rank"] == r
         for key in ("per_interval", "stderr", "total", "total_stderr", "calls", "sigmas", "klub", "history",
-                    "opt_calls", "resumed", "squares", "from_zero", "latents", "cached"):
+                    "opt_calls", "resumed", "squares", "from_zero", "latents", "cached", "video_klub",
+                    "video_samples"):
             assert out[key] == ref[key], (r, key)  # bit for bit: same draws, same terms, same order
         # A NaN on rank 1 only is raised on both ranks, naming the noise level, without a hang.
         assert out["nan_error"] is not None and "NaN or inf at sigma=" in out["nan_error"]
