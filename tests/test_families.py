@@ -67,15 +67,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AYS_CACHE", str(tmp_path_factory.getbasetemp() / "ays-cache"))
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
 def _perturbed(s: torch.Tensor) -> torch.Tensor:
     """A schedule that is no pipeline's default: interior levels moved by ±20 % in log sigma."""
     s = s.clone()
@@ -115,7 +106,7 @@ def test_pipeline_with_the_exported_schedule_equals_ays_sample(folders: dict[str
         out = pipe(prompt=prompts, guidance_scale=scale, height=RES[0], width=RES[1], latents=latents,
                    output_type="latent", **kwargs).images
     theirs = family.latents_from_output(out, RES)
-    assert _rel(ours, theirs) < RTOL
+    assert T.rel(ours, theirs) < RTOL
 
 
 def test_flux_guidance_embedding_and_no_cfg(folders: dict[str, Path]) -> None:
@@ -417,7 +408,7 @@ def test_a_second_order_pipeline_loop_equals_ays_sample(folders: dict[str, Path]
                           torch.cat([levels, levels.new_zeros(1)]), solver="heun", cond=cond)
         out = pipe(prompt=prompts, guidance_scale=scale, height=RES[0], width=RES[1], latents=noise,
                    output_type="latent", **kwargs).images
-    assert _rel(ours, family.latents_from_output(out, RES)) < RTOL
+    assert T.rel(ours, family.latents_from_output(out, RES)) < RTOL
 
 
 @pytest.mark.slow

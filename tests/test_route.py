@@ -54,15 +54,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AYS_CACHE", str(tmp_path_factory.getbasetemp() / "ays-cache"))
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
 def _call(name: str) -> dict:
     res = T.ROUTED_RESOLUTION.get(name, T.RESOLUTION)
     out = {"height": res, "width": res}
@@ -108,8 +99,8 @@ def test_route_equals_the_family_adapter_row_by_row(folders: dict[str, Path], na
         assert route.row_times  # the first mixed batch checked per-row timesteps against levels served apart
         again = route.denoiser()(pack(noisy) if name == "flux" else noisy, sigma, condition=index)  # one step now
     route.close()
-    assert _rel(got, want) < RTOL
-    assert _rel(unpack(again, 8, 8) if name == "flux" else again, want) < RTOL
+    assert T.rel(got, want) < RTOL
+    assert T.rel(unpack(again, 8, 8) if name == "flux" else again, want) < RTOL
 
 
 # ----------------------------------------------------------------------------- the pipeline's own loop
@@ -153,7 +144,7 @@ def test_pipeline_with_the_exported_schedule_equals_ays_sample(folders: dict[str
                                         **conditions[0], **_call(name))[0]
     route.close()
     assert theirs.shape == ours.shape
-    assert _rel(ours, theirs.float()) < RTOL
+    assert T.rel(ours, theirs.float()) < RTOL
 
 
 def test_rows_served_in_groups_equal_each_row_alone(folders: dict[str, Path], images: Path) -> None:
@@ -167,7 +158,7 @@ def test_rows_served_in_groups_equal_each_row_alone(folders: dict[str, Path], im
         together = d(x, sigma, condition=index)
         alone = torch.cat([d(x[i:i + 1], sigma[i:i + 1], condition=index[i:i + 1]) for i in range(3)])
     route.close()
-    assert _rel(together, alone) < 1e-5  # float32 round-off of batched convolutions only
+    assert T.rel(together, alone) < 1e-5  # float32 round-off of batched convolutions only
 
 
 def test_a_pipeline_that_cannot_be_driven_says_what_it_lacks() -> None:
@@ -259,7 +250,7 @@ def test_out_of_memory_in_the_pipeline_backs_off_to_fewer_rows(folders: dict[str
         got = call(x, sigma, condition=index)
     route.close()
     assert call.max_rows == 1
-    assert _rel(got, want) < 1e-5
+    assert T.rel(got, want) < 1e-5
 
 
 def test_a_pipeline_that_never_steps_its_scheduler_is_named() -> None:

@@ -307,3 +307,8 @@ def build(family: str, folder: Path, seed: int = 0) -> Path:
         index.update(text_encoder_3=[None, None], tokenizer_3=[None, None])
         (out / "model_index.json").write_text(json.dumps(index, indent=2))
     return out
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The relative difference ``|a − b| / |b|`` of two outputs."""
+    return ((a - b).norm() / b.norm()).item()
