@@ -205,16 +205,6 @@ def test_unknown_family_names_what_is_missing(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- the command line
 
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from ays.cli import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    out = capsys.readouterr()
-    return int(exit_.value.code or 0), out.out, out.err
-
-
 @pytest.mark.parametrize(("name", "args"), [
     ("sd15", ["--images", "IMAGES", "--captions", "CAPTIONS"]),  # --captions needs --latents
     ("sdxl", ["--images", "BARE"]),  # a folder without captions
@@ -247,7 +237,7 @@ def test_bad_input_is_exit_2_and_one_line(folders: dict[str, Path], images: Path
     folder = tmp_path / "ddpm" if name == "ddpm" else folders[name]
     swap = {"IMAGES": str(images), "BARE": str(bare), "CAPTIONS": str(tmp_path / "captions.txt"),
             "LATENTS": str(tmp_path / "latents.pt"), "ONE": str(tmp_path / "one.pt"), "SINGLE": str(single)}
-    code, _, err = _run(["optimize", "--diffusers", str(folder), *[swap.get(a, a) for a in args], "--steps", "3",
+    code, _, err = T.run_cli(["optimize", "--diffusers", str(folder), *[swap.get(a, a) for a in args], "--steps", "3",
                          "--out", str(tmp_path / "s.json"), "-q"], capsys)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("ays: "), err
@@ -262,7 +252,7 @@ def test_one_prompt_means_its_samples_per_prompt_samples(folders: dict[str, Path
 
 
 def _optimize(folder: Path, data: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> dict:
-    code, _, err = _run(["optimize", "--diffusers", str(folder), *data, "--resolution", "16", "--guidance-scale",
+    code, _, err = T.run_cli(["optimize", "--diffusers", str(folder), *data, "--resolution", "16", "--guidance-scale",
                          "2", "--steps", "3", "--samples", "8", "--method", "coordinate", "-O", "max_sweeps=1",
                          "-O", "candidates=3", "--out", str(out), "-q"], capsys)
     assert code == 0, err
@@ -283,7 +273,7 @@ def test_optimize_command_from_images_and_from_prompts(folders: dict[str, Path],
         if flow:
             assert doc["sigmas"][0] == PURE_NOISE_SIGMA  # starts at pure noise
     for fmt in ("diffusers", "comfyui"):
-        code, out, err = _run(["schedule", str(tmp_path / "s.json"), "--format", fmt], capsys)
+        code, out, err = T.run_cli(["schedule", str(tmp_path / "s.json"), "--format", fmt], capsys)
         assert code == 0, err
         values = json.loads(out)
         values = values["sigmas"] if fmt == "diffusers" else values
@@ -291,10 +281,10 @@ def test_optimize_command_from_images_and_from_prompts(folders: dict[str, Path],
             assert values[0] == 1.0 and all(0 <= v <= 1 for v in values)
         else:
             assert values[0] == pytest.approx(doc["sigmas"][0])
-    code, out, err = _run(["schedule", str(tmp_path / "s.json"), "--for", str(folders[name])], capsys)
+    code, out, err = T.run_cli(["schedule", str(tmp_path / "s.json"), "--for", str(folders[name])], capsys)
     assert code == 0 and "checked" in err, err
     grid = tmp_path / "grid.png"
-    code, _, err = _run(["sample", "--diffusers", str(folders[name]), "--schedule", str(tmp_path / "s.json"),
+    code, _, err = T.run_cli(["sample", "--diffusers", str(folders[name]), "--schedule", str(tmp_path / "s.json"),
                          "--prompt", "a cat", "--prompt", "a dog", "--plot", str(grid)], capsys)
     assert code == 0 and grid.is_file(), err
 
@@ -321,7 +311,7 @@ def test_schedule_file_hands_its_model_over(folders: dict[str, Path], tmp_path: 
     s = _perturbed(fam.default_schedule(4, RES))
     OptimizeResult(sigmas=s, steps=4, solver="euler", method="test", settings={"noise": noise_description(
         fam.noise(RES))}, model_info=fam.info(RES, 3.5, None)).save(tmp_path / "flux.json")
-    code, out, err = _run(["schedule", str(tmp_path / "flux.json"), "--for", str(folders["flux"])], capsys)
+    code, out, err = T.run_cli(["schedule", str(tmp_path / "flux.json"), "--for", str(folders["flux"])], capsys)
     assert code == 0 and "checked" in err, err
     t = json.loads(out)["sigmas"]
     assert t[0] == 1.0 and t == to_diffusers(s, pipe.scheduler, mu=fam.mu(RES))["sigmas"]
@@ -330,9 +320,9 @@ def test_schedule_file_hands_its_model_over(folders: dict[str, Path], tmp_path: 
     sampling = S.to_sampling(s)
     torch.testing.assert_close(pipe.scheduler.sigmas.double(), sampling / (1 + sampling),
                                rtol=1e-6, atol=1e-7)
-    code, out, err = _run(["schedule", str(tmp_path / "flux.json"), "--format", "comfyui"], capsys)
+    code, out, err = T.run_cli(["schedule", str(tmp_path / "flux.json"), "--format", "comfyui"], capsys)
     assert json.loads(out)[:-1] == pytest.approx((s[:-1] / (1 + s[:-1])).tolist(), rel=1e-6)
-    code, _, err = _run(["schedule", str(tmp_path / "flux.json"), "--for", str(folders["sd15"])], capsys)
+    code, _, err = T.run_cli(["schedule", str(tmp_path / "flux.json"), "--for", str(folders["sd15"])], capsys)
     assert code == 2 and "made for a FluxPipeline" in err and len(err.strip().splitlines()) == 1
 
 
@@ -360,20 +350,20 @@ def test_a_pndm_folder_gets_the_scheduler_of_the_schedules_solver_and_says_so(
     path = tmp_path / "heun.json"
     OptimizeResult(sigmas=s, steps=4, solver="heun", method="test", settings={"noise": noise_description(noise)},
                    model_info=fam.info(RES, 2.0, None)).save(path)
-    code, out, err = _run(["schedule", str(path), "--format", "diffusers"], capsys)
+    code, out, err = T.run_cli(["schedule", str(path), "--format", "diffusers"], capsys)
     assert code == 0 and "PNDMScheduler takes no custom schedule: using HeunDiscreteScheduler" in err, err
     assert len(json.loads(out)["timesteps"]) == 4
-    code, out, err = _run(["schedule", str(path), "--for", str(pndm)], capsys)
+    code, out, err = T.run_cli(["schedule", str(path), "--for", str(pndm)], capsys)
     assert code == 0 and "using HeunDiscreteScheduler" in err and "checked: HeunDiscreteScheduler" in err, err
     grid = tmp_path / "grid.png"
-    code, _, err = _run(["sample", "--diffusers", str(pndm), "--schedule", str(path), "--prompt", "a cat",
+    code, _, err = T.run_cli(["sample", "--diffusers", str(pndm), "--schedule", str(path), "--prompt", "a cat",
                          "--plot", str(grid)], capsys)
     assert code == 0 and grid.is_file() and "using HeunDiscreteScheduler" in err, err
-    code, out, err = _run(["schedule", str(path), "--format", "diffusers", "--scheduler", "EulerDiscreteScheduler"],
-                          capsys)
+    code, out, err = T.run_cli(["schedule", str(path), "--format", "diffusers", "--scheduler",
+                                "EulerDiscreteScheduler"], capsys)
     assert code == 0 and "using EulerDiscreteScheduler (--scheduler)" in err and len(json.loads(out)["sigmas"]) == 5
     for bad in ("PNDMScheduler", "NoSuchScheduler"):
-        code, _, err = _run(["schedule", str(path), "--for", str(pndm), "--scheduler", bad], capsys)
+        code, _, err = T.run_cli(["schedule", str(path), "--for", str(pndm), "--scheduler", bad], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 
@@ -381,7 +371,8 @@ def test_the_models_own_samples_show_a_bar(folders: dict[str, Path], tmp_path: P
                                            capsys: pytest.CaptureFixture[str]) -> None:
     # The --prompts route's many-step samples are work before the optimisation: they get a bar, step by step.
     (tmp_path / "prompts.txt").write_text("a bird at noon\na boat at dusk\n")
-    code, _, err = _run(["optimize", "--diffusers", str(folders["sd15"]), "--prompts", str(tmp_path / "prompts.txt"),
+    prompts = str(tmp_path / "prompts.txt")
+    code, _, err = T.run_cli(["optimize", "--diffusers", str(folders["sd15"]), "--prompts", prompts,
                          "--resolution", "16", "--steps", "3", "--samples", "8", "--method", "coordinate",
                          "-O", "max_sweeps=1", "-O", "candidates=3", "--out", str(tmp_path / "s.json"),
                          "--progress"], capsys)
@@ -417,7 +408,7 @@ def test_the_default_method_runs_on_a_pipeline_within_its_budget(folders: dict[s
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     # The families' other CLI tests name --method coordinate; the default (ays) must run on a pipeline too.
     out = tmp_path / "s.json"
-    code, _, err = _run(["optimize", "--diffusers", str(folders["sd15"]), "--images", str(images), "--resolution",
+    code, _, err = T.run_cli(["optimize", "--diffusers", str(folders["sd15"]), "--images", str(images), "--resolution",
                          "16", "--guidance-scale", "2", "--steps", "3", "--budget", "6000", "-O", "grid=24",
                          "-O", "reference_steps=8", "--out", str(out), "-q"], capsys)
     assert code == 0, err

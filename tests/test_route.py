@@ -173,16 +173,6 @@ def test_a_pipeline_that_cannot_be_driven_says_what_it_lacks() -> None:
 # ----------------------------------------------------------------------------- the command line
 
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from ays.cli import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    out = capsys.readouterr()
-    return int(exit_.value.code or 0), out.out, out.err
-
-
 @pytest.mark.parametrize("name", T.ROUTED)
 def test_optimize_schedule_and_sample_commands(folders: dict[str, Path], images: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str], name: str) -> None:
@@ -190,7 +180,7 @@ def test_optimize_schedule_and_sample_commands(folders: dict[str, Path], images:
     data = ["--images", str(images)] if name == "svd" else ["--prompt", "a cat", "--prompt", "a dog"]
     video = ["--frames", str(T.FRAMES[name])] if name in T.FRAMES else []
     out = tmp_path / "s.json"
-    code, _, err = _run(["optimize", "--diffusers", str(folders[name]), *data, "--resolution", res, *video,
+    code, _, err = T.run_cli(["optimize", "--diffusers", str(folders[name]), *data, "--resolution", res, *video,
                          "--steps", "3", "--samples", "8", "--method", "coordinate", "-O", "max_sweeps=1",
                          "-O", "candidates=3", "--out", str(out), "-q"], capsys)
     assert code == 0, err
@@ -198,15 +188,15 @@ def test_optimize_schedule_and_sample_commands(folders: dict[str, Path], images:
     info = doc["model_info"]
     assert info["family"] == "route" and info["data"]["rows"] == 2
     assert info["frames"] == T.FRAMES.get(name)
-    code, printed, err = _run(["schedule", str(out), "--for", str(folders[name])], capsys)
+    code, printed, err = T.run_cli(["schedule", str(out), "--for", str(folders[name])], capsys)
     assert code == 0 and "checked" in err, err
     if name == "wan":  # ComfyUI SIGMAS: the flow times the model is evaluated at, in [0, 1], ending at 0
-        code, printed, err = _run(["schedule", str(out), "--format", "comfyui"], capsys)
+        code, printed, err = T.run_cli(["schedule", str(out), "--format", "comfyui"], capsys)
         t = json.loads(printed)
         s = torch.tensor(doc["sigmas"][:-1], dtype=torch.float64)
         assert t[-1] == 0.0 and t[:-1] == pytest.approx((s / (1 + s)).tolist(), rel=1e-6)
     grid = tmp_path / "grid.png"
-    code, _, err = _run(["sample", "--diffusers", str(folders[name]), "--schedule", str(out), *data,
+    code, _, err = T.run_cli(["sample", "--diffusers", str(folders[name]), "--schedule", str(out), *data,
                          "--plot", str(grid)], capsys)
     assert code == 0 and grid.is_file(), err
 
@@ -278,7 +268,7 @@ def test_a_pipeline_that_never_steps_its_scheduler_is_named() -> None:
 def test_bad_input_to_a_routed_pipeline_is_exit_2_and_one_line(folders: dict[str, Path], images: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str], name: str,
                                                                args: list[str], says: str) -> None:
-    code, _, err = _run(["optimize", "--diffusers", str(folders[name]), *[str(images) if a == "IMAGES" else a
+    code, _, err = T.run_cli(["optimize", "--diffusers", str(folders[name]), *[str(images) if a == "IMAGES" else a
                                                                          for a in args],
                          "--steps", "3", "--out", str(tmp_path / "s.json"), "-q"], capsys)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err

@@ -312,3 +312,16 @@ def build(family: str, folder: Path, seed: int = 0) -> Path:
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """The relative difference ``|a − b| / |b|`` of two outputs."""
     return ((a - b).norm() / b.norm()).item()
+
+
+def run_cli(argv: list[str], capsys: Any) -> tuple[int, str, str]:
+    """``(exit code, stdout, stderr)`` of ``ays ARGV`` run in this process (``capsys``: pytest's fixture)."""
+    import pytest
+
+    from ays.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    out = capsys.readouterr()
+    return int(exit_.value.code or 0), out.out, out.err
